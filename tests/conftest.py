@@ -1,0 +1,29 @@
+"""Shared pytest fixtures: tiny offline random models for every supported arch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.tiny_models import TINY_ARCHS, build_tiny_model, build_tiny_tokenizer
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: integration tests on SmolLM2")
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    return build_tiny_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dirs(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("tiny_models")
+    return {arch: build_tiny_model(arch, root / arch) for arch in TINY_ARCHS}
+
+
+@pytest.fixture(params=TINY_ARCHS, ids=TINY_ARCHS)
+def tiny_model_dir(request, tiny_model_dirs) -> Path:
+    return tiny_model_dirs[request.param]

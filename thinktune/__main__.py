@@ -1,0 +1,3 @@
+from thinktune.cli import main
+
+main()

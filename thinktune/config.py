@@ -1,0 +1,238 @@
+"""One YAML file describes a run. Validated here once, then passed down as typed, read-only values.
+
+`load_config(path, overrides)` reads the YAML (or the quickstart shipped in the package), applies `--set a.b=value`
+overrides, and validates with pydantic. Errors name the file, the line and the field, and suggest the closest valid
+key for a typo.
+"""
+
+from __future__ import annotations
+
+import difflib
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from thinktune.errors import ConfigError
+
+QUICKSTART = "quickstart.yaml"
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(Section):
+    name_or_path: str = Field(
+        "smollm2-135m-instruct",
+        description="Bundled model name (`smollm2-135m-instruct`), a local Hugging Face directory, or a `.gguf` file.",
+    )
+    gguf_file: str | None = Field(None, description="GGUF file name inside `name_or_path` when it is a directory.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Weight dtype: `auto` is bfloat16 on a GPU that supports it, float32 otherwise."
+    )
+    chat_template: str | None = Field(None, description="Jinja chat template replacing the tokenizer's own.")
+    trust_remote_code: bool = Field(False, description="Allow model code shipped inside the model directory.")
+
+
+class DataConfig(Section):
+    train: list[str] = Field(
+        default_factory=lambda: ["bundled:arithmetic/train"],
+        description="Training files (JSON/JSONL) or bundled sets such as `bundled:arithmetic/train`.",
+    )
+    test: str | None = Field(
+        "bundled:arithmetic/test", description="Held-out set for evaluation before and after training."
+    )
+    format: Literal["auto", "messages", "alpaca", "sharegpt"] = Field(
+        "auto", description="Record format; `auto` detects it per record."
+    )
+    system_prompt: str | None = Field(
+        None, description="System message added to every conversation that has none (training and evaluation)."
+    )
+    max_length: int = Field(1024, gt=8, description="Token limit per sample; longer samples are rejected, not cut.")
+    max_bad_fraction: float = Field(
+        0.1, ge=0, le=1, description="Stop the run when more than this fraction of records is unusable."
+    )
+    max_train_samples: int | None = Field(None, gt=0, description="Use only the first N usable training samples.")
+
+    @field_validator("train", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+
+class MethodConfig(Section):
+    name: Literal["lora"] = Field("lora", description="Tuning method (more arrive through the methods registry).")
+    r: int = Field(16, gt=0, description="LoRA rank.")
+    alpha: float = Field(32, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
+    target_modules: list[str] | Literal["auto", "all-linear"] = Field(
+        "auto", description="Module names to adapt; `auto` uses the architecture's defaults."
+    )
+
+
+class TrainConfig(Section):
+    epochs: float = Field(1.0, gt=0, description="Passes over the training data.")
+    max_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer steps (overrides epochs).")
+    batch_size: int = Field(8, gt=0, description="Samples per micro-batch.")
+    gradient_accumulation_steps: int = Field(1, gt=0, description="Micro-batches per optimizer step.")
+    learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Fraction of steps spent warming up linearly.")
+    lr_scheduler: Literal["cosine", "linear", "constant"] = Field("cosine", description="Decay after warmup.")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping norm; null disables clipping.")
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
+        "auto", description="Autocast precision: `auto` picks bf16 on GPUs that support it, none on CPU."
+    )
+    seed: int = Field(42, description="Seed for data order, LoRA init and dropout.")
+    logging_steps: int = Field(1, gt=0, description="Write metrics every N optimizer steps.")
+    num_threads: int | None = Field(None, gt=0, description="CPU threads for torch (default: all cores).")
+
+
+class EvalConfig(Section):
+    max_new_tokens: int = Field(160, gt=0, description="Generation budget per answer.")
+    batch_size: int = Field(32, gt=0, description="Prompts generated together.")
+    max_samples: int | None = Field(None, gt=0, description="Evaluate only the first N test records.")
+    do_sample: bool = Field(False, description="Sample instead of greedy decoding.")
+    temperature: float = Field(0.7, gt=0, description="Sampling temperature when do_sample is true.")
+    before: bool = Field(True, description="Evaluate the untuned model before training.")
+    after: bool = Field(True, description="Evaluate the tuned model after training.")
+
+
+class RunConfig(Section):
+    name: str = Field("quickstart", description="Run name; the run directory defaults to `runs/<name>`.")
+    output_dir: str | None = Field(None, description="Run directory (default `runs/<name>`).")
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    method: MethodConfig = Field(default_factory=MethodConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) if self.output_dir else Path("runs") / self.name
+
+
+SECTIONS: dict[str, type[Section]] = {
+    "": RunConfig,
+    "model": ModelConfig,
+    "data": DataConfig,
+    "method": MethodConfig,
+    "train": TrainConfig,
+    "eval": EvalConfig,
+}
+
+
+def quickstart_text() -> str:
+    return resources.files("thinktune.configs").joinpath(QUICKSTART).read_text()
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Read YAML (quickstart when `path` is None), apply `a.b=value` overrides, validate."""
+    if path is None:
+        source, text = f"<package>/configs/{QUICKSTART}", quickstart_text()
+    else:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"{p}: config file not found")
+        source, text = str(p), p.read_text()
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark else ""
+        raise ConfigError(f"{source}{where}: invalid YAML ({getattr(e, 'problem', e)})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}:1: the top level must be a mapping of sections (model, data, train, ...)")
+    for item in overrides or []:
+        apply_override(raw, item)
+    return validate(raw, source, text)
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Apply one `--set a.b.c=value` (value parsed as YAML) to the nested dict in place."""
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.learning_rate=1e-4")
+    parts = key.strip().split(".")
+    node = raw
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {item!r}: {part!r} is a value, not a section")
+        node = child
+    try:
+        node[parts[-1]] = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError:
+        node[parts[-1]] = value
+
+
+def validate(raw: dict[str, Any], source: str = "<config>", text: str | None = None) -> RunConfig:
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = [str(x) for x in err["loc"] if not isinstance(x, int)]
+        field = ".".join(loc)
+        line = _line_of(text, [x for x in err["loc"]]) if text else None
+        where = f"{source}:{line}" if line else source
+        if err["type"] == "extra_forbidden":
+            section = ".".join(loc[:-1])
+            msg = f"unknown key '{field}'"
+            hint = closest_key(section, loc[-1])
+            if hint:
+                msg += f"; did you mean '{hint}'?"
+            raise ConfigError(f"{where}: {msg}") from None
+        raise ConfigError(f"{where}: {field}: {err['msg']} (got {err.get('input')!r})") from None
+
+
+def closest_key(section: str, key: str) -> str | None:
+    model = SECTIONS.get(section)
+    if model is None:
+        return None
+    names = list(model.model_fields)
+    match = difflib.get_close_matches(key, names, n=1, cutoff=0.5)
+    if not match:
+        return None
+    return f"{section}.{match[0]}" if section else match[0]
+
+
+def _line_of(text: str, loc: list[Any]) -> int | None:
+    """1-based line of the deepest existing node along `loc` in the YAML text (None if not in the file)."""
+    try:
+        node = yaml.compose(text)
+    except yaml.YAMLError:
+        return None
+    line = None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            found = next(((k, v) for k, v in node.value if k.value == str(part)), None)
+            if found is None:
+                return line
+            line, node = found[0].start_mark.line + 1, found[1]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            return line
+    return line
+
+
+def to_yaml(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def field_reference() -> str:
+    """Markdown reference of every config key, generated from the pydantic models (used for the README)."""
+    lines = []
+    for section, model in SECTIONS.items():
+        if not section:
+            continue
+        lines += [f"### `{section}`", "", "| key | default | description |", "|---|---|---|"]
+        for name, f in model.model_fields.items():
+            default = f.get_default(call_default_factory=True)
+            lines.append(f"| `{section}.{name}` | `{default!r}` | {f.description or ''} |")
+        lines.append("")
+    return "\n".join(lines)

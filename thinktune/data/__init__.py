@@ -1,0 +1,1 @@
+"""Data stage: read any supported format → canonical records → chat-template render → token ids + loss mask."""

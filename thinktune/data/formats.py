@@ -1,0 +1,129 @@
+"""Input formats: each is a small adapter from one raw JSON object to the canonical SFT record.
+
+Canonical SFT record: {"messages": [{"role", "content", "reasoning"}], "meta": {...}}.
+Add a format = one function + one entry in FORMATS.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+ROLES = {"system", "user", "assistant"}
+SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
+THINK = re.compile(r"^\s*<think>(.*?)</think>\s*(.*)$", re.DOTALL)
+
+
+class RecordError(ValueError):
+    """This record cannot be used; the message is the reason written to rejects.jsonl."""
+
+
+def split_think(content: str) -> tuple[str | None, str]:
+    """Split inline `<think>…</think>` off the front of an assistant message."""
+    m = THINK.match(content)
+    if not m:
+        if "<think>" in content and "</think>" not in content:
+            raise RecordError("assistant message opens <think> but never closes it")
+        return None, content
+    return m.group(1).strip(), m.group(2).strip()
+
+
+def _message(role: Any, content: Any, reasoning: Any = None, where: str = "") -> dict[str, Any]:
+    if role not in ROLES:
+        raise RecordError(f"{where}unknown role {role!r} (expected system, user or assistant)")
+    if not isinstance(content, str):
+        raise RecordError(f"{where}content must be a string, got {type(content).__name__}")
+    if reasoning is not None and not isinstance(reasoning, str):
+        raise RecordError(f"{where}reasoning_content must be a string")
+    if role == "assistant" and reasoning is None:
+        reasoning, content = split_think(content)
+    if role == "assistant" and not content.strip() and not (reasoning or "").strip():
+        raise RecordError(f"{where}empty assistant message")
+    return {"role": role, "content": content, "reasoning": reasoning or None}
+
+
+def _check_turns(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    if not any(m["role"] == "assistant" for m in messages):
+        raise RecordError("no assistant message to learn from")
+    if not any(m["role"] == "user" for m in messages):
+        raise RecordError("no user message")
+    return messages
+
+
+def from_messages(raw: dict[str, Any]) -> dict[str, Any]:
+    msgs = raw.get("messages")
+    if not isinstance(msgs, list) or not msgs:
+        raise RecordError("field 'messages' must be a non-empty list")
+    out = []
+    for i, m in enumerate(msgs):
+        if not isinstance(m, dict):
+            raise RecordError(f"messages[{i}] must be an object")
+        if "content" not in m:
+            raise RecordError(f"messages[{i}]: missing field 'content'")
+        out.append(_message(m.get("role"), m["content"], m.get("reasoning_content"), f"messages[{i}]: "))
+    return {"messages": _check_turns(out), "meta": _meta(raw, "messages")}
+
+
+def from_alpaca(raw: dict[str, Any]) -> dict[str, Any]:
+    for key in ("instruction", "output"):
+        if not isinstance(raw.get(key), str):
+            raise RecordError(f"field '{key}' must be a string")
+    prompt = raw["instruction"]
+    if isinstance(raw.get("input"), str) and raw["input"].strip():
+        prompt = f"{prompt}\n\n{raw['input']}"
+    msgs = []
+    if isinstance(raw.get("system"), str) and raw["system"].strip():
+        msgs.append(_message("system", raw["system"]))
+    msgs.append(_message("user", prompt))
+    msgs.append(_message("assistant", raw["output"], raw.get("reasoning_content"), "output: "))
+    if not prompt.strip():
+        raise RecordError("empty instruction")
+    return {"messages": _check_turns(msgs), "meta": _meta(raw, "alpaca")}
+
+
+def from_sharegpt(raw: dict[str, Any]) -> dict[str, Any]:
+    conv = raw.get("conversations")
+    if not isinstance(conv, list) or not conv:
+        raise RecordError("field 'conversations' must be a non-empty list")
+    msgs = []
+    if isinstance(raw.get("system"), str) and raw["system"].strip():
+        msgs.append(_message("system", raw["system"]))
+    for i, turn in enumerate(conv):
+        if not isinstance(turn, dict) or "from" not in turn or "value" not in turn:
+            raise RecordError(f"conversations[{i}] needs 'from' and 'value'")
+        role = SHAREGPT_ROLES.get(turn["from"])
+        if role is None:
+            raise RecordError(f"conversations[{i}]: unknown speaker {turn['from']!r}")
+        msgs.append(_message(role, turn["value"], turn.get("reasoning_content"), f"conversations[{i}]: "))
+    return {"messages": _check_turns(msgs), "meta": _meta(raw, "sharegpt")}
+
+
+FORMATS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    "messages": from_messages,
+    "alpaca": from_alpaca,
+    "sharegpt": from_sharegpt,
+}
+
+
+def detect_format(raw: dict[str, Any]) -> str:
+    if "messages" in raw:
+        return "messages"
+    if "conversations" in raw:
+        return "sharegpt"
+    if "instruction" in raw:
+        return "alpaca"
+    raise RecordError("unknown record format: expected 'messages', 'conversations' or 'instruction'/'output' fields")
+
+
+def to_sft_record(raw: Any, fmt: str = "auto") -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise RecordError(f"record must be a JSON object, got {type(raw).__name__}")
+    return FORMATS[detect_format(raw) if fmt == "auto" else fmt](raw)
+
+
+def _meta(raw: dict[str, Any], fmt: str) -> dict[str, Any]:
+    known = {"messages", "conversations", "instruction", "input", "output", "system", "reasoning_content"}
+    meta = {k: v for k, v in raw.items() if k not in known}
+    meta["format"] = fmt
+    return meta

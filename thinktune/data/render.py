@@ -1,0 +1,118 @@
+"""Render canonical conversations with the model's own chat template, tokenize, and mask the loss.
+
+Labels are the token ids on assistant turns (their thinking, answer and end-of-turn token) and -100 everywhere else,
+multi-turn included. We find each message inside the rendered text in order, so no template needs special-casing:
+templates that drop old reasoning (Qwen3) or add headers still mask correctly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from transformers import PreTrainedTokenizerBase
+
+from thinktune.data.formats import RecordError
+
+IGNORE = -100
+
+
+def inline_reasoning(message: dict[str, Any]) -> str:
+    """R1 style: reasoning goes before the answer inside <think> tags, in the assistant's content."""
+    if message.get("reasoning"):
+        return f"<think>\n{message['reasoning']}\n</think>\n\n{message['content']}"
+    return message["content"]
+
+
+def template_messages(messages: list[dict[str, Any]], system_prompt: str | None = None) -> list[dict[str, str]]:
+    out = [{"role": m["role"], "content": inline_reasoning(m)} for m in messages]
+    if system_prompt and not any(m["role"] == "system" for m in out):
+        out.insert(0, {"role": "system", "content": system_prompt})
+    return out
+
+
+def render_prompt(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, Any]], system_prompt: str | None) -> str:
+    """Text the model sees before it answers (generation prompt included)."""
+    return tokenizer.apply_chat_template(
+        template_messages(messages, system_prompt), tokenize=False, add_generation_prompt=True
+    )
+
+
+@dataclass
+class TokenizedSample:
+    input_ids: list[int]
+    labels: list[int]
+
+    @property
+    def trained_tokens(self) -> int:
+        return sum(1 for x in self.labels if x != IGNORE)
+
+
+def assistant_spans(text: str, messages: list[dict[str, str]], end_of_turn: str | None) -> list[tuple[int, int]]:
+    """Character spans of assistant turns in the rendered `text`, each extended over the end-of-turn marker."""
+    spans, cursor = [], 0
+    for i, m in enumerate(messages):
+        found = _find_content(text, m["content"], cursor)
+        if found is None:
+            if m["role"] == "assistant":
+                raise RecordError(f"messages[{i}]: assistant text not found in the chat template's output")
+            continue
+        start, end = found
+        cursor = end
+        if m["role"] != "assistant":
+            continue
+        if end_of_turn:
+            rest = text[end:]
+            stripped = rest.lstrip(" ")
+            if stripped.startswith(end_of_turn):
+                end += len(rest) - len(stripped) + len(end_of_turn)
+        spans.append((start, end))
+        cursor = end
+    return spans
+
+
+def _find_content(text: str, content: str, cursor: int) -> tuple[int, int] | None:
+    pos = text.find(content, cursor)
+    if pos >= 0 and content:
+        return pos, pos + len(content)
+    # Templates may re-format <think> blocks (whitespace) or drop history reasoning; fall back to the answer part.
+    if "</think>" in content:
+        answer = content.split("</think>", 1)[1].strip()
+        think = content.split("</think>", 1)[0].replace("<think>", "").strip()
+        a = text.find(answer, cursor) if answer else -1
+        if a >= 0:
+            t = text.find(think, cursor, a) if think else -1
+            start = text.rfind("<think>", cursor, t) if t >= 0 else -1
+            return (start if start >= 0 else (t if t >= 0 else a)), a + len(answer)
+    stripped = content.strip()
+    if stripped and stripped != content:
+        pos = text.find(stripped, cursor)
+        if pos >= 0:
+            return pos, pos + len(stripped)
+    return None
+
+
+def tokenize_conversation(
+    tokenizer: PreTrainedTokenizerBase,
+    messages: list[dict[str, Any]],
+    system_prompt: str | None = None,
+    max_length: int | None = None,
+) -> TokenizedSample:
+    msgs = template_messages(messages, system_prompt)
+    text = tokenizer.apply_chat_template(msgs, tokenize=False)
+    spans = assistant_spans(text, msgs, tokenizer.eos_token)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = enc["input_ids"], enc["offset_mapping"]
+    labels = [IGNORE] * len(ids)
+    j = 0
+    for k, (s, e) in enumerate(offsets):
+        while j < len(spans) and spans[j][1] <= s:
+            j += 1
+        if j < len(spans) and s >= spans[j][0] and e <= spans[j][1] and e > s:
+            labels[k] = ids[k]
+    sample = TokenizedSample(ids, labels)
+    if sample.trained_tokens == 0:
+        raise RecordError("no assistant tokens left to train on")
+    if max_length is not None and len(ids) > max_length:
+        raise RecordError(f"too long: {len(ids)} tokens > data.max_length={max_length}")
+    return sample

@@ -1,0 +1,21 @@
+"""Errors a user can cause. The CLI prints them as one line and exits with code 2; bugs stay tracebacks."""
+
+
+class UserError(Exception):
+    """Base class for every error caused by user input (config, data, paths, environment)."""
+
+
+class ConfigError(UserError):
+    """Invalid YAML, unknown key, bad value, or a bad --set override."""
+
+
+class DataError(UserError):
+    """A dataset file is missing or unreadable, or too many of its records are unusable."""
+
+
+class ModelNotFoundError(UserError):
+    """The model reference does not point to anything loadable on this machine."""
+
+
+class EnvironmentProblem(UserError):
+    """The machine lacks something the run needs (a package, a GPU)."""

@@ -1,0 +1,1 @@
+"""Evaluation: reasoning-aware metrics, batched generation, reports."""

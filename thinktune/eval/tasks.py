@@ -1,0 +1,34 @@
+"""Evaluation tasks: canonical SFT records turned into {prompt, answer, reference} records."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from thinktune.data.formats import RecordError
+from thinktune.data.reading import LoadedRecords, Reject, read_records
+from thinktune.eval.reasoning import extract_answer
+
+
+def to_task_record(sft: dict[str, Any]) -> dict[str, Any]:
+    """Prompt = messages before the last assistant turn; answer = the record's `answer` field or its boxed answer."""
+    msgs = sft["messages"]
+    last = max(i for i, m in enumerate(msgs) if m["role"] == "assistant")
+    answer = sft["meta"].get("answer")
+    if answer is None:
+        answer = extract_answer(msgs[last]["content"])
+    if answer is None:
+        raise RecordError("no reference answer: add an 'answer' field or a \\boxed{} answer")
+    return {"prompt": msgs[:last], "answer": str(answer), "messages": msgs[: last + 1], "meta": sft["meta"]}
+
+
+def load_tasks(ref: str, fmt: str = "auto", limit: int | None = None) -> LoadedRecords:
+    loaded = read_records(ref, fmt)
+    out = LoadedRecords(rejects=list(loaded.rejects))
+    for rec in loaded.records:
+        try:
+            out.records.append(to_task_record(rec))
+        except RecordError as e:
+            out.rejects.append(Reject(rec["meta"]["source"], rec["meta"]["line"], str(e)))
+    if limit:
+        out.records = out.records[:limit]
+    return out

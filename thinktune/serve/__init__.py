@@ -1,0 +1,1 @@
+"""Serving: interactive chat now; the OpenAI-compatible server arrives here."""

@@ -1,0 +1,1 @@
+"""Engine pieces shared by recipes: optimizer/schedule, metric loggers, plots, progress display."""
