@@ -236,3 +236,21 @@ def field_reference() -> str:
             lines.append(f"| `{section}.{name}` | `{default!r}` | {f.description or ''} |")
         lines.append("")
     return "\n".join(lines)
+
+
+def update_readme_reference(readme: Path) -> None:
+    """Rewrite the README section between the config-reference markers from the pydantic models."""
+    start, end = "<!-- config-reference:start -->", "<!-- config-reference:end -->"
+    text = readme.read_text()
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    readme.write_text(f"{head}{start}\n{field_reference()}\n{end}{tail}")
+
+
+if __name__ == "__main__":  # python -m thinktune.config --reference
+    import sys
+
+    if "--reference" in sys.argv:
+        update_readme_reference(Path(__file__).parents[1] / "README.md")
+    else:
+        print(field_reference())

@@ -60,7 +60,7 @@ def bundled_names() -> list[str]:
 
 def iter_raw(path: Path) -> list[tuple[int, Any | Exception]]:
     """(line, parsed JSON or the parse error) for every record in a .jsonl or .json file."""
-    text = path.read_text(encoding="utf-8", errors="replace")
+    text = path.read_text(encoding="utf-8-sig", errors="replace")  # -sig: a leading BOM is not part of record 1
     if path.suffix == ".json":
         try:
             data = json.loads(text)
@@ -71,7 +71,8 @@ def iter_raw(path: Path) -> list[tuple[int, Any | Exception]]:
         lines = _item_lines(text, len(data))
         return list(zip(lines, data, strict=True))
     out: list[tuple[int, Any | Exception]] = []
-    for i, line in enumerate(text.splitlines(), start=1):
+    # JSONL lines end at "\n" only: splitlines() would also split inside strings holding U+2028, U+0085, ...
+    for i, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:

@@ -48,11 +48,19 @@ class TokenizedSample:
         return sum(1 for x in self.labels if x != IGNORE)
 
 
-def assistant_spans(text: str, messages: list[dict[str, str]], end_of_turn: str | None) -> list[tuple[int, int]]:
-    """Character spans of assistant turns in the rendered `text`, each extended over the end-of-turn marker."""
+def assistant_spans(
+    text: str, messages: list[dict[str, str]], end_of_turn: str | None, anchors: dict[int, int] | None = None
+) -> list[tuple[int, int]]:
+    """Character spans of assistant turns in the rendered `text`, each extended over the end-of-turn marker.
+
+    `anchors` maps a message index to the known start of its content (see `_assistant_anchors`)."""
     spans, cursor = [], 0
     for i, m in enumerate(messages):
-        found = _find_content(text, m["content"], cursor)
+        a = (anchors or {}).get(i)
+        if a is not None and a >= cursor:
+            found: tuple[int, int] | None = (a, a + len(m["content"]))
+        else:
+            found = _find_content(text, m["content"], cursor)
         if found is None:
             if m["role"] == "assistant":
                 raise RecordError(f"messages[{i}]: assistant text not found in the chat template's output")
@@ -69,6 +77,23 @@ def assistant_spans(text: str, messages: list[dict[str, str]], end_of_turn: str 
         spans.append((start, end))
         cursor = end
     return spans
+
+
+def _assistant_anchors(tokenizer: PreTrainedTokenizerBase, msgs: list[dict[str, str]], text: str) -> dict[int, int]:
+    """Start of each assistant turn's content where the template renders it right after the generation prompt.
+
+    Searching from the previous message alone would find a short answer such as "a" inside the role header."""
+    anchors = {}
+    for i, m in enumerate(msgs):
+        if m["role"] != "assistant" or i == 0 or not m["content"]:
+            continue
+        try:
+            prefix = tokenizer.apply_chat_template(msgs[:i], tokenize=False, add_generation_prompt=True)
+        except Exception:  # a template may refuse a partial conversation; the anchor is only a hint
+            continue
+        if isinstance(prefix, str) and text.startswith(prefix) and text.startswith(m["content"], len(prefix)):
+            anchors[i] = len(prefix)
+    return anchors
 
 
 def _find_content(text: str, content: str, cursor: int) -> tuple[int, int] | None:
@@ -100,7 +125,7 @@ def tokenize_conversation(
 ) -> TokenizedSample:
     msgs = template_messages(messages, system_prompt)
     text = tokenizer.apply_chat_template(msgs, tokenize=False)
-    spans = assistant_spans(text, msgs, tokenizer.eos_token)
+    spans = assistant_spans(text, msgs, tokenizer.eos_token, _assistant_anchors(tokenizer, msgs, text))
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = enc["input_ids"], enc["offset_mapping"]
     labels = [IGNORE] * len(ids)

@@ -10,8 +10,8 @@ import unicodedata
 from dataclasses import dataclass
 from fractions import Fraction
 
-NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?|-?\.\d+")
-ANSWER_LINE = re.compile(r"(?:final answer|answer)\s*(?:is|:)\s*(.+)", re.IGNORECASE)
+NUMBER = re.compile(r"-?\d+(?:,\d{3}(?!\d))*(?:\.\d+)?(?:/\d+)?|-?\.\d+")  # "12, then" → 12; "1,234" stays whole
+ANSWER_LINE = re.compile(r"(?:final answer|answer)\s*(?:is\s*:?|:)\s*(.+)", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -54,17 +54,18 @@ def boxed(text: str) -> str | None:
 def extract_answer(text: str) -> str | None:
     """The final answer of a model output: last \\boxed{}, else an 'answer:' line, else the last number."""
     _, answer_text, _ = split_thinking(text)
-    for source in (answer_text, text):
-        b = boxed(source)
-        if b is not None:
-            return b
+    b = boxed(answer_text)
+    if b is not None:
+        return b
     m = None
     for m in ANSWER_LINE.finditer(answer_text):
         pass
     if m:
         return m.group(1).strip().rstrip(".")
     nums = NUMBER.findall(normalize_text(answer_text))
-    return nums[-1] if nums else None
+    if nums:
+        return nums[-1]
+    return boxed(text)  # only then a \boxed{} inside the thinking (e.g. output cut off before </think>)
 
 
 def parse_output(text: str) -> ParsedOutput:

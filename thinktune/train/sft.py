@@ -138,7 +138,7 @@ def train(run: Run) -> dict[str, float]:
                 n = int(batch["attention_mask"].sum())
                 tokens += n
                 window_tokens += n
-                losses.append(float(loss))
+                losses.append(loss.detach().item())
                 if not acc.sync_gradients:
                     continue
                 step += 1
