@@ -141,8 +141,9 @@ def tiny_config(arch: str, tokenizer: PreTrainedTokenizerFast | None = None):
             norm_topk_prob=True,
         )
     if arch == "deepseek_v3":
+        # MLA in transformers needs as many KV heads as attention heads (as in the real DeepSeek-V3).
         return DeepseekV3Config(
-            **common,
+            **{**common, "num_key_value_heads": common["num_attention_heads"]},
             moe_intermediate_size=32,
             q_lora_rank=32,
             kv_lora_rank=16,

@@ -56,7 +56,8 @@ GOOD = [
     ),
     (
         "messages_think_only",
-        {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "<think>just thinking</think>"}]},
+        {"messages": [{"role": "user", "content": "q"},
+                      {"role": "assistant", "content": "<think>just thinking</think>"}]},
         [msg("user", "q"), msg("assistant", "", "just thinking")],
         "messages",
         {},
@@ -183,7 +184,8 @@ BAD = [
     ("alpaca_empty_output", {"instruction": "q", "output": ""}, "auto", "output: empty assistant message"),
     ("alpaca_unclosed_think", {"instruction": "q", "output": "<think>a"}, "auto", "never closes"),
     ("sharegpt_empty", {"conversations": []}, "auto", "'conversations' must be a non-empty list"),
-    ("sharegpt_missing_value", {"conversations": [{"from": "human"}]}, "auto", "conversations[0] needs 'from' and 'value'"),
+    ("sharegpt_missing_value", {"conversations": [{"from": "human"}]}, "auto",
+     "conversations[0] needs 'from' and 'value'"),
     (
         "sharegpt_unknown_speaker",
         {"conversations": [{"from": "human", "value": "q"}, {"from": "bard", "value": "a"}]},

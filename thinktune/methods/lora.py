@@ -6,6 +6,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import PreTrainedModel
 
 from thinktune.config import MethodConfig
+from thinktune.errors import ConfigError
 from thinktune.models.registry import arch_facts
 
 
@@ -29,4 +30,7 @@ def apply_lora(model: PreTrainedModel, cfg: MethodConfig) -> PeftModel:
         target_modules=lora_targets(model, cfg),
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, peft_cfg)
+    try:
+        return get_peft_model(model, peft_cfg)
+    except ValueError as e:  # PEFT's own message says what is wrong (no target matched, dropout on fused experts)
+        raise ConfigError(f"method: LoRA cannot be applied: {str(e).splitlines()[0]}") from None

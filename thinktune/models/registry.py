@@ -22,10 +22,10 @@ ARCHS: dict[str, ArchFacts] = {
     "mistral": ArchFacts(tuple(ATTN + MLP)),
     "qwen2": ArchFacts(tuple(ATTN + MLP)),
     "qwen3": ArchFacts(tuple(ATTN + MLP)),
-    # Routed experts are fused 3-D parameters in transformers 5, not nn.Linear; LoRA by name reaches attention
-    # (and shared experts / dense layers), routed-expert LoRA is a separate method.
+    # Routed experts are fused 3-D parameters in transformers 5. PEFT maps MLP names (gate/up/down_proj) onto them
+    # as target_parameters, which then also rules out LoRA dropout; so the MoE default is attention only.
     "qwen3_moe": ArchFacts(tuple(ATTN), moe=True),
-    "deepseek_v3": ArchFacts(("q_proj", "q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj", *MLP), moe=True),
+    "deepseek_v3": ArchFacts(("q_proj", "q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj"), moe=True),
 }
 
 
