@@ -70,13 +70,15 @@ def test_train_bad_yaml_file(tmp_path):
 def test_data_validate_reports_bad_lines(tmp_path):
     data = tmp_path / "mine.jsonl"
     data.write_text(
-        "\n".join([
-            json.dumps(GOOD),
-            "{broken",
-            json.dumps({"messages": [{"role": "user", "content": "no answer"}]}),
-            "",
-            json.dumps(GOOD),
-        ])
+        "\n".join(
+            [
+                json.dumps(GOOD),
+                "{broken",
+                json.dumps({"messages": [{"role": "user", "content": "no answer"}]}),
+                "",
+                json.dumps(GOOD),
+            ]
+        )
         + "\n"
     )
     r = run_cli(["data", "validate", str(data)], tmp_path)

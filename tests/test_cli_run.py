@@ -15,12 +15,25 @@ ROOT = Path(__file__).parents[1]
 
 def thinktune(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     env = {**os.environ, "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "thinktune", *args], capture_output=True, text=True, timeout=timeout,
-                          cwd=ROOT, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "thinktune", *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env
+    )
 
 
-TINY = ["--set", "data.max_train_samples=16", "--set", "train.max_steps=2", "--set", "train.batch_size=4",
-        "--set", "eval.max_samples=3", "--set", "eval.max_new_tokens=6", "--set", "data.max_length=512"]
+TINY = [
+    "--set",
+    "data.max_train_samples=16",
+    "--set",
+    "train.max_steps=2",
+    "--set",
+    "train.batch_size=4",
+    "--set",
+    "eval.max_samples=3",
+    "--set",
+    "eval.max_new_tokens=6",
+    "--set",
+    "data.max_length=512",
+]
 
 
 def test_train_then_eval_and_chat_with_adapter(tiny_model_dirs, tmp_path):
@@ -32,15 +45,25 @@ def test_train_then_eval_and_chat_with_adapter(tiny_model_dirs, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["adapter_dir"] == str(out / "adapter")
 
-    r = thinktune("eval", "--model", model, "--adapter", str(out / "adapter"), "--max-samples", "3",
-                  "--set", "eval.max_new_tokens=6", "-o", str(tmp_path / "ev"))
+    r = thinktune(
+        "eval",
+        "--model",
+        model,
+        "--adapter",
+        str(out / "adapter"),
+        "--max-samples",
+        "3",
+        "--set",
+        "eval.max_new_tokens=6",
+        "-o",
+        str(tmp_path / "ev"),
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     report = json.loads((tmp_path / "ev" / "report.json").read_text())
     assert report["headline"]["n"] == 3 and len(report["samples"]) == 3
     assert (tmp_path / "ev" / "report.md").read_text().startswith("# ")
 
-    r = thinktune("chat", "--model", model, "--adapter", str(out / "adapter"), "-p", "2 + 2?",
-                  "--max-new-tokens", "5")
+    r = thinktune("chat", "--model", model, "--adapter", str(out / "adapter"), "-p", "2 + 2?", "--max-new-tokens", "5")
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip()
 
@@ -61,8 +84,19 @@ def test_doctor_reports_versions():
 def test_quickstart_path_on_bundled_smollm2(tmp_path):
     """The real model through the real CLI: conversion (cached), before/after eval, LoRA, reload via --adapter."""
     out = tmp_path / "smol"
-    r = thinktune("train", "-o", str(out), "--set", "data.max_train_samples=16", "--set", "train.max_steps=2",
-                  "--set", "eval.max_samples=4", "--set", "eval.max_new_tokens=24")
+    r = thinktune(
+        "train",
+        "-o",
+        str(out),
+        "--set",
+        "data.max_train_samples=16",
+        "--set",
+        "train.max_steps=2",
+        "--set",
+        "eval.max_samples=4",
+        "--set",
+        "eval.max_new_tokens=24",
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     s = json.loads((out / "summary.json").read_text())
     assert s["model"] == "smollm2-135m-instruct" and s["before"]["n"] == 4 and s["after"]["n"] == 4

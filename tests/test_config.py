@@ -102,12 +102,15 @@ BAD_FILES = [
         ["unknown key 'train.learnin_rate'", "did you mean 'train.learning_rate'"],
     ),
     ("name: x\nmodle:\n  name_or_path: a\n", 2, ["unknown key 'modle'", "did you mean 'model'"]),
-    ("name: x\n\ndata:\n  max_length: 64\n  sytem_prompt: hi\n", 5, ["unknown key 'data.sytem_prompt'",
-                                                                    "did you mean 'data.system_prompt'"]),
+    (
+        "name: x\n\ndata:\n  max_length: 64\n  sytem_prompt: hi\n",
+        5,
+        ["unknown key 'data.sytem_prompt'", "did you mean 'data.system_prompt'"],
+    ),
     ("name: x\nzzzzzz: 1\n", 2, ["unknown key 'zzzzzz'"]),
     ("name: x\ntrain:\n  epochs: 1\n  batch_size: abc\n", 4, ["train.batch_size", "valid integer", "'abc'"]),
     ("eval:\n  before: maybe\n", 2, ["eval.before", "'maybe'"]),
-    ("data:\n  train:\n    - a.jsonl\n    - 5\n", 4, ["data.train", "valid string"]),
+    ("data:\n  train:\n    - a.jsonl\n    - {x: 1}\n", 4, ["data.train", "valid string"]),
     ("data:\n  max_bad_fraction: 2\n", 2, ["data.max_bad_fraction", "less than or equal to 1"]),
 ]
 
@@ -170,3 +173,16 @@ def test_field_reference_covers_every_section_and_key():
         assert f"### `{section}`" in ref
         for name in model.model_fields:
             assert f"| `{section}.{name}` |" in ref
+
+
+def test_error_from_an_override_names_the_override():
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["train.learnin_rate=1"])
+    assert str(e.value).startswith("--set train.learnin_rate=1: unknown key")
+    with pytest.raises(ConfigError, match=r"^--set train.batch_size=abc: train.batch_size"):
+        load_config(None, ["train.batch_size=abc"])
+
+
+def test_numeric_looking_strings_stay_strings():
+    cfg = load_config(None, ["output_dir=2024", "name=5", "model.name_or_path=123"])
+    assert cfg.output_dir == "2024" and cfg.name == "5" and cfg.model.name_or_path == "123"

@@ -1,7 +1,7 @@
 """The `thinktune` command line: thin typer commands that build a RunConfig and call one function each.
 
-    thinktune train                       # the quickstart job
-    thinktune --help
+thinktune train                       # the quickstart job
+thinktune --help
 """
 
 from __future__ import annotations
@@ -17,8 +17,12 @@ from rich.table import Table
 
 from thinktune.errors import UserError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="markdown",
-                  help="Fine-tune reasoning LLMs end to end: data → LoRA → evaluation.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    rich_markup_mode="markdown",
+    help="Fine-tune reasoning LLMs end to end: data → LoRA → evaluation.",
+)
 data_app = typer.Typer(no_args_is_help=True, help="Inspect and check datasets.")
 app.add_typer(data_app, name="data")
 console = Console()
@@ -62,9 +66,9 @@ def train(config: ConfigOpt = None, set_: SetOpt = None, output_dir: OutOpt = No
 
     Example: `thinktune train --config examples/quickstart.yaml --set train.learning_rate=5e-4 -o runs/try1`
     """
+    cfg = build_config(config, set_, output_dir)  # config errors show before torch is imported
     from thinktune.train.sft import run_sft
 
-    cfg = build_config(config, set_, output_dir)
     summary = run_sft(cfg, console)
     print_summary(summary)
 
@@ -81,10 +85,14 @@ def print_summary(s: dict) -> None:
     loss = lambda d: f"{d['loss']:.3f}" if d.get("loss") is not None else "-"  # noqa: E731
     table.add_row("held-out loss", loss(b), loss(a))
     console.print(table)
-    console.print(f"wall time {s['wall_seconds']:.0f}s · training {s['train_seconds']:.0f}s at "
-                  f"{s['train_tokens_per_second']:.0f} tokens/s · {s['steps']} steps")
-    console.print(f"run directory: [bold]{s['run_dir']}[/] (adapter: {s['adapter_dir']}, summary.json, "
-                  f"metrics.jsonl, plots/, eval/, rejects.jsonl)")
+    console.print(
+        f"wall time {s['wall_seconds']:.0f}s · training {s['train_seconds']:.0f}s at "
+        f"{s['train_tokens_per_second']:.0f} tokens/s · {s['steps']} steps"
+    )
+    console.print(
+        f"run directory: [bold]{s['run_dir']}[/] (adapter: {s['adapter_dir']}, summary.json, "
+        f"metrics.jsonl, plots/, eval/, rejects.jsonl)"
+    )
 
 
 @app.command("eval")
@@ -102,18 +110,20 @@ def eval_(
 
     Example: `thinktune eval --adapter runs/quickstart/adapter --output-dir runs/quickstart/eval2`
     """
-    from thinktune.eval.job import run_eval_job
-
     sets = list(set_ or [])
     sets += [f"model.name_or_path={model}"] if model else []
     sets += [f"data.test={data}"] if data else []
     sets += [f"eval.max_samples={max_samples}"] if max_samples else []
     cfg = build_config(config, sets)
+    from thinktune.eval.job import run_eval_job
+
     out = output_dir or (cfg.run_dir / "eval")
     r = run_eval_job(cfg, str(adapter) if adapter else None, out, console)
-    console.print(f"accuracy {r.accuracy:.1%} · format compliance {r.format_compliance:.1%} · "
-                  f"mean think tokens {r.mean_think_tokens:.1f} · loss {r.loss if r.loss is None else round(r.loss, 4)}"
-                  f" · n={r.n} · {r.seconds:.0f}s")
+    console.print(
+        f"accuracy {r.accuracy:.1%} · format compliance {r.format_compliance:.1%} · "
+        f"mean think tokens {r.mean_think_tokens:.1f} · loss {r.loss if r.loss is None else round(r.loss, 4)}"
+        f" · n={r.n} · {r.seconds:.0f}s"
+    )
     console.print(f"report: {out / 'report.md'}, {out / 'report.json'}")
 
 
@@ -182,8 +192,9 @@ def data_validate(
         loaded = read_records(f, format_)
         bad += len(loaded.rejects)
         with_reasoning = sum(any(m["reasoning"] for m in r["messages"]) for r in loaded.records)
-        console.print(f"{f}: {len(loaded.records)} usable, {len(loaded.rejects)} rejected, "
-                      f"{with_reasoning} with reasoning")
+        console.print(
+            f"{f}: {len(loaded.records)} usable, {len(loaded.rejects)} rejected, {with_reasoning} with reasoning"
+        )
         for r in loaded.rejects:
             console.print(f"  {r.file}:{r.line}: {r.reason}", highlight=False)
     if bad:

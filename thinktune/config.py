@@ -21,7 +21,7 @@ QUICKSTART = "quickstart.yaml"
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)  # `-o 2024` is a path
 
 
 class ModelConfig(Section):
@@ -146,13 +146,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         raise ConfigError(f"{source}{where}: invalid YAML ({getattr(e, 'problem', e)})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}:1: the top level must be a mapping of sections (model, data, train, ...)")
+    overridden = {}
     for item in overrides or []:
-        apply_override(raw, item)
-    return validate(raw, source, text)
+        overridden[tuple(apply_override(raw, item))] = item
+    return validate(raw, source, text, overridden)
 
 
-def apply_override(raw: dict[str, Any], item: str) -> None:
-    """Apply one `--set a.b.c=value` (value parsed as YAML) to the nested dict in place."""
+def apply_override(raw: dict[str, Any], item: str) -> list[str]:
+    """Apply one `--set a.b.c=value` (value parsed as YAML) to the nested dict in place; returns the key path."""
     key, sep, value = item.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.learning_rate=1e-4")
@@ -167,17 +168,26 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
         node[parts[-1]] = yaml.safe_load(value) if value.strip() else None
     except yaml.YAMLError:
         node[parts[-1]] = value
+    return parts
 
 
-def validate(raw: dict[str, Any], source: str = "<config>", text: str | None = None) -> RunConfig:
+def validate(
+    raw: dict[str, Any],
+    source: str = "<config>",
+    text: str | None = None,
+    overridden: dict[tuple[str, ...], str] | None = None,
+) -> RunConfig:
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as e:
         err = e.errors()[0]
         loc = [str(x) for x in err["loc"] if not isinstance(x, int)]
         field = ".".join(loc)
-        line = _line_of(text, [x for x in err["loc"]]) if text else None
+        line = _line_of(text, list(err["loc"])) if text else None
         where = f"{source}:{line}" if line else source
+        for keys, item in (overridden or {}).items():
+            if tuple(loc[: len(keys)]) == keys or tuple(keys[: len(loc)]) == tuple(loc):
+                where = f"--set {item}"
         if err["type"] == "extra_forbidden":
             section = ".".join(loc[:-1])
             msg = f"unknown key '{field}'"

@@ -39,7 +39,9 @@ def run_checks() -> list[Check]:
         try:
             v = md.version(pkg)
         except md.PackageNotFoundError:
-            checks.append(Check(pkg, "missing", False, f"pip install {pkg}" if pkg != "torch" else "pip install torch==2.13.0"))
+            checks.append(
+                Check(pkg, "missing", False, f"pip install {pkg}" if pkg != "torch" else "pip install torch==2.13.0")
+            )
             continue
         need = MINIMUM.get(pkg)
         ok = need is None or _version_tuple(v) >= need
@@ -61,6 +63,11 @@ def run_checks() -> list[Check]:
         checks.append(Check(f"model {name}", str(gguf) if gguf else "not installed", gguf is not None, BUNDLED_INSTALL))
         conv = converted_dir(name)
         done = (conv / "config.json").is_file()
-        checks.append(Check(f"model {name} converted", str(conv) if done else "not yet (first `thinktune train` "
-                            "converts it, ~20 s)", True))
+        checks.append(
+            Check(
+                f"model {name} converted",
+                str(conv) if done else "not yet (first `thinktune train` converts it, ~20 s)",
+                True,
+            )
+        )
     return checks

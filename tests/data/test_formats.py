@@ -56,8 +56,12 @@ GOOD = [
     ),
     (
         "messages_think_only",
-        {"messages": [{"role": "user", "content": "q"},
-                      {"role": "assistant", "content": "<think>just thinking</think>"}]},
+        {
+            "messages": [
+                {"role": "user", "content": "q"},
+                {"role": "assistant", "content": "<think>just thinking</think>"},
+            ]
+        },
         [msg("user", "q"), msg("assistant", "", "just thinking")],
         "messages",
         {},
@@ -102,15 +106,25 @@ GOOD = [
             ],
             "source": "x",
         },
-        [msg("system", "You are terse."), msg("user", "1+1?"), msg("assistant", "2"), msg("user", "2+2?"),
-         msg("assistant", "4")],
+        [
+            msg("system", "You are terse."),
+            msg("user", "1+1?"),
+            msg("assistant", "2"),
+            msg("user", "2+2?"),
+            msg("assistant", "4"),
+        ],
         "sharegpt",
         {"source": "x"},
     ),
     (
         "sharegpt_system_turn",
-        {"conversations": [{"from": "system", "value": "S"}, {"from": "human", "value": "q"},
-                           {"from": "gpt", "value": "a"}]},
+        {
+            "conversations": [
+                {"from": "system", "value": "S"},
+                {"from": "human", "value": "q"},
+                {"from": "gpt", "value": "a"},
+            ]
+        },
         [msg("system", "S"), msg("user", "q"), msg("assistant", "a")],
         "sharegpt",
         {},
@@ -184,8 +198,12 @@ BAD = [
     ("alpaca_empty_output", {"instruction": "q", "output": ""}, "auto", "output: empty assistant message"),
     ("alpaca_unclosed_think", {"instruction": "q", "output": "<think>a"}, "auto", "never closes"),
     ("sharegpt_empty", {"conversations": []}, "auto", "'conversations' must be a non-empty list"),
-    ("sharegpt_missing_value", {"conversations": [{"from": "human"}]}, "auto",
-     "conversations[0] needs 'from' and 'value'"),
+    (
+        "sharegpt_missing_value",
+        {"conversations": [{"from": "human"}]},
+        "auto",
+        "conversations[0] needs 'from' and 'value'",
+    ),
     (
         "sharegpt_unknown_speaker",
         {"conversations": [{"from": "human", "value": "q"}, {"from": "bard", "value": "a"}]},
@@ -259,13 +277,18 @@ def test_split_think_unclosed():
 def test_reasoning_content_is_not_split_again():
     """With an explicit reasoning_content, the content is kept verbatim (no <think> parsing)."""
     rec = to_sft_record(
-        {"messages": [{"role": "user", "content": "q"},
-                      {"role": "assistant", "reasoning_content": "r", "content": "a"}]}
+        {
+            "messages": [
+                {"role": "user", "content": "q"},
+                {"role": "assistant", "reasoning_content": "r", "content": "a"},
+            ]
+        }
     )
     assert rec["messages"][1] == msg("assistant", "a", "r")
 
 
 def test_empty_reasoning_becomes_none():
-    rec = to_sft_record({"messages": [{"role": "user", "content": "q"},
-                                      {"role": "assistant", "reasoning_content": "", "content": "a"}]})
+    rec = to_sft_record(
+        {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "reasoning_content": "", "content": "a"}]}
+    )
     assert rec["messages"][1]["reasoning"] is None

@@ -26,8 +26,11 @@ EXTRACT = [
     ("boxed_unbalanced_ignored", "\\boxed{5} and \\boxed{6", "5"),
     ("boxed_wins_over_answer_line", "Answer: 3\nso \\boxed{4}", "4"),
     ("boxed_after_think", "<think>maybe \\boxed{5}</think>\nThe answer is \\boxed{6}.", "6"),
-    ("answer_after_think_beats_thinking_numbers", "<think>17 + 25 = 42? no, 17 + 26 = 43</think>The answer is 43.",
-     "43"),
+    (
+        "answer_after_think_beats_thinking_numbers",
+        "<think>17 + 25 = 42? no, 17 + 26 = 43</think>The answer is 43.",
+        "43",
+    ),
     ("plain_answer_after_think_beats_boxed_in_thinking", "<think>guess \\boxed{5}, no</think>The answer is 7.", "7"),
     ("last_number_after_think", "<think>1 2 3 99</think>So Tom has 8 apples", "8"),
     ("boxed_in_unclosed_think", "<think>3 + 4 = \\boxed{7} and then", "7"),

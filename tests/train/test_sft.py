@@ -38,9 +38,18 @@ def test_three_steps_save_reload(tiny_model_dir, tmp_path):
     out = tmp_path / "run"
     summary = run_sft(tiny_run_config(tiny_model_dir, out), Console(quiet=True))
 
-    for name in ("config.yaml", "metrics.jsonl", "summary.json", "rejects.jsonl", "plots/loss.png",
-                 "adapter/adapter_config.json", "adapter/adapter_model.safetensors", "adapter/tokenizer_config.json",
-                 "eval/before.json", "eval/after.md"):
+    for name in (
+        "config.yaml",
+        "metrics.jsonl",
+        "summary.json",
+        "rejects.jsonl",
+        "plots/loss.png",
+        "adapter/adapter_config.json",
+        "adapter/adapter_model.safetensors",
+        "adapter/tokenizer_config.json",
+        "eval/before.json",
+        "eval/after.md",
+    ):
         assert (out / name).is_file(), name
     assert list((out / "tensorboard").iterdir())
     saved = json.loads((out / "summary.json").read_text())
@@ -80,8 +89,9 @@ def test_rejects_are_written_and_limit_stops_run(tiny_model_dirs, tmp_path):
     lines = [json.dumps(good)] * 9 + ["{not json"]
     data.write_text("\n".join(lines) + "\n")
     out = tmp_path / "run"
-    cfg = tiny_run_config(tiny_model_dirs["llama"], out, f"data.train=[{data}]", "eval.before=false",
-                          "train.max_steps=1")
+    cfg = tiny_run_config(
+        tiny_model_dirs["llama"], out, f"data.train=[{data}]", "eval.before=false", "train.max_steps=1"
+    )
     run_sft(cfg, Console(quiet=True))
     rejects = [json.loads(x) for x in (out / "rejects.jsonl").read_text().splitlines()]
     assert rejects == [{"file": str(data), "line": 10, "reason": rejects[0]["reason"]}]
@@ -91,4 +101,6 @@ def test_rejects_are_written_and_limit_stops_run(tiny_model_dirs, tmp_path):
 
     data.write_text("\n".join([json.dumps(good)] * 2 + ["{bad"] * 2) + "\n")
     with pytest.raises(DataError, match="max_bad_fraction"):
-        run_sft(tiny_run_config(tiny_model_dirs["llama"], tmp_path / "run2", f"data.train=[{data}]"), Console(quiet=True))
+        run_sft(
+            tiny_run_config(tiny_model_dirs["llama"], tmp_path / "run2", f"data.train=[{data}]"), Console(quiet=True)
+        )

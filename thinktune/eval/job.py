@@ -1,7 +1,7 @@
 """`thinktune eval`: evaluate any model (+ optional adapter) on a task file, writing JSON + markdown reports.
 
-    thinktune eval                                         # bundled SmolLM2 on the bundled test split
-    thinktune eval --adapter runs/quickstart/adapter --output-dir runs/quickstart/eval-again
+thinktune eval                                         # bundled SmolLM2 on the bundled test split
+thinktune eval --adapter runs/quickstart/adapter --output-dir runs/quickstart/eval-again
 """
 
 from __future__ import annotations
@@ -40,8 +40,9 @@ def run_eval_job(cfg: RunConfig, adapter: str | None, out_dir: Path, console: Co
             model = load_adapter(model, adapter)
     with task_progress(console, "eval") as bar:
         task = bar.add_task("eval", total=len(loaded.records))
-        result = evaluate(model, tokenizer, loaded.records, cfg.eval, cfg.data.system_prompt,
-                          progress=lambda n: bar.advance(task, n))
+        result = evaluate(
+            model, tokenizer, loaded.records, cfg.eval, cfg.data.system_prompt, progress=lambda n: bar.advance(task, n)
+        )
     title = f"{cfg.model.name_or_path}" + (f" + {adapter}" if adapter else "")
     write_report(result, out_dir, "report", title)
     return result

@@ -57,11 +57,12 @@ def extract_answer(text: str) -> str | None:
     b = boxed(answer_text)
     if b is not None:
         return b
-    m = None
-    for m in ANSWER_LINE.finditer(answer_text):
-        pass
-    if m:
-        return m.group(1).strip().rstrip(".")
+    lines = list(ANSWER_LINE.finditer(answer_text))
+    if lines:
+        # First sentence of the statement; "The answer is 42. I hope this answer is correct." → prefer the one with
+        # a number in it.
+        stated = [re.split(r"\.\s", m.group(1).strip(), maxsplit=1)[0].strip().rstrip(".") for m in lines]
+        return next((s for s in reversed(stated) if NUMBER.search(normalize_text(s))), stated[-1])
     nums = NUMBER.findall(normalize_text(answer_text))
     if nums:
         return nums[-1]

@@ -20,8 +20,16 @@ def write_report(result: EvalResult, out_dir: Path, name: str, title: str) -> tu
     lines += ["", "## Examples", ""]
     for s in result.samples[:5]:
         mark = "correct" if s["correct"] else "wrong"
-        lines += [f"**Q:** {s['prompt']}", "", "```", s["output"], "```", f"predicted `{s['predicted']}`, "
-                  f"reference `{s['answer']}` ({mark}, format {'ok' if s['format_ok'] else 'bad'})", ""]
+        lines += [
+            f"**Q:** {s['prompt']}",
+            "",
+            "```",
+            s["output"],
+            "```",
+            f"predicted `{s['predicted']}`, "
+            f"reference `{s['answer']}` ({mark}, format {'ok' if s['format_ok'] else 'bad'})",
+            "",
+        ]
     md = out_dir / f"{name}.md"
     md.write_text("\n".join(lines))
     return js, md

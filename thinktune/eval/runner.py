@@ -71,8 +71,9 @@ def evaluate(
     order = sorted(range(len(tasks)), key=lambda i: len(prompts[i]))
     outputs: dict[int, tuple[str, int]] = {}
     for chunk in batched(order, cfg.batch_size):
-        gen = generate_batch(model, tokenizer, [prompts[i] for i in chunk], cfg.max_new_tokens, cfg.do_sample,
-                             cfg.temperature)
+        gen = generate_batch(
+            model, tokenizer, [prompts[i] for i in chunk], cfg.max_new_tokens, cfg.do_sample, cfg.temperature
+        )
         outputs.update(zip(chunk, gen, strict=True))
         if progress is not None:
             progress(len(chunk))

@@ -76,7 +76,9 @@ def resolve_model(name_or_path: str, gguf_file: str | None = None) -> ModelSourc
         ggufs = sorted(path.glob("*.gguf"))
         if len(ggufs) == 1:
             return ModelSource(path, ggufs[0].name)
-        raise ModelNotFoundError(f"{path}: no config.json (not a Hugging Face model directory) and no single .gguf file")
+        raise ModelNotFoundError(
+            f"{path}: no config.json (not a Hugging Face model directory) and no single .gguf file"
+        )
     raise ModelNotFoundError(
         f"model '{name_or_path}' not found: pass model.name_or_path as a local model directory, a .gguf file, "
         f"or one of: {', '.join(BUNDLED)} (thinktune never downloads weights)"

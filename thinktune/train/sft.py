@@ -75,8 +75,10 @@ def setup(cfg: RunConfig, console: Console) -> Run:
     with console.status(f"loading model {cfg.model.name_or_path} (first use of a GGUF converts it once)"):
         t = time.perf_counter()
         run.model, run.tokenizer, source = load_pretrained(cfg.model)
-    console.print(f"model [bold]{source.description}[/] ({run.model.config.model_type}, "
-                  f"{sum(p.numel() for p in run.model.parameters()) / 1e6:.1f}M params) in {time.perf_counter() - t:.1f}s")
+    console.print(
+        f"model [bold]{source.description}[/] ({run.model.config.model_type}, "
+        f"{sum(p.numel() for p in run.model.parameters()) / 1e6:.1f}M params) in {time.perf_counter() - t:.1f}s"
+    )
 
     run.data = prepare_training_data(cfg.data, run.tokenizer)
     rejects = list(run.data.rejects)
@@ -85,8 +87,10 @@ def setup(cfg: RunConfig, console: Console) -> Run:
         check_bad_fraction(loaded, cfg.data.max_bad_fraction, "test data")
         run.tasks, rejects = loaded.records, rejects + loaded.rejects
     write_rejects(rejects, run.dir / "rejects.jsonl")
-    console.print(f"data: {len(run.data.samples)} training samples from {run.data.total_records} records, "
-                  f"{len(run.tasks or [])} test tasks, {len(rejects)} rejected (→ rejects.jsonl)")
+    console.print(
+        f"data: {len(run.data.samples)} training samples from {run.data.total_records} records, "
+        f"{len(run.tasks or [])} test tasks, {len(rejects)} rejected (→ rejects.jsonl)"
+    )
     return run
 
 
@@ -96,11 +100,19 @@ def run_eval(run: Run, label: str) -> EvalResult | None:
     model = run.accelerator.unwrap_model(run.model)
     with task_progress(run.console, f"eval {label}") as bar:
         task = bar.add_task(label, total=len(run.tasks))
-        result = evaluate(model, run.tokenizer, run.tasks, run.cfg.eval, run.cfg.data.system_prompt,
-                          progress=lambda n: bar.advance(task, n))
+        result = evaluate(
+            model,
+            run.tokenizer,
+            run.tasks,
+            run.cfg.eval,
+            run.cfg.data.system_prompt,
+            progress=lambda n: bar.advance(task, n),
+        )
     write_report(result, run.dir / "eval", label, f"{label}: {run.cfg.model.name_or_path}")
-    run.console.print(f"eval {label}: accuracy {result.accuracy:.1%}, format {result.format_compliance:.1%}, "
-                      f"loss {result.loss:.3f} ({result.seconds:.0f}s)")
+    run.console.print(
+        f"eval {label}: accuracy {result.accuracy:.1%}, format {result.format_compliance:.1%}, "
+        f"loss {result.loss:.3f} ({result.seconds:.0f}s)"
+    )
     return result
 
 
@@ -108,11 +120,17 @@ def train(run: Run) -> dict[str, float]:
     cfg, acc = run.cfg.train, run.accelerator
     run.model = apply_method(run.model, run.cfg.method)
     trainable, total = count_parameters(run.model)
-    run.console.print(f"method {run.cfg.method.name}: {trainable:,} trainable of {total:,} parameters "
-                      f"({trainable / total:.2%})")
+    run.console.print(
+        f"method {run.cfg.method.name}: {trainable:,} trainable of {total:,} parameters ({trainable / total:.2%})"
+    )
     generator = torch.Generator().manual_seed(cfg.seed)
-    loader = DataLoader(run.data.samples, batch_size=cfg.batch_size, shuffle=True, generator=generator,
-                        collate_fn=lambda s: pad_batch(s, run.tokenizer.pad_token_id))
+    loader = DataLoader(
+        run.data.samples,
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        generator=generator,
+        collate_fn=lambda s: pad_batch(s, run.tokenizer.pad_token_id),
+    )
     steps = total_optimizer_steps(cfg, len(loader))
     optimizer = build_optimizer(run.model, cfg)
     scheduler = build_scheduler(optimizer, cfg, steps)
@@ -148,16 +166,30 @@ def train(run: Run) -> dict[str, float]:
                 lr = scheduler.get_last_lr()[0]
                 bar.update(task, advance=1, loss=mean_loss, lr=lr, tps=tps)
                 if log and step % cfg.logging_steps == 0:
-                    log.log(step, {"loss": mean_loss, "lr": lr, "grad_norm": grad_norm, "tokens_per_second": tps,
-                                   "tokens": tokens, "epoch": step / max(1, len(loader) / cfg.gradient_accumulation_steps)})
+                    log.log(
+                        step,
+                        {
+                            "loss": mean_loss,
+                            "lr": lr,
+                            "grad_norm": grad_norm,
+                            "tokens_per_second": tps,
+                            "tokens": tokens,
+                            "epoch": step / max(1, len(loader) / cfg.gradient_accumulation_steps),
+                        },
+                    )
                 losses, window_tokens, window_start = [], 0, now
                 if step >= steps:
                     break
     elapsed = time.perf_counter() - start
     if log:
         log.close()
-    return {"steps": step, "train_tokens": tokens, "train_seconds": elapsed,
-            "train_tokens_per_second": tokens / max(elapsed, 1e-9), "final_loss": mean_loss}
+    return {
+        "steps": step,
+        "train_tokens": tokens,
+        "train_seconds": elapsed,
+        "train_tokens_per_second": tokens / max(elapsed, 1e-9),
+        "final_loss": mean_loss,
+    }
 
 
 def save(run: Run) -> Path:

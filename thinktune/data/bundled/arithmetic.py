@@ -65,20 +65,31 @@ def _share(r: random.Random) -> Problem:
 def _distance(r: random.Random) -> Problem:
     speed, hours, back = r.randint(2, 9) * 10, r.randint(2, 6), r.randint(1, 9) * 5
     q = f"A bus drives {speed} km each hour for {hours} hours, then {back} km back. How far is it from the start?"
-    return q, [f"{speed} × {hours} = {speed * hours} km.", f"{speed * hours} - {back} = {speed * hours - back} km."], (
-        speed * hours - back
+    return (
+        q,
+        [f"{speed} × {hours} = {speed * hours} km.", f"{speed * hours} - {back} = {speed * hours - back} km."],
+        (speed * hours - back),
     )
 
 
 def _convert(r: random.Random) -> Problem:
     m, cm = r.randint(2, 9), r.randint(1, 99)
     q = f"A rope is {m} meters and {cm} centimeters long. How many centimeters is that in total?"
-    return q, [f"1 meter = 100 centimeters, so {m} meters = {m * 100} centimeters.", f"{m * 100} + {cm} = {m * 100 + cm}."], (
-        m * 100 + cm
+    return (
+        q,
+        [f"1 meter = 100 centimeters, so {m} meters = {m * 100} centimeters.", f"{m * 100} + {cm} = {m * 100 + cm}."],
+        (m * 100 + cm),
     )
 
 
-KINDS: list[Callable[[random.Random], Problem]] = [_buy_and_give, _groups_minus, _groups_plus, _share, _distance, _convert]
+KINDS: list[Callable[[random.Random], Problem]] = [
+    _buy_and_give,
+    _groups_minus,
+    _groups_plus,
+    _share,
+    _distance,
+    _convert,
+]
 
 
 def record(question: str, steps: list[str], answer: int) -> dict:

@@ -6,7 +6,12 @@ from pathlib import Path
 
 from thinktune.train.engine.loggers import read_metrics
 
-PLOTTED = {"loss": "training loss", "lr": "learning rate", "grad_norm": "gradient norm", "tokens_per_second": "tokens/s"}
+PLOTTED = {
+    "loss": "training loss",
+    "lr": "learning rate",
+    "grad_norm": "gradient norm",
+    "tokens_per_second": "tokens/s",
+}
 
 
 def plot_metrics(metrics_path: Path, out_dir: Path) -> list[Path]:
