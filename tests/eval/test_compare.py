@@ -1,0 +1,58 @@
+"""`thinktune eval --compare`: base vs an adapter on the same set → report.md, report.json, PNG charts."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from peft import LoraConfig, get_peft_model
+from rich.console import Console
+from transformers import AutoModelForCausalLM
+
+from thinktune.config import load_config
+from thinktune.errors import UserError
+from thinktune.eval.compare import compare_models
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(tiny_model_dirs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("adapter") / "adapter"
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dirs["llama"])
+    peft = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    peft.save_pretrained(out)
+    return out
+
+
+def _cfg(model_dir):
+    return load_config(None, [f"model.name_or_path={model_dir}", "eval.max_samples=3", "eval.max_new_tokens=6"])
+
+
+def test_compare_writes_reports_and_charts(tiny_model_dirs, adapter_dir, tmp_path):
+    out = tmp_path / "cmp"
+    results = compare_models(_cfg(tiny_model_dirs["llama"]), ["base", str(adapter_dir)], out, Console(quiet=True))
+    assert list(results) == ["base", f"{adapter_dir.parent.name}/adapter"]
+    adapter = list(results)[1]
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["results"]) == {"base", adapter} and report["results"]["base"]["n"] == 3
+    md = (out / "report.md").read_text()
+    assert "| base |" in md and f"| {adapter} |" in md
+    for png in ("metrics.png", "think_length.png"):
+        assert (out / "charts" / png).read_bytes()[:4] == b"\x89PNG"
+    # The adapter really changes the model: held-out losses differ.
+    assert report["results"]["base"]["loss"] != report["results"][adapter]["loss"]
+
+
+def test_compare_needs_two_candidates(tiny_model_dirs, tmp_path):
+    with pytest.raises(UserError, match="at least two"):
+        compare_models(_cfg(tiny_model_dirs["llama"]), ["base"], tmp_path, Console(quiet=True))
+
+
+def test_cli_compare_prints_table(tiny_model_dirs, adapter_dir, tmp_path):
+    r = subprocess.run(
+        [sys.executable, "-m", "thinktune", "eval", "--model", str(tiny_model_dirs["llama"]), "--compare", "base",
+         "--compare", str(adapter_dir), "--max-samples", "2", "--set", "eval.max_new_tokens=4", "-o", str(tmp_path)],
+        capture_output=True, text=True, cwd=Path(__file__).parents[2], env={"COLUMNS": "200", **__import__("os").environ},
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "comparison" in r.stdout and "adapter" in r.stdout
