@@ -56,6 +56,8 @@ class DataConfig(Section):
         0.1, ge=0, le=1, description="Stop the run when more than this fraction of records is unusable."
     )
     max_train_samples: int | None = Field(None, gt=0, description="Use only the first N usable training samples.")
+    validation: str | None = Field(None, description="Validation file for in-training evaluation (eval_steps).")
+    balance_by: str | None = Field(None, description="Meta field to balance sampling on (inverse frequency).")
 
     @field_validator("train", mode="before")
     @classmethod
@@ -64,12 +66,33 @@ class DataConfig(Section):
 
 
 class MethodConfig(Section):
-    name: Literal["lora"] = Field("lora", description="Tuning method (more arrive through the methods registry).")
+    name: Literal[
+        "lora", "qlora", "adalora", "prompt_tuning", "p_tuning", "prefix_tuning", "ia3", "freeze", "full", "esft"
+    ] = Field("lora", description="Tuning method, from the methods registry.")
     r: int = Field(16, gt=0, description="LoRA rank.")
     alpha: float = Field(32, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
     dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
     target_modules: list[str] | Literal["auto", "all-linear"] = Field(
         "auto", description="Module names to adapt; `auto` uses the architecture's defaults."
+    )
+    use_dora: bool = Field(False, description="LoRA: weight-decomposed LoRA (DoRA).")
+    use_rslora: bool = Field(False, description="LoRA: rank-stabilised scaling alpha/sqrt(r).")
+    init: Literal["default", "gaussian", "pissa"] = Field("default", description="LoRA init; `pissa` = PiSSA (SVD).")
+    target_r: int = Field(8, gt=0, description="AdaLoRA: average rank after budget reallocation.")
+    num_virtual_tokens: int = Field(20, gt=0, description="Prompt/p-/prefix-tuning: virtual tokens.")
+    trainable: Literal["top_layers", "attention", "mlp", "regex"] = Field(
+        "top_layers", description="freeze: what stays trainable."
+    )
+    top_layers: int = Field(2, gt=0, description="freeze (top_layers): number of last decoder layers to train.")
+    trainable_regex: str | None = Field(None, description="freeze (regex): parameter names to train.")
+    train_router: bool = Field(False, description="MoE: also train the router (gate) weights.")
+    expert_lora: bool = Field(False, description="MoE: LoRA also on fused routed experts (needs dropout 0).")
+    esft_threshold: float = Field(0.2, gt=0, le=1, description="ESFT: cumulative expert-share threshold p per layer.")
+    esft_score: Literal["gate", "token"] = Field(
+        "gate", description="ESFT: rank experts by gate-score share or token-selection ratio."
+    )
+    progressive_unfreeze_step: int | None = Field(
+        None, gt=0, description="Progressive: train attention first, unlock the MLP at this optimizer step."
     )
 
 
@@ -89,6 +112,33 @@ class TrainConfig(Section):
     seed: int = Field(42, description="Seed for data order, LoRA init and dropout.")
     logging_steps: int = Field(1, gt=0, description="Write metrics every N optimizer steps.")
     num_threads: int | None = Field(None, gt=0, description="CPU threads for torch (default: all cores).")
+    save_steps: int | None = Field(None, gt=0, description="Checkpoint every N optimizer steps (and at epoch end).")
+    save_total_limit: int = Field(2, gt=0, description="Keep the last K checkpoints.")
+    loggers: list[Literal["tensorboard", "mlflow"]] = Field(
+        default_factory=lambda: ["tensorboard"], description="Metric loggers besides metrics.jsonl."
+    )
+    mlflow_tracking_uri: str | None = Field(
+        None, description="MLflow store (default: sqlite:///<run_dir>/mlflow.db); a file: or sqlite: URI."
+    )
+    layer_stats_steps: int = Field(0, ge=0, description="Every K steps log per-layer grad and update norms (0 = off).")
+    max_bad_steps: int = Field(10, ge=0, description="Stop after this many NaN/inf steps (each one is skipped).")
+    spike_action: Literal["warn", "stop", "rollback"] = Field(
+        "warn", description="On a grad-norm spike above mean + 3σ of the window: warn, stop, or roll back with lr/2."
+    )
+    spike_window: int = Field(20, gt=2, description="Steps in the grad-norm spike window.")
+    eval_steps: int | None = Field(None, gt=0, description="Validate every N steps (loss + generation metrics).")
+    early_stopping_patience: int | None = Field(None, gt=0, description="Stop after N validations without gain.")
+    plateau_patience: int | None = Field(None, gt=0, description="Halve the lr after N validations without gain.")
+    metric_for_best: str = Field("val_loss", description="Validation metric for early stopping / plateau.")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="Label smoothing on the CE loss.")
+    ewc_lambda: float = Field(0.0, ge=0, description="EWC penalty weight (needs ewc_fisher).")
+    ewc_fisher: str | None = Field(None, description="EWC: Fisher file from a previous task's run (fisher.pt).")
+    teacher: str | None = Field(None, description="Logit distillation: teacher model reference.")
+    distill_alpha: float = Field(0.5, ge=0, le=1, description="Weight of the KL term vs cross-entropy.")
+    distill_temperature: float = Field(2.0, gt=0, description="Distillation temperature.")
+    unlikelihood_weight: float = Field(0.0, ge=0, description="Repetition unlikelihood auxiliary loss weight.")
+    contrastive_weight: float = Field(0.0, ge=0, description="Contrastive margin auxiliary loss weight.")
 
 
 class EvalConfig(Section):
@@ -99,6 +149,34 @@ class EvalConfig(Section):
     temperature: float = Field(0.7, gt=0, description="Sampling temperature when do_sample is true.")
     before: bool = Field(True, description="Evaluate the untuned model before training.")
     after: bool = Field(True, description="Evaluate the tuned model after training.")
+    metrics: list[str] = Field(
+        default_factory=list,
+        description="Extra text metrics vs the reference answer: bleu, chrf, rouge, "
+        "exact_match, token_f1, embedding_similarity.",
+    )
+    num_samples: int = Field(1, gt=0, description="Samples per prompt for pass@k / maj@k (sampling when > 1).")
+    json_schema: str | None = Field(None, description="JSON schema file the answer must satisfy (format check).")
+
+
+class ExportConfig(Section):
+    formats: list[Literal["merged", "onnx", "int8", "gguf"]] = Field(
+        default_factory=lambda: ["merged"], description="Artefacts `thinktune export` writes."
+    )
+    gguf_type: Literal["f16", "bf16", "q8_0", "q4_0"] = Field("q8_0", description="GGUF tensor type.")
+    onnx_kv_cache: bool = Field(True, description="Export ONNX with past key values (fallback: without).")
+
+
+class ServeConfig(Section):
+    host: str = Field("127.0.0.1", description="Address to bind.")
+    port: int = Field(8000, gt=0, lt=65536, description="Port.")
+    api_key: str | None = Field(None, description="Bearer key required on /v1 routes (or THINKTUNE_API_KEY).")
+    adapters: dict[str, str] = Field(default_factory=dict, description="Served adapter name → adapter directory.")
+    max_batch_size: int = Field(8, gt=0, description="Requests generated together.")
+    max_queue: int = Field(64, gt=0, description="Queued requests beyond which the server answers 429.")
+    request_timeout: float = Field(120.0, gt=0, description="Seconds before a request is abandoned (504).")
+    max_request_bytes: int = Field(1_000_000, gt=0, description="Largest accepted request body.")
+    max_tokens_limit: int = Field(2048, gt=0, description="Upper bound on a request's max_tokens.")
+    backend: Literal["transformers", "vllm"] = Field("transformers", description="Generation backend.")
 
 
 class RunConfig(Section):
@@ -109,6 +187,8 @@ class RunConfig(Section):
     method: MethodConfig = Field(default_factory=MethodConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
 
     @property
     def run_dir(self) -> Path:
@@ -122,6 +202,8 @@ SECTIONS: dict[str, type[Section]] = {
     "method": MethodConfig,
     "train": TrainConfig,
     "eval": EvalConfig,
+    "export": ExportConfig,
+    "serve": ServeConfig,
 }
 
 
