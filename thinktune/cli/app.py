@@ -1,0 +1,57 @@
+"""The `thinktune` command line: thin typer commands that build a RunConfig and call one function each.
+
+thinktune train                       # the quickstart job
+thinktune --help
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from thinktune.errors import UserError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    rich_markup_mode="markdown",
+    help="Fine-tune reasoning LLMs end to end: data → LoRA → evaluation.",
+)
+data_app = typer.Typer(no_args_is_help=True, help="Inspect and check datasets.")
+app.add_typer(data_app, name="data")
+console = Console()
+err_console = Console(stderr=True)
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config (default: the quickstart).")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override a key: --set train.learning_rate=1e-4")]
+OutOpt = Annotated[Path | None, typer.Option("--output-dir", "-o", help="Where to write results.")]
+
+
+def user_errors(fn):
+    """UserError → one line on stderr and exit code 2; no traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except UserError as e:
+            err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            err_console.print("interrupted")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def build_config(config: Path | None, overrides: list[str] | None, output_dir: Path | None = None):
+    from thinktune.config import load_config
+
+    sets = list(overrides or [])
+    if output_dir is not None:
+        sets.append(f"output_dir={output_dir}")
+    return load_config(config, sets)

@@ -1,0 +1,55 @@
+"""`thinktune chat`: interactive or one-shot chat."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from thinktune.cli.app import ConfigOpt, SetOpt, app, build_config, console, user_errors
+
+
+@app.command()
+@user_errors
+def chat(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    model: Annotated[str | None, typer.Option(help="Model: bundled name, HF directory or .gguf.")] = None,
+    adapter: Annotated[Path | None, typer.Option(help="PEFT adapter directory to apply.")] = None,
+    prompt: Annotated[str | None, typer.Option("--prompt", "-p", help="Ask once and exit.")] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Answer length limit.")] = 256,
+) -> None:
+    """Talk to a model: interactive, or one-shot with --prompt. Thinking is shown dimmed.
+
+    Example: `thinktune chat --adapter runs/quickstart/adapter -p "Ana has 3 bags of 4 apples. How many apples?"`
+    """
+    from thinktune.eval.job import load_adapter
+    from thinktune.models import load_pretrained
+    from thinktune.serve.chat import ChatSession
+
+    cfg = build_config(config, (set_ or []) + ([f"model.name_or_path={model}"] if model else []))
+    with console.status(f"loading {cfg.model.name_or_path}"):
+        m, tok, _ = load_pretrained(cfg.model)
+        if adapter:
+            m = load_adapter(m, adapter)
+    session = ChatSession(m, tok, cfg.data.system_prompt, max_new_tokens)
+
+    def answer(text: str) -> None:
+        thinking, reply = session.ask(text)
+        if thinking:
+            console.print(f"[dim]<think>\n{thinking}\n</think>[/]", highlight=False)
+        console.print(reply, highlight=False)
+
+    if prompt is not None:
+        answer(prompt)
+        return
+    console.print("chat with the model; empty line or Ctrl-D to quit")
+    while True:
+        try:
+            text = console.input("[bold]> [/]")
+        except EOFError:
+            break
+        if not text.strip():
+            break
+        answer(text)
