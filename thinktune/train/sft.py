@@ -31,7 +31,14 @@ from thinktune.errors import EnvironmentProblem
 from thinktune.eval.report import write_report
 from thinktune.eval.runner import EvalResult, evaluate
 from thinktune.eval.tasks import load_tasks
-from thinktune.methods import apply_method, count_parameters
+from thinktune.methods import (
+    MethodContext,
+    apply_method,
+    count_parameters,
+    on_optimizer_step,
+    optimizer_parameters,
+    save_trained,
+)
 from thinktune.models import load_pretrained
 from thinktune.train.engine.loggers import MetricsLog
 from thinktune.train.engine.optim import build_optimizer, build_scheduler, total_optimizer_steps
@@ -118,7 +125,7 @@ def run_eval(run: Run, label: str) -> EvalResult | None:
 
 def train(run: Run) -> dict[str, float]:
     cfg, acc = run.cfg.train, run.accelerator
-    run.model = apply_method(run.model, run.cfg.method)
+    run.model = apply_method(run.model, run.cfg.method, MethodContext(run.tokenizer, run.data.samples))
     trainable, total = count_parameters(run.model)
     run.console.print(
         f"method {run.cfg.method.name}: {trainable:,} trainable of {total:,} parameters ({trainable / total:.2%})"
@@ -132,7 +139,7 @@ def train(run: Run) -> dict[str, float]:
         collate_fn=lambda s: pad_batch(s, run.tokenizer.pad_token_id),
     )
     steps = total_optimizer_steps(cfg, len(loader))
-    optimizer = build_optimizer(run.model, cfg)
+    optimizer = build_optimizer(optimizer_parameters(run.model, run.cfg.method), cfg)
     scheduler = build_scheduler(optimizer, cfg, steps)
     run.model, optimizer, loader, scheduler = acc.prepare(run.model, optimizer, loader, scheduler)
     log = MetricsLog(run.dir) if acc.is_main_process else None
@@ -160,6 +167,7 @@ def train(run: Run) -> dict[str, float]:
                 if not acc.sync_gradients:
                     continue
                 step += 1
+                on_optimizer_step(acc.unwrap_model(run.model), run.cfg.method, step)
                 now = time.perf_counter()
                 tps = window_tokens / max(now - window_start, 1e-9)
                 mean_loss = sum(losses) / len(losses)
@@ -196,7 +204,7 @@ def save(run: Run) -> Path:
     adapter_dir = run.dir / "adapter"
     run.accelerator.wait_for_everyone()
     if run.accelerator.is_main_process:
-        run.accelerator.unwrap_model(run.model).save_pretrained(adapter_dir)
+        adapter_dir = save_trained(run.accelerator.unwrap_model(run.model), run.cfg.method, run.dir)
         run.tokenizer.save_pretrained(adapter_dir)
         plot_metrics(run.dir / "metrics.jsonl", run.dir / "plots")
     return adapter_dir
