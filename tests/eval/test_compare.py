@@ -56,3 +56,17 @@ def test_cli_compare_prints_table(tiny_model_dirs, adapter_dir, tmp_path):
     )
     assert r.returncode == 0, r.stderr[-2000:]
     assert "comparison" in r.stdout and "adapter" in r.stdout
+
+
+def test_cli_eval_with_robustness_efficiency_and_metrics(tiny_model_dirs, tmp_path):
+    r = subprocess.run(
+        [sys.executable, "-m", "thinktune", "eval", "--model", str(tiny_model_dirs["llama"]), "--max-samples", "3",
+         "--set", "eval.max_new_tokens=3", "--metrics", "exact_match,token_f1", "--robustness", "--efficiency",
+         "-o", str(tmp_path)],
+        capture_output=True, text=True, cwd=Path(__file__).parents[2], env={"COLUMNS": "200", **__import__("os").environ},
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert {"robustness", "efficiency"} <= set(report)
+    assert "token_f1" in report["headline"]
+    assert "## robustness" in (tmp_path / "report.md").read_text()

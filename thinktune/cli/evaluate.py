@@ -25,6 +25,16 @@ def eval_(
         list[str] | None,
         typer.Option(help="Compare candidates on the same set: `base`, an adapter dir, or another model (repeat)."),
     ] = None,
+    metrics: Annotated[
+        str | None, typer.Option(help="Extra text metrics, comma-separated: bleu,chrf,rouge,exact_match,token_f1,...")
+    ] = None,
+    num_samples: Annotated[int | None, typer.Option(help="Samples per prompt for pass@k / maj@k.")] = None,
+    robustness: Annotated[bool, typer.Option(help="Also measure the accuracy drop on perturbed prompts.")] = False,
+    efficiency: Annotated[bool, typer.Option(help="Also measure TTFT, latency p50/p95/p99, tokens/s, memory.")] = False,
+    lm_eval_tasks: Annotated[
+        str | None, typer.Option(help="lm-evaluation-harness tasks (comma-separated), datasets available locally.")
+    ] = None,
+    lm_eval_include: Annotated[Path | None, typer.Option(help="Directory of extra lm-eval task YAMLs.")] = None,
 ) -> None:
     """Evaluate a model (and optional adapter): accuracy, format compliance, think length, held-out loss.
 
@@ -36,6 +46,8 @@ def eval_(
     sets += [f"model.name_or_path={model}"] if model else []
     sets += [f"data.test={data}"] if data else []
     sets += [f"eval.max_samples={max_samples}"] if max_samples else []
+    sets += [f"eval.metrics=[{metrics}]"] if metrics else []
+    sets += [f"eval.num_samples={num_samples}"] if num_samples else []
     cfg = build_config(config, sets)
     if compare:
         from thinktune.eval.compare import TABLE, compare_models
@@ -52,13 +64,23 @@ def eval_(
         console.print(table)
         console.print(f"report: {out / 'report.md'}, {out / 'report.json'}, {out / 'charts'}")
         return
-    from thinktune.eval.job import run_eval_job
+    from thinktune.eval.job import EvalExtras, run_eval_job
 
     out = output_dir or (cfg.run_dir / "eval")
-    r = run_eval_job(cfg, str(adapter) if adapter else None, out, console)
-    console.print(
-        f"accuracy {r.accuracy:.1%} · format compliance {r.format_compliance:.1%} · "
-        f"mean think tokens {r.mean_think_tokens:.1f} · loss {r.loss if r.loss is None else round(r.loss, 4)}"
-        f" · n={r.n} · {r.seconds:.0f}s"
+    extras = EvalExtras(
+        robustness=robustness,
+        efficiency=efficiency,
+        lm_eval_tasks=[t.strip() for t in lm_eval_tasks.split(",") if t.strip()] if lm_eval_tasks else [],
+        lm_eval_include=str(lm_eval_include) if lm_eval_include else None,
     )
+    r, more = run_eval_job(cfg, str(adapter) if adapter else None, out, console, extras)
+    if r is not None:
+        table = Table(title="evaluation")
+        table.add_column("metric")
+        table.add_column("value", justify="right")
+        for k, v in r.headline().items():
+            table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
+        console.print(table)
+    for section, values in more.items():
+        console.print(f"[bold]{section}[/]: {values}", highlight=False)
     console.print(f"report: {out / 'report.md'}, {out / 'report.json'}")

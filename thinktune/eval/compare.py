@@ -61,9 +61,8 @@ def compare_models(cfg: RunConfig, candidates: list[str], out_dir: Path, console
             model, tok = load_candidate(cfg, ref)
         with task_progress(console, f"eval {label}") as bar:
             task = bar.add_task(label, total=len(loaded.records))
-            results[label] = evaluate(
-                model, tok, loaded.records, cfg.eval, cfg.data.system_prompt, progress=lambda n: bar.advance(task, n)
-            )
+            advance = lambda n, t=task: bar.advance(t, n)  # noqa: E731
+            results[label] = evaluate(model, tok, loaded.records, cfg.eval, cfg.data.system_prompt, progress=advance)
         del model
     write_comparison(results, candidates, cfg, out_dir)
     return results
@@ -71,8 +70,10 @@ def compare_models(cfg: RunConfig, candidates: list[str], out_dir: Path, console
 
 def write_comparison(results: dict[str, EvalResult], candidates: list[str], cfg: RunConfig, out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    charts = [metric_bars(results, out_dir / "charts" / "metrics.png"),
-              think_length_histogram(results, out_dir / "charts" / "think_length.png")]
+    charts = [
+        metric_bars(results, out_dir / "charts" / "metrics.png"),
+        think_length_histogram(results, out_dir / "charts" / "think_length.png"),
+    ]
     payload = {
         "data": cfg.data.test,
         "candidates": dict(zip(results, candidates, strict=True)),
@@ -80,8 +81,12 @@ def write_comparison(results: dict[str, EvalResult], candidates: list[str], cfg:
         "samples": {k: r.samples for k, r in results.items()},
     }
     (out_dir / "report.json").write_text(json.dumps(payload, indent=1, ensure_ascii=False))
-    lines = [f"# Comparison on {cfg.data.test} ({next(iter(results.values())).n} tasks)", "",
-             "| model | " + " | ".join(TABLE) + " |", "|---" * (len(TABLE) + 1) + "|"]
+    lines = [
+        f"# Comparison on {cfg.data.test} ({next(iter(results.values())).n} tasks)",
+        "",
+        "| model | " + " | ".join(TABLE) + " |",
+        "|---" * (len(TABLE) + 1) + "|",
+    ]
     for label, r in results.items():
         h = r.headline()
         cells = [_fmt(h[k]) for k in TABLE]

@@ -6,6 +6,8 @@ thinktune eval --adapter runs/quickstart/adapter --output-dir runs/quickstart/ev
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
@@ -29,20 +31,66 @@ def load_adapter(model, adapter: str | Path):
     return PeftModel.from_pretrained(model, path)
 
 
-def run_eval_job(cfg: RunConfig, adapter: str | None, out_dir: Path, console: Console) -> EvalResult:
-    if not cfg.data.test:
+@dataclass
+class EvalExtras:
+    """Optional parts of `thinktune eval` beyond accuracy: robustness, efficiency, lm-eval-harness tasks."""
+
+    robustness: bool = False
+    efficiency: bool = False
+    lm_eval_tasks: list[str] = field(default_factory=list)
+    lm_eval_include: str | None = None
+
+
+def run_eval_job(
+    cfg: RunConfig, adapter: str | None, out_dir: Path, console: Console, extras: EvalExtras | None = None
+) -> tuple[EvalResult, dict]:
+    extras = extras or EvalExtras()
+    if not cfg.data.test and not extras.lm_eval_tasks:
         raise UserError("no evaluation data: set data.test or pass --data FILE")
-    loaded = load_tasks(cfg.data.test, cfg.data.format, cfg.eval.max_samples)
-    check_bad_fraction(loaded, cfg.data.max_bad_fraction, cfg.data.test)
+    loaded = load_tasks(cfg.data.test, cfg.data.format, cfg.eval.max_samples) if cfg.data.test else None
+    if loaded is not None:
+        check_bad_fraction(loaded, cfg.data.max_bad_fraction, cfg.data.test)
     with console.status(f"loading {cfg.model.name_or_path}"):
         model, tokenizer, _ = load_pretrained(cfg.model)
         if adapter:
             model = load_adapter(model, adapter)
-    with task_progress(console, "eval") as bar:
-        task = bar.add_task("eval", total=len(loaded.records))
-        result = evaluate(
-            model, tokenizer, loaded.records, cfg.eval, cfg.data.system_prompt, progress=lambda n: bar.advance(task, n)
-        )
+    result, more = None, {}
+    if loaded is not None:
+        with task_progress(console, "eval") as bar:
+            task = bar.add_task("eval", total=len(loaded.records))
+            result = evaluate(
+                model,
+                tokenizer,
+                loaded.records,
+                cfg.eval,
+                cfg.data.system_prompt,
+                progress=lambda n: bar.advance(task, n),
+            )
+        if extras.robustness:
+            from thinktune.eval.robustness import robustness_report
+
+            with console.status("robustness: perturbed prompts"):
+                more["robustness"] = robustness_report(
+                    model, tokenizer, loaded.records, cfg.eval, cfg.data.system_prompt
+                )
+        if extras.efficiency:
+            from thinktune.data.render import render_prompt
+            from thinktune.eval.efficiency import measure_efficiency
+
+            prompts = [render_prompt(tokenizer, t["prompt"], cfg.data.system_prompt) for t in loaded.records[:16]]
+            with console.status("efficiency: latency and throughput at batch 1 and N"):
+                more["efficiency"] = measure_efficiency(model, tokenizer, prompts, cfg.eval.max_new_tokens)
+    if extras.lm_eval_tasks:
+        from thinktune.eval.lm_eval_bridge import run_lm_eval
+
+        with console.status(f"lm-eval-harness: {', '.join(extras.lm_eval_tasks)}"):
+            more["lm_eval"] = run_lm_eval(
+                model, tokenizer, extras.lm_eval_tasks, extras.lm_eval_include, limit=cfg.eval.max_samples
+            )
     title = f"{cfg.model.name_or_path}" + (f" + {adapter}" if adapter else "")
-    write_report(result, out_dir, "report", title)
-    return result
+    if result is not None:
+        write_report(result, out_dir, "report", title, more)
+    else:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "report.json").write_text(json.dumps(more, indent=1))
+    return result, more

@@ -190,10 +190,7 @@ def latex_to_sympy_text(s: str) -> str | None:
     for word in re.findall(r"[A-Za-z]+", converted):
         if word not in FUNCTIONS and word not in CONSTANTS.values() and len(word) > 3:
             return None  # a word, not a product of variables
-    for exponent in re.findall(r"\*\*\s*\(*\s*(\d+(?:\.\d+)?)", converted):
-        if float(exponent) > MAX_EXPONENT:
-            return None
-    if converted.count("**") > 4 or re.search(r"\d{16}", converted):
+    if re.search(r"\d{16}", converted):
         return None
     return converted
 
@@ -279,13 +276,31 @@ def parse_math(s: str):
     names: dict[str, Any] = {c: sympy.Symbol(c) for c in "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"}
     names.update(pi=sympy.pi, oo=sympy.oo, sqrt=sympy.sqrt, exp=sympy.exp, ln=sympy.log, log=sympy.log)
     names.update({f: getattr(sympy, f) for f in ("sin", "cos", "tan", "sec", "csc", "cot")})
+    # No Python builtins in reach of parse_expr's eval(); only what its transformations emit.
+    sympy_names = ("Integer", "Float", "Rational", "Symbol", "Function", "Add", "Mul", "Pow")
+    global_names: dict[str, Any] = {"__builtins__": {}, **{n: getattr(sympy, n) for n in sympy_names}}
+    transformations = (*standard_transformations, implicit_multiplication_application)
     try:
-        expr = parse_expr(
-            text, local_dict=names, transformations=(*standard_transformations, implicit_multiplication_application)
+        # Unevaluated first: 9^9^9 must be refused before sympy computes it.
+        raw = parse_expr(
+            text, local_dict=names, global_dict=global_names, transformations=transformations, evaluate=False
         )
+        if not isinstance(raw, sympy.Expr) or not _small_powers(raw):
+            return None
+        return parse_expr(text, local_dict=names, global_dict=global_names, transformations=transformations)
     except Exception:  # anything sympy cannot read is simply not an expression
         return None
-    return expr if isinstance(expr, sympy.Expr) else None
+
+
+def _small_powers(expr) -> bool:
+    """Every constant exponent is at most MAX_EXPONENT in size. Inner powers are checked first (post-order), so a
+    tower like 9^9^9 is refused at its first large exponent, before anything evaluates it."""
+    import sympy
+
+    for node in sympy.postorder_traversal(expr):
+        if isinstance(node, sympy.Pow) and node.exp.is_number and abs(complex(node.exp.evalf())) > MAX_EXPONENT:
+            return False
+    return True
 
 
 @lru_cache(maxsize=4096)

@@ -8,15 +8,20 @@ from pathlib import Path
 from thinktune.eval.runner import EvalResult
 
 
-def write_report(result: EvalResult, out_dir: Path, name: str, title: str) -> tuple[Path, Path]:
+def write_report(
+    result: EvalResult, out_dir: Path, name: str, title: str, more: dict | None = None
+) -> tuple[Path, Path]:
+    """`more`: optional sections (robustness, efficiency, lm_eval) written as their own tables."""
     out_dir.mkdir(parents=True, exist_ok=True)
     js = out_dir / f"{name}.json"
-    js.write_text(json.dumps({"headline": result.headline(), "samples": result.samples}, indent=1, ensure_ascii=False))
+    payload = {"headline": result.headline(), **(more or {}), "samples": result.samples}
+    js.write_text(json.dumps(payload, indent=1, ensure_ascii=False, default=str))
     h = result.headline()
     lines = [f"# {title}", "", "| metric | value |", "|---|---|"]
-    for k in ("accuracy", "format_compliance", "mean_think_tokens", "mean_output_tokens", "loss", "perplexity", "n"):
-        v = h[k]
+    for k, v in h.items():
         lines.append(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |")
+    for section, values in (more or {}).items():
+        lines += ["", f"## {section}", "", "```json", json.dumps(values, indent=1, default=str), "```"]
     lines += ["", "## Examples", ""]
     for s in result.samples[:5]:
         mark = "correct" if s["correct"] else "wrong"

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import math
+import json
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -14,8 +15,10 @@ from thinktune.config import EvalConfig
 from thinktune.data.collate import pad_batch
 from thinktune.data.formats import RecordError
 from thinktune.data.render import render_prompt, tokenize_conversation
+from thinktune.errors import ConfigError
 from thinktune.eval.generate import batched, generate_batch
-from thinktune.eval.reasoning import answers_match, parse_output
+from thinktune.eval.metrics import compute_metrics, perplexity_from_loss
+from thinktune.eval.reasoning import answers_match, format_report, maj_at_k_correct, parse_output, pass_at_k
 
 
 @dataclass
@@ -29,10 +32,12 @@ class EvalResult:
     n: int
     seconds: float
     samples: list[dict[str, Any]] = field(default_factory=list)
+    extra: dict[str, float] = field(default_factory=dict)
 
     def headline(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("samples")
+        d.update(d.pop("extra"))
         return d
 
 
@@ -64,46 +69,93 @@ def evaluate(
     system_prompt: str | None = None,
     progress=None,
 ) -> EvalResult:
+    """Generate for every task (k samples each when eval.num_samples > 1), check answers, format and extra metrics."""
     start = time.perf_counter()
     model.eval()
+    k = cfg.num_samples
+    schema = load_schema(cfg.json_schema)
     prompts = [render_prompt(tokenizer, t["prompt"], system_prompt) for t in tasks]
     # Similar lengths together: less padding per batch. Results are put back in task order.
     order = sorted(range(len(tasks)), key=lambda i: len(prompts[i]))
-    outputs: dict[int, tuple[str, int]] = {}
-    for chunk in batched(order, cfg.batch_size):
+    jobs = [i for i in order for _ in range(k)]
+    outputs: dict[int, list[tuple[str, int]]] = {i: [] for i in range(len(tasks))}
+    for chunk in batched(jobs, cfg.batch_size):
         gen = generate_batch(
-            model, tokenizer, [prompts[i] for i in chunk], cfg.max_new_tokens, cfg.do_sample, cfg.temperature
+            model, tokenizer, [prompts[i] for i in chunk], cfg.max_new_tokens, cfg.do_sample or k > 1, cfg.temperature
         )
-        outputs.update(zip(chunk, gen, strict=True))
+        for i, out in zip(chunk, gen, strict=True):
+            outputs[i].append(out)
         if progress is not None:
-            progress(len(chunk))
-    samples = []
-    for i, t in enumerate(tasks):
-        text, n_tokens = outputs[i]
-        parsed = parse_output(text)
-        think_tokens = len(tokenizer(parsed.thinking, add_special_tokens=False)["input_ids"]) if parsed.thinking else 0
-        samples.append(
-            {
-                "prompt": t["prompt"][-1]["content"],
-                "output": text,
-                "predicted": parsed.answer,
-                "answer": t["answer"],
-                "correct": answers_match(parsed.answer, t["answer"]),
-                "format_ok": parsed.format_ok,
-                "think_tokens": think_tokens,
-                "output_tokens": n_tokens,
-            }
-        )
+            progress(len(set(chunk)) if k > 1 else len(chunk))
+    samples = [score_sample(t, outputs[i], tokenizer, schema) for i, t in enumerate(tasks)]
     loss = heldout_loss(model, tokenizer, tasks, system_prompt, cfg.batch_size)
     n = max(1, len(samples))
+    extra: dict[str, float] = {}
+    if k > 1:
+        extra[f"pass@{k}"] = sum(s["pass_at_k"] for s in samples) / n
+        extra[f"maj@{k}"] = sum(s["maj_correct"] for s in samples) / n
+    if cfg.metrics:
+        references = [reference_answer(t) for t in tasks]
+        scores = compute_metrics(cfg.metrics, [s["answer_text"] for s in samples], references)
+        for sc in scores.values():
+            extra.update(sc.corpus)
     return EvalResult(
         accuracy=sum(s["correct"] for s in samples) / n,
         format_compliance=sum(s["format_ok"] for s in samples) / n,
         mean_think_tokens=sum(s["think_tokens"] for s in samples) / n,
         mean_output_tokens=sum(s["output_tokens"] for s in samples) / n,
         loss=loss,
-        perplexity=math.exp(loss) if loss is not None and loss < 50 else None,
+        perplexity=perplexity_from_loss(loss),
         n=len(samples),
         seconds=time.perf_counter() - start,
         samples=samples,
+        extra=extra,
     )
+
+
+def score_sample(task: dict, outs: list[tuple[str, int]], tokenizer, schema: dict | None) -> dict[str, Any]:
+    text, n_tokens = outs[0]
+    parsed = parse_output(text)
+    think_tokens = len(tokenizer(parsed.thinking, add_special_tokens=False)["input_ids"]) if parsed.thinking else 0
+    checks = format_report(text, schema) if schema else None
+    sample = {
+        "prompt": task["prompt"][-1]["content"],
+        "output": text,
+        "answer_text": parsed.answer_text,
+        "predicted": parsed.answer,
+        "answer": task["answer"],
+        "correct": answers_match(parsed.answer, task["answer"]),
+        "format_ok": parsed.format_ok and (checks is None or checks.get("json_valid", True)),
+        "think_tokens": think_tokens,
+        "output_tokens": n_tokens,
+    }
+    if len(outs) > 1:
+        answers = [parse_output(o).answer for o, _ in outs]
+        c = sum(answers_match(a, task["answer"]) for a in answers)
+        sample.update(
+            samples=[o for o, _ in outs],
+            pass_at_k=pass_at_k(len(outs), c, len(outs)),
+            maj_correct=maj_at_k_correct(answers, task["answer"]),
+        )
+    return sample
+
+
+def reference_answer(task: dict) -> str | None:
+    """The reference assistant message's answer part (thinking removed), for text metrics."""
+    ref = task.get("messages", [])[-1:] or [None]
+    msg = ref[0]
+    if not msg or msg.get("role") != "assistant":
+        return None
+    return msg["content"]
+
+
+def load_schema(path: str | None) -> dict | None:
+    if not path:
+        return None
+    p = Path(path)
+    try:
+        return json.loads(p.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"eval.json_schema: {p} not found") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{p}:{e.lineno}: invalid JSON schema ({e.msg})") from None

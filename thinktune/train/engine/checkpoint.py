@@ -1,0 +1,106 @@
+"""Resumable checkpoints: trainable weights, optimizer, scheduler, RNG states and data position.
+
+Written to a temp dir then renamed, so a kill at any moment leaves the previous checkpoint loadable; the last K are
+kept. Only trainable tensors are stored (a LoRA checkpoint is megabytes, not the whole model).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from thinktune.errors import UserError
+
+PREFIX = "step-"
+
+
+@dataclass
+class TrainPosition:
+    """Where the loop is: optimizer steps done, epoch, and micro-batches consumed in that epoch."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    tokens: int = 0
+    bad_steps: int = 0
+    lr_scale: float = 1.0
+
+
+def rng_state() -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+
+
+def save_checkpoint(
+    root: Path,
+    position: TrainPosition,
+    params: list[tuple[str, torch.nn.Parameter]],
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    keep: int,
+) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"{PREFIX}{position.step}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=root))
+    save_file({n: p.detach().contiguous().cpu() for n, p in params}, str(tmp / "trainable.safetensors"))
+    torch.save(
+        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
+        tmp / "state.pt",
+    )
+    (tmp / "position.json").write_text(json.dumps(asdict(position)))
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+    for old in list_checkpoints(root)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(root: Path) -> list[Path]:
+    if not root.is_dir():
+        return []
+    done = [p for p in root.iterdir() if p.name.startswith(PREFIX) and (p / "position.json").is_file()]
+    return sorted(done, key=lambda p: int(p.name[len(PREFIX) :]))
+
+
+def resolve_resume(resume: str | None, root: Path) -> Path | None:
+    """`auto` → latest complete checkpoint in the run (None when there is none); a path → that checkpoint."""
+    if resume is None:
+        return None
+    if resume == "auto":
+        found = list_checkpoints(root)
+        return found[-1] if found else None
+    path = Path(resume)
+    if not (path / "position.json").is_file():
+        raise UserError(f"--resume {resume}: not a checkpoint directory (no position.json)")
+    return path
+
+
+def load_checkpoint(
+    path: Path, params: list[tuple[str, torch.nn.Parameter]], optimizer: torch.optim.Optimizer, scheduler
+) -> TrainPosition:
+    tensors = load_file(str(path / "trainable.safetensors"))
+    missing = [n for n, _ in params if n not in tensors]
+    if missing:
+        raise UserError(f"{path}: checkpoint does not match this model/method (missing {missing[0]})")
+    with torch.no_grad():
+        for n, p in params:
+            p.copy_(tensors[n].to(p.device, p.dtype))
+    state = torch.load(path / "state.pt", weights_only=False)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    set_rng_state(state["rng"])
+    return TrainPosition(**json.loads((path / "position.json").read_text()))
