@@ -134,6 +134,7 @@ class TrainConfig(Section):
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="Label smoothing on the CE loss.")
     ewc_lambda: float = Field(0.0, ge=0, description="EWC penalty weight (needs ewc_fisher).")
     ewc_fisher: str | None = Field(None, description="EWC: Fisher file from a previous task's run (fisher.pt).")
+    save_fisher: bool = Field(False, description="Write fisher.pt at the end of the run for a later run's EWC.")
     teacher: str | None = Field(None, description="Logit distillation: teacher model reference.")
     distill_alpha: float = Field(0.5, ge=0, le=1, description="Weight of the KL term vs cross-entropy.")
     distill_temperature: float = Field(2.0, gt=0, description="Distillation temperature.")

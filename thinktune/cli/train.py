@@ -2,23 +2,64 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
+from typing import Annotated
+
+import typer
 from rich.table import Table
 
 from thinktune.cli.app import ConfigOpt, OutOpt, SetOpt, app, build_config, console, user_errors
+from thinktune.errors import UserError
 
 
 @app.command()
 @user_errors
-def train(config: ConfigOpt = None, set_: SetOpt = None, output_dir: OutOpt = None) -> None:
+def train(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    output_dir: OutOpt = None,
+    resume: Annotated[
+        str | None, typer.Option(help="`auto` (latest checkpoint of the run) or a checkpoint directory.")
+    ] = None,
+    num_processes: Annotated[
+        int, typer.Option(help="Data-parallel processes on this machine (DDP through torchrun + Accelerate).")
+    ] = 1,
+) -> None:
     """Evaluate, fine-tune and re-evaluate a model; everything lands in the run directory.
 
     Example: `thinktune train --config examples/quickstart.yaml --set train.learning_rate=5e-4 -o runs/try1`
+
+    Resume after a crash: `thinktune train -c my.yaml --resume auto` (needs train.save_steps).
+    Two processes: `thinktune train -c my.yaml --num-processes 2` (or `accelerate launch -m thinktune train ...`).
     """
     cfg = build_config(config, set_, output_dir)  # config errors show before torch is imported
+    if num_processes > 1:
+        raise typer.Exit(launch_distributed(num_processes, config, set_, output_dir, resume))
+    if num_processes < 1:
+        raise UserError("--num-processes must be at least 1")
     from thinktune.train.sft import run_sft
 
-    summary = run_sft(cfg, console)
-    print_summary(summary)
+    summary = run_sft(cfg, console, resume)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print_summary(summary)
+
+
+def launch_distributed(n: int, config, sets, output_dir, resume) -> int:
+    """Re-run this command under torchrun with n local processes; Accelerate picks up the process group."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(n), "--master_addr", "127.0.0.1",
+           "--master_port", str(port), "-m", "thinktune", "train"]
+    cmd += ["--config", str(config)] if config else []
+    for item in sets or []:
+        cmd += ["--set", item]
+    cmd += ["--output-dir", str(output_dir)] if output_dir else []
+    cmd += ["--resume", resume] if resume else []
+    return subprocess.call(cmd, env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
 
 
 def print_summary(s: dict) -> None:
@@ -36,7 +77,10 @@ def print_summary(s: dict) -> None:
     console.print(
         f"wall time {s['wall_seconds']:.0f}s · training {s['train_seconds']:.0f}s at "
         f"{s['train_tokens_per_second']:.0f} tokens/s · {s['steps']} steps"
+        + (f" · {s['bad_steps']} skipped" if s.get("bad_steps") else "")
     )
+    if s.get("stopped_early"):
+        console.print(s["stopped_early"])
     console.print(
         f"run directory: [bold]{s['run_dir']}[/] (adapter: {s['adapter_dir']}, summary.json, "
         f"metrics.jsonl, plots/, eval/, rejects.jsonl)"

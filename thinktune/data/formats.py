@@ -1,7 +1,8 @@
 """Input formats: each is a small adapter from one raw JSON object to the canonical SFT record.
 
 Canonical SFT record: {"messages": [{"role", "content", "reasoning"}], "meta": {...}}.
-Add a format = one function + one entry in FORMATS.
+Add a format = one function + one entry in FORMATS (+ one DETECT line if it can be recognised by its fields).
+Preference pairs and prompt+answer tasks have their own registries (preference.py, task.py); records.py dispatches.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ def split_think(content: str) -> tuple[str | None, str]:
     return m.group(1).strip(), m.group(2).strip()
 
 
-def _message(role: Any, content: Any, reasoning: Any = None, where: str = "") -> dict[str, Any]:
+def message(role: Any, content: Any, reasoning: Any = None, where: str = "") -> dict[str, Any]:
+    """One canonical message, validated; `where` prefixes the reason (e.g. "messages[2]: ")."""
     if role not in ROLES:
         raise RecordError(f"{where}unknown role {role!r} (expected system, user or assistant)")
     if not isinstance(content, str):
@@ -43,7 +45,7 @@ def _message(role: Any, content: Any, reasoning: Any = None, where: str = "") ->
     return {"role": role, "content": content, "reasoning": reasoning or None}
 
 
-def _check_turns(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def check_turns(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     if not any(m["role"] == "assistant" for m in messages):
         raise RecordError("no assistant message to learn from")
     if not any(m["role"] == "user" for m in messages):
@@ -61,8 +63,8 @@ def from_messages(raw: dict[str, Any]) -> dict[str, Any]:
             raise RecordError(f"messages[{i}] must be an object")
         if "content" not in m:
             raise RecordError(f"messages[{i}]: missing field 'content'")
-        out.append(_message(m.get("role"), m["content"], m.get("reasoning_content"), f"messages[{i}]: "))
-    return {"messages": _check_turns(out), "meta": _meta(raw, "messages")}
+        out.append(message(m.get("role"), m["content"], m.get("reasoning_content"), f"messages[{i}]: "))
+    return {"messages": check_turns(out), "meta": _meta(raw, "messages")}
 
 
 def from_alpaca(raw: dict[str, Any]) -> dict[str, Any]:
@@ -74,12 +76,12 @@ def from_alpaca(raw: dict[str, Any]) -> dict[str, Any]:
         prompt = f"{prompt}\n\n{raw['input']}"
     msgs = []
     if isinstance(raw.get("system"), str) and raw["system"].strip():
-        msgs.append(_message("system", raw["system"]))
-    msgs.append(_message("user", prompt))
-    msgs.append(_message("assistant", raw["output"], raw.get("reasoning_content"), "output: "))
+        msgs.append(message("system", raw["system"]))
+    msgs.append(message("user", prompt))
+    msgs.append(message("assistant", raw["output"], raw.get("reasoning_content"), "output: "))
     if not prompt.strip():
         raise RecordError("empty instruction")
-    return {"messages": _check_turns(msgs), "meta": _meta(raw, "alpaca")}
+    return {"messages": check_turns(msgs), "meta": _meta(raw, "alpaca")}
 
 
 def from_sharegpt(raw: dict[str, Any]) -> dict[str, Any]:
@@ -88,32 +90,89 @@ def from_sharegpt(raw: dict[str, Any]) -> dict[str, Any]:
         raise RecordError("field 'conversations' must be a non-empty list")
     msgs = []
     if isinstance(raw.get("system"), str) and raw["system"].strip():
-        msgs.append(_message("system", raw["system"]))
+        msgs.append(message("system", raw["system"]))
     for i, turn in enumerate(conv):
         if not isinstance(turn, dict) or "from" not in turn or "value" not in turn:
             raise RecordError(f"conversations[{i}] needs 'from' and 'value'")
         role = SHAREGPT_ROLES.get(turn["from"])
         if role is None:
             raise RecordError(f"conversations[{i}]: unknown speaker {turn['from']!r}")
-        msgs.append(_message(role, turn["value"], turn.get("reasoning_content"), f"conversations[{i}]: "))
-    return {"messages": _check_turns(msgs), "meta": _meta(raw, "sharegpt")}
+        msgs.append(message(role, turn["value"], turn.get("reasoning_content"), f"conversations[{i}]: "))
+    return {"messages": check_turns(msgs), "meta": _meta(raw, "sharegpt")}
+
+
+def _single_turn(raw: dict[str, Any], prompt_key: str, response_key: str, fmt: str) -> dict[str, Any]:
+    """Seed-style records: one prompt field, one response field, optional `system` and `reasoning_content`."""
+    for key in (prompt_key, response_key):
+        if key not in raw:
+            raise RecordError(f"missing field '{key}'")
+        if not isinstance(raw[key], str):
+            raise RecordError(f"field '{key}' must be a string, got {type(raw[key]).__name__}")
+    if not raw[prompt_key].strip():
+        raise RecordError(f"empty {prompt_key}")
+    msgs = []
+    if isinstance(raw.get("system"), str) and raw["system"].strip():
+        msgs.append(message("system", raw["system"]))
+    msgs.append(message("user", raw[prompt_key]))
+    msgs.append(message("assistant", raw[response_key], raw.get("reasoning_content"), f"{response_key}: "))
+    meta = _meta(raw, fmt, {prompt_key, response_key, "system", "reasoning_content"})
+    return {"messages": check_turns(msgs), "meta": meta}
+
+
+def from_text_context(raw: dict[str, Any]) -> dict[str, Any]:
+    """`{"context": prompt, "text": response}`: the context is what the user says, the text what the model answers."""
+    return _single_turn(raw, "context", "text", "text_context")
+
+
+def from_query_response(raw: dict[str, Any]) -> dict[str, Any]:
+    return _single_turn(raw, "query", "response", "query_response")
+
+
+GSM8K_FINAL = "\n#### "
+
+
+def from_question_answer(raw: dict[str, Any]) -> dict[str, Any]:
+    """`{"question", "answer"}`; a GSM8K-style answer (steps, then a line "#### 42") becomes reasoning + answer."""
+    answer = raw.get("answer")
+    if isinstance(answer, int | float) and not isinstance(answer, bool):
+        answer = str(answer)
+        raw = {**raw, "answer": answer}
+    if isinstance(answer, str) and GSM8K_FINAL in answer and raw.get("reasoning_content") is None:
+        steps, final = answer.rsplit(GSM8K_FINAL, 1)
+        raw = {**raw, "answer": final.strip(), "reasoning_content": steps.strip()}
+    rec = _single_turn(raw, "question", "answer", "question_answer")
+    rec["meta"]["answer"] = raw["answer"]  # the reference answer for evaluation
+    return rec
 
 
 FORMATS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "messages": from_messages,
     "alpaca": from_alpaca,
     "sharegpt": from_sharegpt,
+    "question_answer": from_question_answer,
+    "query_response": from_query_response,
+    "text_context": from_text_context,
 }
+
+# Auto-detection: the first format whose key fields are all present wins (order matters).
+DETECT: list[tuple[str, tuple[str, ...]]] = [
+    ("messages", ("messages",)),
+    ("sharegpt", ("conversations",)),
+    ("alpaca", ("instruction",)),
+    ("question_answer", ("question", "answer")),
+    ("query_response", ("query", "response")),
+    ("text_context", ("text", "context")),
+]
 
 
 def detect_format(raw: dict[str, Any]) -> str:
-    if "messages" in raw:
-        return "messages"
-    if "conversations" in raw:
-        return "sharegpt"
-    if "instruction" in raw:
-        return "alpaca"
-    raise RecordError("unknown record format: expected 'messages', 'conversations' or 'instruction'/'output' fields")
+    for name, keys in DETECT:
+        if all(k in raw for k in keys):
+            return name
+    raise RecordError(
+        "unknown record format: expected 'messages', 'conversations', 'instruction'/'output', 'question'/'answer', "
+        "'query'/'response' or 'text'/'context' fields (or give a column mapping)"
+    )
 
 
 def to_sft_record(raw: Any, fmt: str = "auto") -> dict[str, Any]:
@@ -122,8 +181,10 @@ def to_sft_record(raw: Any, fmt: str = "auto") -> dict[str, Any]:
     return FORMATS[detect_format(raw) if fmt == "auto" else fmt](raw)
 
 
-def _meta(raw: dict[str, Any], fmt: str) -> dict[str, Any]:
-    known = {"messages", "conversations", "instruction", "input", "output", "system", "reasoning_content"}
+KNOWN_FIELDS = frozenset({"messages", "conversations", "instruction", "input", "output", "system", "reasoning_content"})
+
+
+def _meta(raw: dict[str, Any], fmt: str, known: set[str] | frozenset[str] = KNOWN_FIELDS) -> dict[str, Any]:
     meta = {k: v for k, v in raw.items() if k not in known}
     meta["format"] = fmt
     return meta

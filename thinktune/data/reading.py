@@ -1,17 +1,33 @@
-"""Read JSON / JSONL files into canonical records; every unusable record becomes a reject with file, line and reason."""
+"""Read dataset files into canonical records; every unusable row becomes a reject with file, line and reason.
+
+Inputs: JSONL (streamed line by line, never read whole), JSON arrays, CSV/TSV, Parquet (streamed in batches),
+`datasets` directories written by `save_to_disk`, and the bundled sets (`bundled:arithmetic/train`).
+"line" is the line a row starts on for text files (a CSV header is line 1) and the 1-based row number for
+Parquet and `datasets` directories.
+"""
 
 from __future__ import annotations
 
+import codecs
+import contextlib
+import csv
 import json
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from thinktune.data.formats import RecordError, to_sft_record
+from thinktune.data.formats import RecordError
+from thinktune.data.records import check_format, to_record, to_row
+from thinktune.data.spec import ColumnMap, DatasetSpec, as_spec
 from thinktune.errors import DataError
 
 BUNDLED_PREFIX = "bundled:"
+DATASET_DIR_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
+PARQUET_BATCH = 1024
+# CSV/Parquet cells holding a JSON list or object are decoded for these fields (a CSV cell is always text).
+STRUCTURED_FIELDS = {"messages", "conversations", "prompt", "chosen", "rejected"}
 
 
 @dataclass
@@ -19,9 +35,13 @@ class Reject:
     file: str
     line: int
     reason: str
+    rule: str | None = None  # the cleaning rule that removed the record; None for unusable records
 
     def to_json(self) -> dict[str, Any]:
-        return {"file": self.file, "line": self.line, "reason": self.reason}
+        out: dict[str, Any] = {"file": self.file, "line": self.line, "reason": self.reason}
+        if self.rule:
+            out["rule"] = self.rule
+        return out
 
 
 @dataclass
@@ -38,8 +58,16 @@ class LoadedRecords:
         self.rejects += other.rejects
 
 
+class RowError(Exception):
+    """A row that could not even be parsed (bad UTF-8, a CSV row of the wrong width); the message is the reason."""
+
+
+def is_dataset_dir(path: Path) -> bool:
+    return path.is_dir() and any((path / m).is_file() for m in DATASET_DIR_MARKERS)
+
+
 def resolve_path(ref: str) -> Path:
-    """`bundled:arithmetic/train` → the JSONL shipped in the package; anything else is a file path."""
+    """`bundled:arithmetic/train` → the JSONL shipped in the package; anything else is a file or dataset dir."""
     if ref.startswith(BUNDLED_PREFIX):
         name = ref[len(BUNDLED_PREFIX) :].replace("/", "_")
         path = Path(str(resources.files("thinktune.data.bundled").joinpath(f"{name}.jsonl")))
@@ -47,9 +75,11 @@ def resolve_path(ref: str) -> Path:
             raise DataError(f"{ref}: no such bundled dataset (available: {', '.join(bundled_names())})")
         return path
     path = Path(ref)
-    if not path.is_file():
-        raise DataError(f"{ref}: data file not found")
-    return path
+    if path.is_file() or is_dataset_dir(path):
+        return path
+    if path.is_dir():
+        raise DataError(f"{ref}: data file not found (a directory that is not a `datasets` save_to_disk folder)")
+    raise DataError(f"{ref}: data file not found")
 
 
 def bundled_names() -> list[str]:
@@ -58,33 +88,77 @@ def bundled_names() -> list[str]:
     return [BUNDLED_PREFIX + n.replace("_", "/", 1) for n in names]
 
 
-def iter_raw(path: Path) -> list[tuple[int, Any | Exception]]:
-    """(line, parsed JSON or the parse error) for every record in a .jsonl or .json file."""
-    text = path.read_text(encoding="utf-8-sig", errors="replace")  # -sig: a leading BOM is not part of record 1
-    if path.suffix == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
-        if not isinstance(data, list):
-            raise DataError(f"{path}:1: a .json dataset must be a list of records")
-        lines = _item_lines(text, len(data))
-        return list(zip(lines, data, strict=True))
-    out: list[tuple[int, Any | Exception]] = []
-    # JSONL lines end at "\n" only: splitlines() would also split inside strings holding U+2028, U+0085, ...
-    for i, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            out.append((i, json.loads(line)))
-        except json.JSONDecodeError as e:
-            out.append((i, e))
-    return out
+def iter_raw(path: Path, split: str | None = None) -> Iterator[tuple[int, Any | Exception]]:
+    """(line, parsed row or the error that kept it from parsing) for every row of a dataset file or directory."""
+    path = Path(path)
+    if path.is_dir():
+        return _iter_dataset_dir(path, split)
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        return _iter_parquet(path)
+    if suffix in (".csv", ".tsv"):
+        return _iter_csv(path, "\t" if suffix == ".tsv" else ",")
+    if suffix == ".json":
+        return _iter_json_array(path)
+    return _iter_jsonl(path)
+
+
+def _iter_jsonl(path: Path) -> Iterator[tuple[int, Any | Exception]]:
+    # Binary lines end at b"\n" only: text-mode splitting would also split inside strings holding U+2028, U+0085.
+    with open(path, "rb") as f:
+        for i, line in enumerate(f, start=1):
+            if i == 1 and line.startswith(codecs.BOM_UTF8):  # a leading BOM is not part of record 1
+                line = line[len(codecs.BOM_UTF8) :]
+            try:
+                text = line.decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield i, RowError(f"invalid UTF-8 (byte {line[e.start]:#04x} at column {e.start + 1})")
+                continue
+            if not text.strip():
+                continue
+            try:
+                yield i, json.loads(text)
+            except json.JSONDecodeError as e:
+                yield i, e
+
+
+def _iter_json_array(path: Path) -> Iterator[tuple[int, Any | Exception]]:
+    data = path.read_bytes()  # one JSON document: it has to be parsed whole
+    if data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8) :]
+    bad_lines = set()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        bad_lines = {i for i, b in enumerate(data.split(b"\n"), 1) if not _decodes(b)}
+        text = data.decode("utf-8", errors="replace")
+    try:
+        items = json.loads(text)
+    except json.JSONDecodeError as e:
+        hint = " — one record per line? name the file .jsonl" if e.msg == "Extra data" else ""
+        raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg}){hint}") from None
+    if not isinstance(items, list):
+        raise DataError(f"{path}:1: a .json dataset must be a list of records")
+    starts = _item_lines(text, len(items))
+    ends = [*(s - 1 for s in starts[1:]), text.count("\n") + 1]
+    for start, end, item in zip(starts, ends, items, strict=True):
+        if any(start <= b <= max(start, end) for b in bad_lines):
+            yield start, RowError("invalid UTF-8")
+        else:
+            yield start, item
+
+
+def _decodes(b: bytes) -> bool:
+    try:
+        b.decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False
 
 
 def _item_lines(text: str, n: int) -> list[int]:
     """Line where each top-level array item starts (best effort: falls back to 1-based item index)."""
-    decoder, lines, pos = json.JSONDecoder(), [], text.index("[") + 1
+    decoder, lines, pos = json.JSONDecoder(), [], text.index("[") + 1 if n else 0
     try:
         for _ in range(n):
             while text[pos] in " \t\r\n,":
@@ -96,20 +170,130 @@ def _item_lines(text: str, n: int) -> list[int]:
         return list(range(1, n + 1))
 
 
-def read_records(ref: str, fmt: str = "auto") -> LoadedRecords:
-    path = resolve_path(ref)
-    out = LoadedRecords()
-    for line, raw in iter_raw(path):
+def _decode_cells(row: dict[str, Any]) -> dict[str, Any]:
+    for key in STRUCTURED_FIELDS & row.keys():
+        value = row[key]
+        if isinstance(value, str) and value[:1] in "[{":
+            with contextlib.suppress(json.JSONDecodeError):
+                row[key] = json.loads(value)
+    return row
+
+
+@contextlib.contextmanager
+def _csv_field_limit(limit: int) -> Iterator[None]:
+    old = csv.field_size_limit()
+    csv.field_size_limit(limit)  # long reasoning traces exceed the default 128 kB
+    try:
+        yield
+    finally:
+        csv.field_size_limit(old)
+
+
+def _iter_csv(path: Path, delimiter: str) -> Iterator[tuple[int, Any | Exception]]:
+    # surrogateescape keeps bad bytes visible as lone surrogates, so one bad row is rejected, not the file
+    with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as f, _csv_field_limit(2**31 - 1):
+        reader = csv.reader(f, delimiter=delimiter)
+        try:
+            header = next(reader, None)
+            if header is None:
+                return
+            header = [h.strip() for h in header]
+            start = reader.line_num + 1
+            for cells in reader:
+                line, start = start, reader.line_num + 1
+                if not cells or all(not c.strip() for c in cells):
+                    continue
+                if any(_has_surrogate(c) for c in cells):
+                    yield line, RowError("invalid UTF-8")
+                elif len(cells) != len(header):
+                    yield line, RowError(f"CSV row has {len(cells)} fields, the header has {len(header)}")
+                else:
+                    yield line, _decode_cells(dict(zip(header, cells, strict=True)))
+        except csv.Error as e:
+            raise DataError(f"{path}:{reader.line_num}: invalid CSV ({e})") from None
+
+
+def _has_surrogate(s: str) -> bool:
+    return any("\udc80" <= ch <= "\udcff" for ch in s)
+
+
+def _iter_parquet(path: Path) -> Iterator[tuple[int, Any | Exception]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as e:
+        raise DataError(f"{path}: not a readable Parquet file ({e})") from None
+    n = 0
+    for batch in pf.iter_batches(batch_size=PARQUET_BATCH):
+        for row in batch.to_pylist():
+            n += 1
+            yield n, _decode_cells(row)
+
+
+def _iter_dataset_dir(path: Path, split: str | None) -> Iterator[tuple[int, Any | Exception]]:
+    import datasets
+
+    try:
+        ds = datasets.load_from_disk(str(path))
+    except Exception as e:  # datasets raises many kinds; any of them means the folder is unreadable
+        raise DataError(f"{path}: not a readable `datasets` directory ({type(e).__name__}: {e})") from None
+    if isinstance(ds, datasets.DatasetDict):
+        names = list(ds)
+        if split is None and len(names) == 1:
+            split = names[0]
+        if split not in ds:
+            raise DataError(f"{path}: choose a split with `split` (available: {', '.join(names)})")
+        ds = ds[split]
+    elif split is not None:
+        raise DataError(f"{path}: a single dataset has no splits (remove split: {split})")
+    n = 0
+    for batch in ds.iter(batch_size=PARQUET_BATCH):
+        keys = list(batch)
+        for values in zip(*(batch[k] for k in keys), strict=True):
+            n += 1
+            yield n, _decode_cells(dict(zip(keys, values, strict=True)))
+
+
+def raw_error_reason(err: Exception) -> str:
+    if isinstance(err, json.JSONDecodeError):
+        return f"invalid JSON: {err.msg}"
+    return str(err)
+
+
+def iter_records(
+    source: str | DatasetSpec, fmt: str = "auto", kind: str = "sft", columns: ColumnMap | None = None
+) -> Iterator[dict[str, Any] | Reject]:
+    """Canonical records and rejects, in file order, one row in memory at a time (JSONL, CSV, Parquet, dirs)."""
+    spec = as_spec(source, fmt)
+    if columns is not None:
+        spec = spec.model_copy(update={"columns": columns})
+    check_format(spec.format, kind, f"{spec.path}: format")
+    path = resolve_path(spec.path)
+    name = str(path)
+    for line, raw in iter_raw(path, spec.split):
         if isinstance(raw, Exception):
-            out.rejects.append(Reject(str(path), line, f"invalid JSON: {raw.msg}"))
+            yield Reject(name, line, raw_error_reason(raw))
             continue
         try:
-            rec = to_sft_record(raw, fmt)
+            rec = to_record(raw, kind, spec.format, spec.columns)
         except RecordError as e:
-            out.rejects.append(Reject(str(path), line, str(e)))
+            yield Reject(name, line, str(e))
             continue
-        rec["meta"].update(source=str(path), line=line)
-        out.records.append(rec)
+        rec["meta"].update(source=name, line=line)
+        yield rec
+
+
+def read_records(
+    ref: str | DatasetSpec, fmt: str = "auto", kind: str = "sft", columns: ColumnMap | None = None
+) -> LoadedRecords:
+    out = LoadedRecords()
+    for item in iter_records(ref, fmt, kind, columns):
+        if isinstance(item, Reject):
+            out.rejects.append(item)
+        else:
+            out.records.append(item)
     return out
 
 
@@ -125,8 +309,19 @@ def check_bad_fraction(loaded: LoadedRecords, limit: float, what: str) -> None:
         )
 
 
-def write_rejects(rejects: list[Reject], path: Path) -> None:
+def write_rejects(rejects: Iterable[Reject], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
+    with open(path, "w", encoding="utf-8") as f:
         for r in rejects:
             f.write(json.dumps(r.to_json(), ensure_ascii=False) + "\n")
+
+
+def write_records(records: Iterable[dict[str, Any]], path: Path) -> int:
+    """Canonical records as JSONL rows that read back into the same records; returns how many were written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n = 0
+    with open(path, "w", encoding="utf-8") as f:
+        for rec in records:
+            f.write(json.dumps(to_row(rec), ensure_ascii=False) + "\n")
+            n += 1
+    return n

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import jinja2
 from transformers import PreTrainedTokenizerBase
 
 from thinktune.data.formats import RecordError
@@ -117,17 +118,38 @@ def _find_content(text: str, content: str, cursor: int) -> tuple[int, int] | Non
     return None
 
 
-def tokenize_conversation(
-    tokenizer: PreTrainedTokenizerBase,
-    messages: list[dict[str, Any]],
-    system_prompt: str | None = None,
-    max_length: int | None = None,
-) -> TokenizedSample:
+@dataclass
+class Rendered:
+    """A conversation as the chat template writes it, with the character spans the loss is computed on."""
+
+    text: str
+    spans: list[tuple[int, int]]
+
+
+def render_conversation(
+    tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, Any]], system_prompt: str | None = None
+) -> Rendered:
     msgs = template_messages(messages, system_prompt)
-    text = tokenizer.apply_chat_template(msgs, tokenize=False)
-    spans = assistant_spans(text, msgs, tokenizer.eos_token, _assistant_anchors(tokenizer, msgs, text))
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids, offsets = enc["input_ids"], enc["offset_mapping"]
+    try:
+        text = tokenizer.apply_chat_template(msgs, tokenize=False)
+    except jinja2.TemplateError as e:  # templates may refuse e.g. non-alternating roles via raise_exception()
+        raise RecordError(f"the chat template refused this conversation: {e}") from None
+    return Rendered(text, assistant_spans(text, msgs, tokenizer.eos_token, _assistant_anchors(tokenizer, msgs, text)))
+
+
+def encode_with_offsets(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[tuple[list[int], list]]:
+    """(ids, character offsets) per text, no special tokens added (the template already wrote them).
+
+    Calls the Rust tokenizer directly when there is one: the Python wrapper costs more than the encoding itself."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        return [(e.ids, e.offsets) for e in backend.encode_batch(texts, add_special_tokens=False)]
+    enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+    return list(zip(enc["input_ids"], enc["offset_mapping"], strict=True))
+
+
+def mask_labels(ids: list[int], offsets: list, spans: list[tuple[int, int]]) -> list[int]:
+    """Token k is trained iff its characters lie inside an assistant span."""
     labels = [IGNORE] * len(ids)
     j = 0
     for k, (s, e) in enumerate(offsets):
@@ -135,9 +157,48 @@ def tokenize_conversation(
             j += 1
         if j < len(spans) and s >= spans[j][0] and e <= spans[j][1] and e > s:
             labels[k] = ids[k]
-    sample = TokenizedSample(ids, labels)
+    return labels
+
+
+def to_sample(ids: list[int], offsets: list, spans: list[tuple[int, int]], max_length: int | None) -> TokenizedSample:
+    sample = TokenizedSample(list(ids), mask_labels(ids, offsets, spans))
     if sample.trained_tokens == 0:
         raise RecordError("no assistant tokens left to train on")
     if max_length is not None and len(ids) > max_length:
         raise RecordError(f"too long: {len(ids)} tokens > data.max_length={max_length}")
     return sample
+
+
+def tokenize_conversation(
+    tokenizer: PreTrainedTokenizerBase,
+    messages: list[dict[str, Any]],
+    system_prompt: str | None = None,
+    max_length: int | None = None,
+) -> TokenizedSample:
+    rendered = render_conversation(tokenizer, messages, system_prompt)
+    [(ids, offsets)] = encode_with_offsets(tokenizer, [rendered.text])
+    return to_sample(ids, offsets, rendered.spans, max_length)
+
+
+def tokenize_conversations(
+    tokenizer: PreTrainedTokenizerBase,
+    conversations: list[list[dict[str, Any]]],
+    system_prompt: str | None = None,
+    max_length: int | None = None,
+) -> list[TokenizedSample | RecordError]:
+    """Many conversations at once (one batched tokenizer call); a failing one gives its RecordError in its place."""
+    out: list[TokenizedSample | RecordError] = []
+    rendered: list[tuple[int, Rendered]] = []
+    for i, msgs in enumerate(conversations):
+        try:
+            rendered.append((i, render_conversation(tokenizer, msgs, system_prompt)))
+            out.append(RecordError("not tokenized"))
+        except RecordError as e:
+            out.append(e)
+    encoded = encode_with_offsets(tokenizer, [r.text for _, r in rendered])
+    for (i, r), (ids, offsets) in zip(rendered, encoded, strict=True):
+        try:
+            out[i] = to_sample(ids, offsets, r.spans, max_length)
+        except RecordError as e:
+            out[i] = e
+    return out

@@ -1,64 +1,124 @@
 """Tuning methods by name: each turns a loaded model into a trainable one. Add a method = one file + one line.
 
 What a recipe calls, in order:
-    model = apply_method(model, cfg, context)         # wrap / freeze; may profile data (ESFT)
+    check_method_environment(cfg)                      # before loading the model: config + machine (qlora: CUDA)
+    model = apply_method(model, cfg, context)          # wrap / freeze; may profile data (ESFT)
     params = optimizer_parameters(model, cfg)          # every parameter the optimizer may ever update
-    on_optimizer_step(model, cfg, step)                # after each optimizer step (progressive unfreezing)
+    loss = loss + method_loss(model, cfg)              # when not None: a method's own penalty (AdaLoRA)
+    on_optimizer_step(model, cfg, step)                # after optimizer.step(), before zero_grad()
     out = save_trained(model, cfg, run_dir)            # PEFT adapter dir, or changed tensors + config
+    model = load_trained(base, out)                    # put it back onto a fresh base model
+
+Families: lora.py (lora), qlora.py, adalora.py, prompts.py (prompt_tuning, p_tuning, prefix_tuning), ia3.py,
+freeze.py (freeze, full, progressive unfreezing), esft.py (+ expert_usage.py). Saving layouts: trained.py.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from transformers import PreTrainedModel
 
 from thinktune.config import MethodConfig
-from thinktune.methods.lora import apply_lora
+from thinktune.errors import ConfigError
+from thinktune.methods.adalora import adalora_loss, adalora_ranks, adalora_step, apply_adalora, save_adalora
+from thinktune.methods.base import Method, MethodContext, method_state
+from thinktune.methods.esft import apply_esft, esft_step, save_esft
+from thinktune.methods.freeze import apply_freeze, check_freeze, freeze_parameters, progressive_step, save_freeze
+from thinktune.methods.ia3 import apply_ia3
+from thinktune.methods.lora import apply_lora, check_lora, save_lora
+from thinktune.methods.prompts import apply_prompt_method
+from thinktune.methods.qlora import apply_qlora, check_qlora
+from thinktune.methods.trained import load_trained, merge_trained
 
+__all__ = [
+    "METHODS",
+    "Method",
+    "MethodContext",
+    "adalora_ranks",
+    "apply_method",
+    "check_method_environment",
+    "count_parameters",
+    "load_trained",
+    "merge_trained",
+    "method_loss",
+    "on_optimizer_step",
+    "optimizer_parameters",
+    "save_trained",
+]
 
-@dataclass
-class MethodContext:
-    """What some methods need beyond the model: the tokenizer and training samples (ESFT profiles experts on them)."""
+_freeze = Method(apply_freeze, check_freeze, freeze_parameters, progressive_step, save=save_freeze)
 
-    tokenizer: Any = None
-    samples: list = field(default_factory=list)
-
-
-METHODS: dict[str, Callable[[PreTrainedModel, MethodConfig, MethodContext], PreTrainedModel]] = {
-    "lora": lambda model, cfg, ctx: apply_lora(model, cfg),
+METHODS: dict[str, Method] = {
+    "lora": Method(apply_lora, check=check_lora, save=save_lora),
+    "qlora": Method(apply_qlora, check=check_qlora, save=save_lora),
+    "adalora": Method(apply_adalora, on_step=adalora_step, loss=adalora_loss, save=save_adalora),
+    "prompt_tuning": Method(apply_prompt_method),
+    "p_tuning": Method(apply_prompt_method),
+    "prefix_tuning": Method(apply_prompt_method),
+    "ia3": Method(apply_ia3),
+    "freeze": _freeze,
+    "full": _freeze,
+    "esft": Method(apply_esft, on_step=esft_step, save=save_esft),
 }
 
+PROGRESSIVE = ("freeze", "full")
 
-def apply_method(model: PreTrainedModel, cfg: MethodConfig, context: MethodContext | None = None) -> PreTrainedModel:
-    from thinktune.errors import ConfigError
 
+def method_of(cfg: MethodConfig) -> Method:
     if cfg.name not in METHODS:
         raise ConfigError(f"method.name: '{cfg.name}' is not available (have: {', '.join(METHODS)})")
-    return METHODS[cfg.name](model, cfg, context or MethodContext())
+    return METHODS[cfg.name]
+
+
+def check_method_environment(cfg: MethodConfig) -> None:
+    """Fail in one line, before any weights load, when the config or this machine cannot run the method."""
+    method = method_of(cfg)
+    if cfg.progressive_unfreeze_step and cfg.name not in PROGRESSIVE:
+        raise ConfigError(
+            f"method.progressive_unfreeze_step applies to method.name freeze or full, not '{cfg.name}'"
+        )
+    if cfg.expert_lora and cfg.name not in ("lora", "qlora"):
+        raise ConfigError(f"method.expert_lora applies to method.name lora or qlora, not '{cfg.name}'")
+    if method.check:
+        method.check(cfg)
+
+
+def apply_method(model: PreTrainedModel, cfg: MethodConfig, context: MethodContext | None = None) -> torch.nn.Module:
+    check_method_environment(cfg)
+    return method_of(cfg).apply(model, cfg, context or MethodContext())
 
 
 def optimizer_parameters(model: torch.nn.Module, cfg: MethodConfig) -> list[tuple[str, torch.nn.Parameter]]:
-    return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    """Every (name, parameter) the optimizer may ever update, including ones a method unlocks later."""
+    return method_of(cfg).parameters(model, cfg)
+
+
+def method_loss(model: torch.nn.Module, cfg: MethodConfig) -> torch.Tensor | None:
+    """A term the method adds to the training loss (AdaLoRA's orthogonality penalty), or None."""
+    method = method_of(cfg)
+    return method.loss(model, cfg) if method.loss else None
 
 
 def on_optimizer_step(model: torch.nn.Module, cfg: MethodConfig, step: int) -> None:
-    """Called after every optimizer step; progressive unfreezing hooks in here."""
+    """Called after every optimizer.step() and before zero_grad(): progressive unfreezing, AdaLoRA's rank budget
+    (reads the gradients), ESFT's frozen-expert check. `step` counts optimizer steps from 1."""
+    method = method_of(cfg)
+    if method.on_step:
+        method.on_step(model, cfg, step)
 
 
 def save_trained(model: torch.nn.Module, cfg: MethodConfig, run_dir: Path) -> Path:
-    """Save what training changed. PEFT methods: `run_dir/adapter` (loads with PeftModel.from_pretrained)."""
-    out = run_dir / "adapter"
-    model.save_pretrained(out)
-    return out
+    """Save what training changed: PEFT methods `run_dir/adapter`, the others `run_dir/model` (see trained.py)."""
+    return method_of(cfg).save(model, cfg, Path(run_dir))
 
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
-    """(trainable, total) parameter counts."""
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    """(trainable, total): parameters the method trains over the run (including ones unlocked later, excluding
+    the masked expert rows of ESFT), and all parameters."""
+    state = method_state(model)
+    pending = set(state.get("pending", ()))
+    trainable = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad or n in pending)
     total = sum(p.numel() for p in model.parameters())
-    return trainable, total
+    return trainable - state.get("masked_elements", 0), total

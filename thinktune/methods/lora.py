@@ -1,36 +1,123 @@
-"""LoRA (Hu et al. 2021) through PEFT, with per-architecture default targets from the models registry."""
+"""LoRA (Hu et al. 2021) through PEFT, with DoRA, rsLoRA and PiSSA options and MoE expert targets.
+
+    method: {name: lora, r: 16, alpha: 32, use_dora: false, use_rslora: false, init: default|gaussian|pissa}
+
+MoE models: attention by default; `expert_lora: true` also adapts the fused routed experts (PEFT `target_parameters`,
+which cannot apply dropout, so it needs `dropout: 0`), the shared experts and the dense MLP layers. The router stays
+frozen unless `train_router` (then PEFT trains a full copy of it: `modules_to_save`).
+
+PiSSA (Meng et al. 2024) starts the adapter from the top singular vectors and moves them *out of* the base weights.
+An adapter saved that way only fits the modified base, so at save time it is converted (PEFT
+`path_initial_model_for_weight_conversion`) into a plain rank-2r LoRA that loads onto the original model.
+"""
 
 from __future__ import annotations
 
+import re
+import tempfile
+from pathlib import Path
+
 from peft import LoraConfig, PeftModel, get_peft_model
+from peft.utils import get_peft_model_state_dict
+from safetensors.torch import save_file
 from transformers import PreTrainedModel
 
 from thinktune.config import MethodConfig
 from thinktune.errors import ConfigError
-from thinktune.models.registry import arch_facts
+from thinktune.methods.base import ADAPTER_DIR, MethodContext, facts_of, method_state
+from thinktune.models.registry import ArchFacts
+
+# PiSSA with a few fast-SVD iterations: exact for what matters (W_res = W - A0 B0 is computed, not approximated)
+# and minutes faster than a full SVD of every projection of a 7B model.
+LORA_INIT = {"default": True, "gaussian": "gaussian", "pissa": "pissa_niter_4"}
+
+
+def check_lora(cfg: MethodConfig) -> None:
+    if cfg.expert_lora and cfg.dropout != 0:
+        raise ConfigError(
+            f"method.expert_lora needs method.dropout=0: PEFT cannot apply dropout on fused expert parameters "
+            f"(got {cfg.dropout})"
+        )
 
 
 def lora_targets(model: PreTrainedModel, cfg: MethodConfig) -> list[str] | str:
+    """Linear modules to adapt: `all-linear`, the architecture defaults (`auto`), or the names given."""
     if cfg.target_modules == "all-linear":
         return "all-linear"
-    if cfg.target_modules == "auto":
-        facts = arch_facts(model.config.model_type)
-        if facts is None:
-            return "all-linear"
-        present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-        return [t for t in facts.lora_targets if t in present]
-    return list(cfg.target_modules)
+    if cfg.target_modules != "auto":
+        return list(cfg.target_modules)
+    facts = facts_of(model)
+    if facts is None:
+        return "all-linear"
+    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    return [t for t in facts.lora_targets if t in present]
 
 
-def apply_lora(model: PreTrainedModel, cfg: MethodConfig) -> PeftModel:
-    peft_cfg = LoraConfig(
+def expert_targets(model: PreTrainedModel, cfg: MethodConfig, facts: ArchFacts | None) -> tuple[list[str] | str, list]:
+    """(target_modules, target_parameters) with the routed experts, shared experts and dense MLPs added.
+
+    A regex keeps PEFT from re-mapping MLP names onto the fused experts (we target those explicitly)."""
+    if facts is None or not facts.moe:
+        model_type = getattr(model.config, "model_type", "?")
+        raise ConfigError(f"method.expert_lora needs a mixture-of-experts model with a known layout; got '{model_type}'")
+    base = lora_targets(model, cfg)
+    if base == "all-linear":
+        raise ConfigError("method.expert_lora: use target_modules 'auto' or a list, not 'all-linear'")
+    names = sorted(set(base) | set(facts.mlp_linears))
+    regex = rf".*\.({'|'.join(map(re.escape, names))})"
+    params = [f"{facts.mlp}.{facts.experts}.{p}" for p in facts.expert_params]
+    return regex, params
+
+
+def router_modules(facts: ArchFacts | None, cfg: MethodConfig) -> list[str] | None:
+    if cfg.train_router and facts is not None and facts.router:
+        return [f"{facts.mlp}.{facts.router}"]
+    return None
+
+
+def lora_config(model: PreTrainedModel, cfg: MethodConfig) -> LoraConfig:
+    check_lora(cfg)
+    facts = facts_of(model)
+    targets, params = (expert_targets(model, cfg, facts) if cfg.expert_lora else (lora_targets(model, cfg), None))
+    return LoraConfig(
         r=cfg.r,
         lora_alpha=cfg.alpha,
         lora_dropout=cfg.dropout,
-        target_modules=lora_targets(model, cfg),
+        target_modules=targets,
+        target_parameters=params,
+        use_dora=cfg.use_dora,
+        use_rslora=cfg.use_rslora,
+        init_lora_weights=LORA_INIT[cfg.init],
+        modules_to_save=router_modules(facts, cfg),
         task_type="CAUSAL_LM",
     )
+
+
+def wrap(model: PreTrainedModel, peft_cfg, what: str) -> PeftModel:
     try:
         return get_peft_model(model, peft_cfg)
-    except ValueError as e:  # PEFT's own message says what is wrong (no target matched, dropout on fused experts)
-        raise ConfigError(f"method: LoRA cannot be applied: {str(e).splitlines()[0]}") from None
+    except (ValueError, TypeError, NotImplementedError) as e:  # PEFT's message says what is wrong
+        raise ConfigError(f"method: {what} cannot be applied: {str(e).splitlines()[0]}") from None
+
+
+def apply_lora(model: PreTrainedModel, cfg: MethodConfig, ctx: MethodContext | None = None) -> PeftModel:
+    peft_model = wrap(model, lora_config(model, cfg), "LoRA")
+    if cfg.init == "pissa":
+        # The initial adapter, kept to convert the trained one into a plain LoRA at save time.
+        initial = get_peft_model_state_dict(peft_model)
+        method_state(peft_model)["pissa_initial"] = {k: v.detach().clone().contiguous() for k, v in initial.items()}
+    return peft_model
+
+
+def save_lora(model: PeftModel, cfg: MethodConfig, run_dir: Path) -> Path:
+    out = run_dir / ADAPTER_DIR
+    initial = method_state(model).get("pissa_initial")
+    if initial is None:
+        model.save_pretrained(out)
+        return out
+    with tempfile.TemporaryDirectory() as tmp:
+        init_dir = Path(tmp) / "pissa_init"
+        init_dir.mkdir()
+        save_file(initial, str(init_dir / "adapter_model.safetensors"))
+        model.save_pretrained(out, path_initial_model_for_weight_conversion=str(init_dir))
+    return out

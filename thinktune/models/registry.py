@@ -1,33 +1,78 @@
-"""What we know about each architecture, by `config.model_type`: default LoRA targets and MoE layout.
+"""What we know about each architecture, by `config.model_type`: default targets per method and the MoE layout.
 
-Add an architecture = one entry. Unknown architectures fall back to PEFT's `all-linear`.
+Add an architecture = one entry. Unknown architectures fall back to PEFT's `all-linear` for LoRA and to PEFT's own
+defaults for IA³; MoE-only methods (ESFT, expert LoRA) then say the architecture is not supported.
+
+Names are module names inside one decoder layer (`model.layers.N.<attention>.q_proj`, `model.layers.N.<mlp>.gate`).
+In transformers 5 routed experts are fused 3-D parameters: `<mlp>.experts.gate_up_proj` (E, 2I, H) and
+`<mlp>.experts.down_proj` (E, H, I); the router `<mlp>.gate` returns (logits, top-k weights, top-k indices).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
-ATTN = ["q_proj", "k_proj", "v_proj", "o_proj"]
-MLP = ["gate_proj", "up_proj", "down_proj"]
+ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
+MLP = ("gate_proj", "up_proj", "down_proj")
+MLA = ("q_proj", "q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj")  # DeepSeek latent attention
 
 
 @dataclass(frozen=True)
 class ArchFacts:
     lora_targets: tuple[str, ...]
     moe: bool = False
+    attention: str = "self_attn"
+    mlp: str = "mlp"
+    mlp_linears: tuple[str, ...] = MLP  # dense MLP (and shared-expert) Linear names
+    router: str | None = None  # MoE router module inside the MLP block
+    experts: str | None = None  # fused routed-experts module inside the MLP block
+    expert_params: tuple[str, ...] = ()  # its fused 3-D parameters
+    shared_experts: str | None = None  # always-on experts (plain MLP) inside the MLP block
+    ia3_targets: tuple[str, ...] = ("k_proj", "v_proj", "down_proj")
+    ia3_feedforward: tuple[str, ...] = ("down_proj",)
+    prefix_tuning: bool = True  # PEFT prefix tuning needs a standard (k, v) cache per head
+
+
+def _moe(**kw) -> dict:
+    return dict(moe=True, router="gate", experts="experts", expert_params=("gate_up_proj", "down_proj"), **kw)
 
 
 ARCHS: dict[str, ArchFacts] = {
-    "llama": ArchFacts(tuple(ATTN + MLP)),
-    "mistral": ArchFacts(tuple(ATTN + MLP)),
-    "qwen2": ArchFacts(tuple(ATTN + MLP)),
-    "qwen3": ArchFacts(tuple(ATTN + MLP)),
-    # Routed experts are fused 3-D parameters in transformers 5. PEFT maps MLP names (gate/up/down_proj) onto them
-    # as target_parameters, which then also rules out LoRA dropout; so the MoE default is attention only.
-    "qwen3_moe": ArchFacts(tuple(ATTN), moe=True),
-    "deepseek_v3": ArchFacts(("q_proj", "q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj"), moe=True),
+    "llama": ArchFacts(ATTN + MLP),
+    "mistral": ArchFacts(ATTN + MLP),
+    "qwen2": ArchFacts(ATTN + MLP),
+    "qwen3": ArchFacts(ATTN + MLP),
+    # PEFT maps MLP names (gate/up/down_proj) onto fused experts as target_parameters, which rules out LoRA dropout;
+    # so the MoE default is attention only and `method.expert_lora` adds the experts explicitly.
+    "qwen3_moe": ArchFacts(ATTN, ia3_targets=("k_proj", "v_proj"), ia3_feedforward=(), **_moe()),
+    # MLA caches a compressed latent, not per-head (k, v): PEFT prefix tuning cannot extend it.
+    "deepseek_v3": ArchFacts(
+        MLA, ia3_targets=("kv_b_proj", "down_proj"), prefix_tuning=False, **_moe(shared_experts="shared_experts")
+    ),
 }
 
 
 def arch_facts(model_type: str) -> ArchFacts | None:
     return ARCHS.get(model_type)
+
+
+LAYER_INDEX = re.compile(r"\.layers\.(\d+)\.")
+
+
+def layer_index(param_name: str) -> int | None:
+    """Decoder layer number in a parameter name (`model.layers.3.mlp...` → 3); None outside the layers."""
+    m = LAYER_INDEX.search(param_name)
+    return int(m.group(1)) if m else None
+
+
+def is_router(facts: ArchFacts | None, param_name: str) -> bool:
+    return bool(facts and facts.router) and f".{facts.mlp}.{facts.router}." in param_name
+
+
+def is_attention(facts: ArchFacts | None, param_name: str) -> bool:
+    return f".{facts.attention if facts else 'self_attn'}." in param_name
+
+
+def is_mlp(facts: ArchFacts | None, param_name: str) -> bool:
+    return f".{facts.mlp if facts else 'mlp'}." in param_name

@@ -11,7 +11,6 @@ summary.json. The loop is plain PyTorch on Accelerate (devices, mixed precision,
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,15 +20,14 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from rich.console import Console
-from torch.utils.data import DataLoader
 
 from thinktune.config import RunConfig, to_yaml
 from thinktune.data.collate import pad_batch
 from thinktune.data.prepare import TrainingData, prepare_training_data
 from thinktune.data.reading import check_bad_fraction, write_rejects
-from thinktune.errors import EnvironmentProblem
+from thinktune.errors import ConfigError, EnvironmentProblem
 from thinktune.eval.report import write_report
-from thinktune.eval.runner import EvalResult, evaluate
+from thinktune.eval.runner import EvalResult, evaluate, heldout_loss
 from thinktune.eval.tasks import load_tasks
 from thinktune.methods import (
     MethodContext,
@@ -40,10 +38,16 @@ from thinktune.methods import (
     save_trained,
 )
 from thinktune.models import load_pretrained
+from thinktune.train.engine.checkpoint import resolve_resume
+from thinktune.train.engine.ewc import EWCPenalty, compute_fisher, load_fisher, save_fisher
 from thinktune.train.engine.loggers import MetricsLog
+from thinktune.train.engine.loop import TrainLoop
+from thinktune.train.engine.losses import combined_loss
+from thinktune.train.engine.monitor import plot_update_heatmap
 from thinktune.train.engine.optim import build_optimizer, build_scheduler, total_optimizer_steps
 from thinktune.train.engine.plots import plot_metrics
-from thinktune.train.engine.progress import task_progress, training_progress
+from thinktune.train.engine.progress import task_progress
+from thinktune.train.engine.sampler import batches_per_epoch
 
 
 @dataclass
@@ -56,6 +60,7 @@ class Run:
     tokenizer: Any = None
     data: TrainingData | None = None
     tasks: list[dict] | None = None
+    validation: list[dict] | None = None
 
 
 def mixed_precision(choice: str) -> str:
@@ -71,9 +76,11 @@ def setup(cfg: RunConfig, console: Console) -> Run:
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
     acc = Accelerator(
+        cpu=not torch.cuda.is_available(),  # also what makes torchrun on CPU form a gloo process group
         mixed_precision=mixed_precision(cfg.train.mixed_precision),
-        gradient_accumulation_steps=cfg.train.gradient_accumulation_steps,
     )
+    if not acc.is_main_process:
+        console = Console(quiet=True)  # one process talks
     run = Run(cfg, cfg.run_dir, acc, console)
     run.dir.mkdir(parents=True, exist_ok=True)
     (run.dir / "config.yaml").write_text(to_yaml(cfg))
@@ -93,12 +100,22 @@ def setup(cfg: RunConfig, console: Console) -> Run:
         loaded = load_tasks(cfg.data.test, cfg.data.format, cfg.eval.max_samples)
         check_bad_fraction(loaded, cfg.data.max_bad_fraction, "test data")
         run.tasks, rejects = loaded.records, rejects + loaded.rejects
+    if cfg.data.validation:
+        loaded = load_tasks(cfg.data.validation, cfg.data.format, cfg.eval.max_samples)
+        check_bad_fraction(loaded, cfg.data.max_bad_fraction, "validation data")
+        run.validation, rejects = loaded.records, rejects + loaded.rejects
+    elif cfg.train.eval_steps:
+        raise ConfigError("train.eval_steps needs data.validation (a file with reference answers)")
     write_rejects(rejects, run.dir / "rejects.jsonl")
     console.print(
         f"data: {len(run.data.samples)} training samples from {run.data.total_records} records, "
         f"{len(run.tasks or [])} test tasks, {len(rejects)} rejected (→ rejects.jsonl)"
     )
     return run
+
+
+def load_headline(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text())["headline"]
 
 
 def run_eval(run: Run, label: str) -> EvalResult | None:
@@ -123,81 +140,112 @@ def run_eval(run: Run, label: str) -> EvalResult | None:
     return result
 
 
-def train(run: Run) -> dict[str, float]:
+def train(run: Run, resume: str | None = None) -> dict[str, Any]:
     cfg, acc = run.cfg.train, run.accelerator
     run.model = apply_method(run.model, run.cfg.method, MethodContext(run.tokenizer, run.data.samples))
+    if cfg.gradient_checkpointing:
+        run.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(run.model, "enable_input_require_grads"):
+            run.model.enable_input_require_grads()  # PEFT: frozen embeddings still need grads flowing through
     trainable, total = count_parameters(run.model)
     run.console.print(
         f"method {run.cfg.method.name}: {trainable:,} trainable of {total:,} parameters ({trainable / total:.2%})"
     )
-    generator = torch.Generator().manual_seed(cfg.seed)
-    loader = DataLoader(
-        run.data.samples,
-        batch_size=cfg.batch_size,
-        shuffle=True,
-        generator=generator,
-        collate_fn=lambda s: pad_batch(s, run.tokenizer.pad_token_id),
-    )
-    steps = total_optimizer_steps(cfg, len(loader))
-    optimizer = build_optimizer(optimizer_parameters(run.model, run.cfg.method), cfg)
+    params = optimizer_parameters(run.model, run.cfg.method)
+    per_epoch = batches_per_epoch(len(run.data.samples), cfg.batch_size, acc.num_processes)
+    steps = total_optimizer_steps(cfg, per_epoch)
+    optimizer = build_optimizer(params, cfg)
     scheduler = build_scheduler(optimizer, cfg, steps)
-    run.model, optimizer, loader, scheduler = acc.prepare(run.model, optimizer, loader, scheduler)
-    log = MetricsLog(run.dir) if acc.is_main_process else None
+    # The scheduler is not prepared: Accelerate would step it once per process.
+    run.model, optimizer = acc.prepare(run.model, optimizer)
+    teacher = load_teacher(run) if cfg.teacher else None
+    ewc = EWCPenalty(*load_fisher(cfg.ewc_fisher), cfg.ewc_lambda) if cfg.ewc_lambda and cfg.ewc_fisher else None
 
-    run.model.train()
-    step, tokens, window_tokens, losses = 0, 0, 0, []
-    start = window_start = time.perf_counter()
-    with training_progress(run.console) as bar:
-        task = bar.add_task("train", total=steps, loss=math.nan, lr=cfg.learning_rate, tps=0.0)
-        while step < steps:
-            for batch in loader:
-                with acc.accumulate(run.model):
-                    loss = run.model(**batch).loss
-                    acc.backward(loss)
-                    grad_norm = None
-                    if acc.sync_gradients and cfg.max_grad_norm:
-                        grad_norm = float(acc.clip_grad_norm_(run.model.parameters(), cfg.max_grad_norm))
-                    optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
-                n = int(batch["attention_mask"].sum())
-                tokens += n
-                window_tokens += n
-                losses.append(loss.detach().item())
-                if not acc.sync_gradients:
-                    continue
-                step += 1
-                on_optimizer_step(acc.unwrap_model(run.model), run.cfg.method, step)
-                now = time.perf_counter()
-                tps = window_tokens / max(now - window_start, 1e-9)
-                mean_loss = sum(losses) / len(losses)
-                lr = scheduler.get_last_lr()[0]
-                bar.update(task, advance=1, loss=mean_loss, lr=lr, tps=tps)
-                if log and step % cfg.logging_steps == 0:
-                    log.log(
-                        step,
-                        {
-                            "loss": mean_loss,
-                            "lr": lr,
-                            "grad_norm": grad_norm,
-                            "tokens_per_second": tps,
-                            "tokens": tokens,
-                            "epoch": step / max(1, len(loader) / cfg.gradient_accumulation_steps),
-                        },
-                    )
-                losses, window_tokens, window_start = [], 0, now
-                if step >= steps:
-                    break
-    elapsed = time.perf_counter() - start
-    if log:
-        log.close()
+    def loss_fn(model, batch):
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        teacher_logits = None
+        if teacher is not None:
+            with torch.no_grad():
+                teacher_logits = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        loss, parts = combined_loss(logits, batch, cfg, teacher_logits)
+        if ewc is not None:
+            penalty = ewc(acc.unwrap_model(model))
+            loss = loss + penalty
+            parts["ewc"] = float(penalty.detach())
+        return loss, parts
+
+    log = None
+    if acc.is_main_process:
+        log = MetricsLog(run.dir, cfg.loggers, cfg.mlflow_tracking_uri, run.cfg.name, flat_params(run.cfg))
+    loop = TrainLoop(
+        cfg=cfg,
+        accelerator=acc,
+        model=run.model,
+        params=params,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        n_samples=len(run.data.samples),
+        make_batch=lambda idx: pad_batch([run.data.samples[i] for i in idx], run.tokenizer.pad_token_id),
+        loss_fn=loss_fn,
+        total_steps=steps,
+        run_dir=run.dir,
+        console=run.console,
+        sample_weights=getattr(run.data, "weights", None),
+        validate=(lambda: validate(run)) if (cfg.eval_steps and run.validation) else None,
+        after_step=lambda step: on_optimizer_step(acc.unwrap_model(run.model), run.cfg.method, step),
+        log=log,
+    )
+    try:
+        result = loop.run(resume)
+    finally:
+        if log:
+            log.close()
     return {
-        "steps": step,
-        "train_tokens": tokens,
-        "train_seconds": elapsed,
-        "train_tokens_per_second": tokens / max(elapsed, 1e-9),
-        "final_loss": mean_loss,
+        "steps": result.steps,
+        "train_tokens": result.tokens,
+        "train_seconds": result.seconds,
+        "train_tokens_per_second": result.tokens / max(result.seconds, 1e-9),
+        "final_loss": result.final_loss,
+        "bad_steps": result.bad_steps,
+        "spikes": result.spikes,
+        "rollbacks": result.rollbacks,
+        "stopped_early": result.stopped_early,
+        "resumed_from": result.resumed_from,
+        "validations": result.validations,
     }
+
+
+def load_teacher(run: Run):
+    """Teacher for logit distillation: any model reference thinktune can load, frozen, on the run's device."""
+    teacher, _, _ = load_pretrained(
+        run.cfg.model.model_copy(update={"name_or_path": run.cfg.train.teacher, "gguf_file": None})
+    )
+    teacher.eval().requires_grad_(False)
+    return teacher.to(run.accelerator.device)
+
+
+@torch.no_grad()
+def validate(run: Run) -> dict[str, float]:
+    """Validation loss on data.validation, plus accuracy/format on its tasks when metric_for_best needs them."""
+    model = run.accelerator.unwrap_model(run.model)
+    values: dict[str, float] = {}
+    loss = heldout_loss(model, run.tokenizer, run.validation, run.cfg.data.system_prompt, run.cfg.eval.batch_size)
+    if loss is not None:
+        values["val_loss"] = loss
+    if run.cfg.train.metric_for_best.removeprefix("val_") not in ("loss",):
+        r = evaluate(model, run.tokenizer, run.validation, run.cfg.eval, run.cfg.data.system_prompt)
+        values.update(accuracy=r.accuracy, format_compliance=r.format_compliance)
+    return values
+
+
+def flat_params(cfg: RunConfig) -> dict[str, Any]:
+    flat = {}
+    for section, values in cfg.model_dump(mode="json").items():
+        if isinstance(values, dict):
+            flat.update({f"{section}.{k}": v for k, v in values.items()})
+        else:
+            flat[section] = values
+    return flat
 
 
 def save(run: Run) -> Path:
@@ -207,15 +255,36 @@ def save(run: Run) -> Path:
         adapter_dir = save_trained(run.accelerator.unwrap_model(run.model), run.cfg.method, run.dir)
         run.tokenizer.save_pretrained(adapter_dir)
         plot_metrics(run.dir / "metrics.jsonl", run.dir / "plots")
+        plot_update_heatmap(run.dir / "metrics.jsonl", run.dir / "plots" / "update_heatmap.png")
+        if run.cfg.train.save_fisher:
+            save_run_fisher(run)
     return adapter_dir
 
 
-def run_sft(cfg: RunConfig, console: Console | None = None) -> dict[str, Any]:
+def save_run_fisher(run: Run) -> None:
+    """fisher.pt for a later run's EWC (train.ewc_fisher): Fisher of this task's loss at the tuned weights."""
+    model = run.accelerator.unwrap_model(run.model)
+    params = optimizer_parameters(model, run.cfg.method)
+    batches = [
+        {
+            k: v.to(run.accelerator.device)
+            for k, v in pad_batch(run.data.samples[i : i + 4], run.tokenizer.pad_token_id).items()
+        }
+        for i in range(0, min(len(run.data.samples), 64), 4)
+    ]
+    fisher = compute_fisher(model, batches, params)
+    save_fisher(run.dir / "fisher.pt", fisher, params)
+
+
+def run_sft(cfg: RunConfig, console: Console | None = None, resume: str | None = None) -> dict[str, Any]:
     console = console or Console()
     wall_start = time.perf_counter()
     run = setup(cfg, console)
-    before = run_eval(run, "before") if run.cfg.eval.before else None
-    stats = train(run)
+    resuming = resume is not None and resolve_resume(resume, run.dir / "checkpoints") is not None
+    before = run_eval(run, "before") if run.cfg.eval.before and not resuming else None
+    if resuming and (run.dir / "eval" / "before.json").is_file():
+        before = load_headline(run.dir / "eval" / "before.json")
+    stats = train(run, resume)
     adapter_dir = save(run)
     after = run_eval(run, "after") if run.cfg.eval.after else None
     summary = {
@@ -223,7 +292,7 @@ def run_sft(cfg: RunConfig, console: Console | None = None) -> dict[str, Any]:
         "adapter_dir": str(adapter_dir),
         "model": cfg.model.name_or_path,
         "method": cfg.method.name,
-        "before": before.headline() if before else None,
+        "before": before if isinstance(before, dict) or before is None else before.headline(),
         "after": after.headline() if after else None,
         "train_samples": len(run.data.samples),
         "rejected_records": len(run.data.rejects),

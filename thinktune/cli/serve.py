@@ -1,0 +1,101 @@
+"""`thinktune serve` (OpenAI-compatible server) and `thinktune deploy` (Dockerfile + Kubernetes manifests).
+
+thinktune serve --run-dir runs/quickstart            # base model + the run's adapter, on 127.0.0.1:8000
+thinktune serve --model smollm2-135m-instruct --adapter math=runs/math/adapter --port 8080
+thinktune deploy --run-dir runs/quickstart -o deploy/quickstart --gpus 1
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from thinktune.cli.app import ConfigOpt, SetOpt, app, build_config, console, user_errors
+
+
+@app.command()
+@user_errors
+def serve(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    run_dir: Annotated[
+        Path | None, typer.Option(help="Serve a training run: its config, its adapter (named after the run).")
+    ] = None,
+    model: Annotated[str | None, typer.Option(help="Base model: bundled name, HF directory or .gguf.")] = None,
+    adapter: Annotated[
+        list[str] | None, typer.Option(help="LoRA adapter to serve as NAME=PATH (repeat for several).")
+    ] = None,
+    host: Annotated[str | None, typer.Option(help="Address to bind (serve.host).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (serve.port).")] = None,
+    backend: Annotated[str | None, typer.Option(help="transformers (default) or vllm (CUDA GPU + vllm).")] = None,
+    served_model_name: Annotated[
+        str | None, typer.Option(help="Name clients use for the base model (default: model.name_or_path).")
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+) -> None:
+    """Serve a model and its adapters over an OpenAI-compatible API (/v1/chat/completions, /v1/completions).
+
+    Example: `thinktune serve --run-dir runs/quickstart`, then
+    `curl localhost:8000/v1/chat/completions -d '{"model": "quickstart", "messages": [{"role": "user", "content": "2+3?"}]}'`
+
+    Limits (batch size, queue, timeout, body size, max_tokens) and the API key are `serve.*` keys: `--set serve.max_queue=32`.
+    """
+    from thinktune.serve.run_dir import parse_adapter_options, read_run_dir, with_adapters
+
+    run = read_run_dir(run_dir) if run_dir else None
+    sets = []
+    if run and run.model:
+        sets.append(f"model.name_or_path={run.model}")
+        served_model_name = served_model_name or run.name
+    sets += [f"model.name_or_path={model}"] if model else []
+    sets += [f"serve.host={host}"] if host else []
+    sets += [f"serve.port={port}"] if port else []
+    sets += [f"serve.backend={backend}"] if backend else []
+    cfg = build_config(config or (run.config if run else None), sets + list(set_ or []))
+    adapters = {run.name: str(run.adapter)} if run and run.adapter and not run.model else {}
+    cfg = with_adapters(cfg, adapters | parse_adapter_options(adapter or []))
+
+    from thinktune.serve.server import api_key
+
+    if cfg.serve.backend == "vllm":
+        from thinktune.serve.vllm_backend import run_vllm
+
+        run_vllm(cfg, served_model_name, api_key(cfg))
+        return
+    from thinktune.serve.server import serve as run_server
+
+    names = ", ".join([served_model_name or cfg.model.name_or_path, *cfg.serve.adapters])
+    console.print(f"serving [bold]{names}[/] on http://{cfg.serve.host}:{cfg.serve.port}/v1", highlight=False)
+    run_server(cfg, served_model_name, log_level)
+
+
+@app.command()
+@user_errors
+def deploy(
+    run_dir: Annotated[Path, typer.Option(help="The training run to deploy.")],
+    output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Where to write the build context.")],
+    image: Annotated[str, typer.Option(help="Image name the manifests use.")] = "thinktune-serve:latest",
+    name: Annotated[str | None, typer.Option(help="Kubernetes name (default: the run's name).")] = None,
+    gpus: Annotated[int, typer.Option(help="nvidia.com/gpu per pod (0 = CPU only).")] = 1,
+    replicas: Annotated[int, typer.Option(help="Pods at least (also the autoscaler's minimum).")] = 1,
+    max_replicas: Annotated[int, typer.Option(help="Autoscaler maximum.")] = 4,
+    memory: Annotated[str, typer.Option(help="Memory request and limit per pod.")] = "16Gi",
+    thinktune_requirement: Annotated[
+        str | None, typer.Option(help="pip requirement for thinktune in the image, or a local wheel file.")
+    ] = None,
+) -> None:
+    """Write a Dockerfile, the serving config, the model files and Kubernetes manifests for a run.
+
+    Example: `thinktune deploy --run-dir runs/quickstart -o deploy/quickstart --gpus 0`, then
+    `docker build -t thinktune-serve:latest deploy/quickstart && kubectl apply -f deploy/quickstart/k8s.yaml`
+    """
+    from thinktune.serve.deploy import DeploySpec, write_deployment
+
+    spec = DeploySpec(image=image, name=name, gpus=gpus, replicas=replicas, max_replicas=max_replicas, memory=memory)
+    if thinktune_requirement:
+        spec = DeploySpec(**{**spec.__dict__, "thinktune_requirement": thinktune_requirement})
+    for path in write_deployment(run_dir, output_dir, spec):
+        console.print(f"wrote {path}", highlight=False)
+    console.print(f"next: docker build -t {image} {output_dir} && kubectl apply -f {output_dir / 'k8s.yaml'}")

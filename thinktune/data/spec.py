@@ -1,0 +1,140 @@
+"""Typed settings of the data stage beyond `config.DataConfig`'s basics: dataset specs, column mappings, cleaning,
+augmentation. They depend on pydantic only, so `config.py` may import them (or take them over verbatim).
+
+`DataOptions.from_config(cfg)` reads whichever of these fields `DataConfig` has, with the defaults below for the
+rest, so the data stage works the same before and after the fields are added to the config.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ColumnMap(_Section):
+    """Which source column holds which part of a record (LLaMA-Factory `dataset_info.json` style).
+
+    Either `messages` (a list of turns, with the tag fields saying how turns are spelled) or `prompt` + `response`
+    (SFT), `prompt` + `chosen` + `rejected` (preference) or `prompt` + `answer` (task)."""
+
+    prompt: str | None = Field(None, description="Column with the user's prompt (instruction).")
+    query: str | None = Field(None, description="Column appended to the prompt after a blank line (alpaca `input`).")
+    response: str | None = Field(None, description="Column with the assistant's answer.")
+    system: str | None = Field(None, description="Column with the system prompt.")
+    reasoning: str | None = Field(None, description="Column with the assistant's reasoning (thinking).")
+    messages: str | None = Field(None, description="Column with a list of turns (instead of prompt/response).")
+    chosen: str | None = Field(None, description="Preference: column with the preferred answer.")
+    rejected: str | None = Field(None, description="Preference: column with the dispreferred answer.")
+    answer: str | None = Field(None, description="Reference answer (tasks; kept as meta.answer for SFT).")
+    role_tag: str | None = Field(None, description="Key of a turn's role (default: `role`, else `from`).")
+    content_tag: str | None = Field(None, description="Key of a turn's text (default: `content`, else `value`).")
+    user_tag: str | None = Field(None, description="Role value of user turns (default: `user` or `human`).")
+    assistant_tag: str | None = Field(None, description="Role value of assistant turns (default: `assistant`/`gpt`).")
+    system_tag: str | None = Field(None, description="Role value of system turns (default: `system`).")
+
+    @model_validator(mode="after")
+    def _something_mapped(self) -> ColumnMap:
+        if not (self.messages or self.prompt):
+            raise ValueError("a column mapping needs 'messages' or 'prompt'")
+        return self
+
+    def source_columns(self) -> set[str]:
+        fields = ("prompt", "query", "response", "system", "reasoning", "messages", "chosen", "rejected", "answer")
+        return {getattr(self, f) for f in fields if getattr(self, f)}
+
+
+class DatasetSpec(_Section):
+    """One input dataset of a run: where it is, how to read it, and how much of it to use."""
+
+    path: str = Field(
+        description="JSON/JSONL/CSV/TSV/Parquet file, a `datasets` save_to_disk directory, or bundled:NAME."
+    )
+    format: str = Field("auto", description="Record format of this dataset (`auto` detects it per record).")
+    columns: ColumnMap | None = Field(None, description="Column mapping; overrides `format`.")
+    weight: float = Field(
+        1.0, ge=0, description="Times each record is used per epoch: 2 = twice, 0.5 = a random half, 0 = skipped."
+    )
+    split: str | None = Field(None, description="Split of a `datasets` DatasetDict directory (default: the only one).")
+
+    @field_validator("path")
+    @classmethod
+    def _non_empty(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("path must not be empty")
+        return v
+
+
+class CleaningConfig(_Section):
+    """Rules of the cleaning stage; every removed record goes to rejects.jsonl with the rule that removed it."""
+
+    exact_dedup: bool = Field(True, description="Drop records whose normalised text repeats an earlier record's.")
+    near_dedup: bool = Field(True, description="Drop near-duplicates (MinHash/LSH over word 5-grams).")
+    near_dedup_threshold: float = Field(0.85, gt=0, le=1, description="Estimated Jaccard similarity counted as near.")
+    dedup_on: Literal["conversation", "prompt"] = Field(
+        "conversation", description="Compare whole conversations, or prompts only (same question, other answers)."
+    )
+    min_answer_chars: int = Field(1, ge=0, description="Drop records whose final answer (reasoning + text) is shorter.")
+    max_chars: int | None = Field(None, gt=0, description="Drop records whose text is longer than this.")
+    max_repeated_ngram_ratio: float | None = Field(
+        0.5, gt=0, le=1, description="Drop answers where this share of word 3-grams are repeats (degenerate loops)."
+    )
+    reject_broken_encoding: bool = Field(
+        True, description="Drop records with U+FFFD, mojibake (UTF-8 read as cp1252) or control characters."
+    )
+    pii: bool = Field(False, description="Replace personal data with [EMAIL], [PHONE], [CARD], [ID], [IP], [NAME].")
+    pii_kinds: list[Literal["email", "phone", "card", "id", "ip", "name"]] = Field(
+        default_factory=lambda: ["email", "phone", "card", "id"], description="Kinds of personal data to replace."
+    )
+    pii_names: list[str] = Field(default_factory=list, description="Names to replace (kind `name`).")
+    pii_name_heuristic: bool = Field(
+        False, description="Kind `name`: also replace runs of 2+ capitalised words (a heuristic, many false positives)."
+    )
+
+
+class AugmentConfig(_Section):
+    """Training-time augmentation; off unless a fraction is above zero."""
+
+    template_fraction: float = Field(
+        0.0, ge=0, le=1, description="Share of records whose prompt is re-templated each epoch (new draw per epoch)."
+    )
+    templates: list[str] | None = Field(
+        None, description="Instruction templates with a `{prompt}` slot (default: a built-in set)."
+    )
+
+    @field_validator("templates")
+    @classmethod
+    def _has_slot(cls, v: list[str] | None) -> list[str] | None:
+        for t in v or []:
+            if "{prompt}" not in t:
+                raise ValueError(f"template {t!r} has no {{prompt}} slot")
+        return v
+
+
+class DataOptions(_Section):
+    """The fields proposed for `DataConfig`, with their defaults (see docs/data.md)."""
+
+    cleaning: CleaningConfig | None = None
+    augment: AugmentConfig | None = None
+    packing: bool = False
+    num_proc: int = Field(1, gt=0)
+    cache: bool = True
+    cache_dir: str | None = None
+    seed: int = 42
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> DataOptions:
+        return cls.model_validate({k: getattr(cfg, k) for k in cls.model_fields if hasattr(cfg, k)})
+
+
+def as_spec(item: str | DatasetSpec | dict[str, Any], fmt: str = "auto") -> DatasetSpec:
+    """A `data.train` entry (a path string, a spec, or a spec as a dict) as a DatasetSpec."""
+    if isinstance(item, DatasetSpec):
+        return item
+    if isinstance(item, str):
+        return DatasetSpec(path=item, format=fmt)
+    return DatasetSpec.model_validate({"format": fmt, **item})

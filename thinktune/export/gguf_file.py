@@ -1,0 +1,231 @@
+"""GGUF export for llama.cpp and Ollama: Llama, Qwen2 and Qwen3 architectures, f16 / bf16 / q8_0 / q4_0.
+
+    thinktune export --run-dir runs/quickstart --format gguf --gguf-type q8_0 -o exports/gguf
+
+Out: `<name>-<type>.gguf` and an Ollama `Modelfile`. Tensors get llama.cpp's names (`token_embd`, `blk.N.attn_q`,
+…, `output`) from the gguf package's own name map; metadata follows llama.cpp's converter (`convert_hf_to_gguf.py`).
+Verified: the file is read back with `gguf.GGUFReader` (tensor count and types), then loaded by transformers
+(`from_pretrained(dir, gguf_file=…)`), whose tokenizer must encode the test prompts like the source tokenizer and whose
+greedy output is compared with the merged model's.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gguf
+import numpy as np
+import torch
+from gguf import GGMLQuantizationType as Q
+from transformers import PreTrainedModel
+
+from thinktune.errors import UserError
+from thinktune.export.gguf_vocab import gguf_vocab
+from thinktune.export.modelfile import write_modelfile
+from thinktune.export.parity import greedy_agreement, max_abs_diff, top1_agreement, torch_greedy, torch_logits
+from thinktune.export.source import ExportOptions, ExportSource, stop_ids
+
+
+@dataclass(frozen=True)
+class GgufArch:
+    arch: gguf.MODEL_ARCH
+    # llama.cpp's Llama graph applies RoPE to adjacent pairs, transformers' to the two halves of each head; its
+    # converter permutes the Q/K rows to match, and transformers' GGUF loader undoes it. Qwen uses NeoX RoPE: no change.
+    permute_qk: bool
+
+
+ARCHS: dict[str, GgufArch] = {
+    "llama": GgufArch(gguf.MODEL_ARCH.LLAMA, permute_qk=True),
+    "qwen2": GgufArch(gguf.MODEL_ARCH.QWEN2, permute_qk=False),
+    "qwen3": GgufArch(gguf.MODEL_ARCH.QWEN3, permute_qk=False),
+}
+
+TYPES = {"f16": Q.F16, "bf16": Q.BF16, "q8_0": Q.Q8_0, "q4_0": Q.Q4_0}
+FILE_TYPES = {
+    "f16": gguf.LlamaFileType.MOSTLY_F16,
+    "bf16": gguf.LlamaFileType.MOSTLY_BF16,
+    "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
+    "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0,
+}
+
+
+def gguf_arch(model_type: str) -> GgufArch:
+    if model_type not in ARCHS:
+        raise UserError(
+            f"GGUF export does not support the '{model_type}' architecture (supported: {', '.join(ARCHS)})"
+        )
+    return ARCHS[model_type]
+
+
+def permute_qk(weight: np.ndarray, n_head: int) -> np.ndarray:
+    """llama.cpp's `LlamaModel.permute`: per head, interleave the two rotary halves."""
+    return weight.reshape(n_head, 2, weight.shape[0] // n_head // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(
+        weight.shape
+    )
+
+
+def tensor_type(gguf_name: str, data: np.ndarray, target: Q, has_output: bool) -> Q:
+    """Norms and biases stay F32. For q4_0 the output projection (or the tied embedding acting as it) gets Q8_0, as
+    llama.cpp keeps it above 4 bits; rows that do not split into 32-value blocks fall back to F16, as in llama.cpp."""
+    if data.ndim < 2:
+        return Q.F32
+    if target == Q.Q4_0 and (gguf_name == "output.weight" or (gguf_name == "token_embd.weight" and not has_output)):
+        target = Q.Q8_0
+    block = gguf.GGML_QUANT_SIZES[target][0]
+    return target if data.shape[-1] % block == 0 else Q.F16
+
+
+def gguf_tensors(model: PreTrainedModel, target: Q):
+    """(gguf name, data, type) for every tensor, in the model's order."""
+    config = model.config
+    arch = gguf_arch(config.model_type)
+    names = gguf.get_tensor_name_map(arch.arch, config.num_hidden_layers)
+    state = model.state_dict()
+    tied = getattr(config, "tie_word_embeddings", False)
+    has_output = "lm_head.weight" in state and not tied
+    for hf_name, tensor in state.items():
+        if hf_name == "lm_head.weight" and tied:
+            continue  # llama.cpp reads token_embd when output is absent
+        stem, _, suffix = hf_name.rpartition(".")
+        mapped = names.get_name(stem)
+        if mapped is None:
+            raise UserError(f"GGUF export: tensor '{hf_name}' has no llama.cpp name for {config.model_type}")
+        data = tensor.detach().to(torch.float32).cpu().numpy()
+        if arch.permute_qk and mapped.endswith((".attn_q", ".attn_k")) and suffix == "weight":
+            heads = config.num_attention_heads if mapped.endswith("attn_q") else config.num_key_value_heads
+            data = permute_qk(data, heads)
+        name = f"{mapped}.{suffix}"
+        yield name, data, tensor_type(name, data, target, has_output)
+
+
+def write_gguf(model: PreTrainedModel, tokenizer, path: Path, gguf_type: str, name: str) -> dict[str, Any]:
+    """Write the GGUF file; returns what was written (type counts, tokenizer notes) for the verification record."""
+    if gguf_type not in TYPES:
+        raise UserError(f"unknown GGUF type '{gguf_type}'; choose one of: {', '.join(TYPES)}")
+    config = model.config
+    arch = gguf_arch(config.model_type)
+    vocab = gguf_vocab(tokenizer, config.vocab_size, bos_fallback=config.bos_token_id)
+    writer = gguf.GGUFWriter(path, gguf.MODEL_ARCH_NAMES[arch.arch])
+    _write_hparams(writer, config, name, gguf_type)
+    vocab.write(writer)
+    types: Counter[str] = Counter()
+    for tensor_name, data, qtype in gguf_tensors(model, TYPES[gguf_type]):
+        writer.add_tensor(tensor_name, gguf.quants.quantize(data, qtype), raw_dtype=qtype)
+        types[qtype.name] += 1
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return {"tensor_types": dict(types), "tokenizer_pre": vocab.pre, "notes": vocab.notes, "vocab": vocab}
+
+
+def _write_hparams(writer: gguf.GGUFWriter, config, name: str, gguf_type: str) -> None:
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    writer.add_name(name)
+    writer.add_file_type(FILE_TYPES[gguf_type])
+    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_head_count(config.num_attention_heads)
+    writer.add_head_count_kv(config.num_key_value_heads)
+    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+    writer.add_rope_freq_base(_rope(config)["rope_theta"])
+    writer.add_rope_dimension_count(head_dim)
+    writer.add_key_length(head_dim)
+    writer.add_value_length(head_dim)
+    writer.add_vocab_size(config.vocab_size)
+
+
+def _rope(config) -> dict[str, Any]:
+    """RoPE parameters; scaled RoPE variants need extra tensors or keys we do not write yet, so they are refused."""
+    params = dict(getattr(config, "rope_parameters", None) or {})
+    params.setdefault("rope_theta", getattr(config, "rope_theta", 10000.0))
+    kind = params.get("rope_type", "default")
+    if kind != "default":
+        raise UserError(f"GGUF export: RoPE scaling '{kind}' is not supported yet (only unscaled RoPE)")
+    return params
+
+
+def export_gguf(source: ExportSource, out: Path, options: ExportOptions) -> dict[str, Any]:
+    model = source.merge()
+    gguf_arch(model.config.model_type)  # fail before any work on an unsupported architecture
+    name = _slug(source.adapter.parent.name if source.adapter else source.origin.path.name)
+    path = out / f"{name}-{options.gguf_type}.gguf"
+    written = write_gguf(model, source.tokenizer, path, options.gguf_type, name)
+    vocab = written.pop("vocab")
+    stops = stop_ids(source.tokenizer, model)
+    modelfile = write_modelfile(path, vocab.chat_template, [vocab.tokens[i] for i in stops])
+    return {
+        "artefact": str(path),
+        "modelfile": str(modelfile),
+        "gguf_type": options.gguf_type,
+        "bytes": path.stat().st_size,
+        **written,
+        **read_back(path, expected_tensors=sum(written["tensor_types"].values())),
+        **compare_with_transformers(source, model, path, options, stops),
+    }
+
+
+def read_back(path: Path, expected_tensors: int) -> dict[str, Any]:
+    """Re-read the file with gguf's own reader: every tensor present, with the types we meant to write."""
+    reader = gguf.GGUFReader(path)
+    types = Counter(t.tensor_type.name for t in reader.tensors)
+    arch = bytes(reader.fields["general.architecture"].parts[-1]).decode()
+    if len(reader.tensors) != expected_tensors:
+        raise RuntimeError(f"{path}: read back {len(reader.tensors)} tensors, wrote {expected_tensors}")
+    return {"architecture": arch, "tensor_count": len(reader.tensors), "tensor_types_read_back": dict(types)}
+
+
+def compare_with_transformers(
+    source: ExportSource, model: PreTrainedModel, path: Path, options: ExportOptions, stops: list[int]
+) -> dict[str, Any]:
+    """Load the GGUF with transformers (dequantised to float32) and compare tokenizer, logits and greedy output."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
+    notes = []
+    head_dim = _read_int(path, f"{config.model_type}.attention.key_length")
+    if head_dim and getattr(config, "head_dim", head_dim) != head_dim:
+        # transformers' GGUF reader maps `attention.key_length` for some architectures only (not qwen3), and Qwen3's
+        # config defaults head_dim to 128; take it from the file, where llama.cpp reads it too.
+        config.head_dim = head_dim
+        notes.append(f"head_dim {head_dim} read from {config.model_type}.attention.key_length")
+    loaded = AutoModelForCausalLM.from_pretrained(
+        path.parent, gguf_file=path.name, config=config, dtype=torch.float32
+    ).eval()
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    ids = source.chat_ids(options.prompts)
+    gguf_ids = [
+        tokenizer(source.tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
+                                                       add_generation_prompt=True), add_special_tokens=False)["input_ids"]
+        for p in options.prompts
+    ]
+    reference = [torch_logits(model, x) for x in ids]
+    logits = [torch_logits(loaded, x) for x in ids]
+    n = options.max_new_tokens
+    return {
+        "compared_with": "merged model (PyTorch, float32) vs the GGUF loaded by transformers",
+        "tokenizer_identical": gguf_ids == ids,
+        "chat_template_identical": tokenizer.chat_template == source.tokenizer.chat_template,
+        "max_abs_logit_diff": max_abs_diff(reference, logits),
+        "top1_agreement": top1_agreement(reference, logits),
+        "greedy": greedy_agreement(
+            [torch_greedy(model, x, n, stops) for x in ids], [torch_greedy(loaded, x, n, stops) for x in ids]
+        ),
+        **({"load_notes": notes} if notes else {}),
+    }
+
+
+def _read_int(path: Path, key: str) -> int | None:
+    field = gguf.GGUFReader(path).fields.get(key)
+    return int(field.parts[field.data[0]][0]) if field else None
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "model"

@@ -1,0 +1,114 @@
+"""What every exporter starts from: the source model (base weights + optional PEFT adapter) and the export options.
+
+The source is loaded in float32 on the CPU whatever `model.dtype` says: verification compares artefacts against it,
+and half-precision references would hide the error we want to measure.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from thinktune.config import ExportConfig, ModelConfig
+from thinktune.errors import ModelNotFoundError
+from thinktune.models import load_pretrained
+from thinktune.models.loading import ModelSource
+
+# Chat prompts every artefact is checked on (rendered with the model's chat template).
+TEST_PROMPTS = (
+    "Tom has 5 apples. He buys 3 more apples. How many apples does Tom have now?",
+    "What is 9 squared?",
+    "Please reason step by step: a train travels 60 miles per hour for 2 hours. How far does it travel?",
+)
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """`ExportConfig` plus the knobs that only `thinktune export` has (not yet config keys)."""
+
+    gguf_type: str = "q8_0"
+    onnx_kv_cache: bool = True
+    onnx_exporter: str = "dynamo"  # "dynamo" (torch.export) or "torchscript"; dynamo falls back to torchscript
+    max_shard_size: str = "2GB"
+    merged_dtype: str = "auto"  # "auto" = the base checkpoint's dtype; float32 | bfloat16 | float16
+    quant_device: str = "cpu"  # int8: "cpu" = onnxruntime dynamic int8; "cuda" = bitsandbytes
+    quant_bits: int = 8  # int8 on cuda: 8 or 4
+    prompts: tuple[str, ...] = TEST_PROMPTS
+    max_new_tokens: int = 16  # greedy tokens compared per prompt
+
+    @classmethod
+    def from_config(cls, cfg: ExportConfig, **extra) -> ExportOptions:
+        return cls(gguf_type=cfg.gguf_type, onnx_kv_cache=cfg.onnx_kv_cache, **extra)
+
+    def but(self, **changes) -> ExportOptions:
+        return replace(self, **changes)
+
+
+@dataclass
+class ExportSource:
+    """The model an export starts from. `model` is a PeftModel while the adapter is unmerged."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    origin: ModelSource
+    adapter: Path | None = None
+    checkpoint_dtype: str = "float32"  # how the base weights are stored (the model itself is loaded in float32)
+    merged: bool = field(default=False)
+
+    @property
+    def description(self) -> str:
+        return self.origin.description + (f" + {self.adapter}" if self.adapter else "")
+
+    def merge(self) -> PreTrainedModel:
+        """Fold the adapter into the base weights (in place: the unmerged model is gone afterwards)."""
+        if self.adapter is not None and not self.merged:
+            self.model = self.model.merge_and_unload()
+            self.merged = True
+        return self.model
+
+    def chat_ids(self, prompts: tuple[str, ...] | list[str]) -> list[list[int]]:
+        """Token ids of each prompt rendered as a one-turn chat, ready for the assistant's answer."""
+        ids = []
+        for text in prompts:
+            rendered = self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+            )
+            ids.append(self.tokenizer(rendered, add_special_tokens=False)["input_ids"])
+        return ids
+
+
+def load_source(model_cfg: ModelConfig, adapter: Path | None = None) -> ExportSource:
+    model, tokenizer, origin = load_pretrained(model_cfg.model_copy(update={"dtype": "float32"}))
+    model = model.to(torch.device("cpu")).eval()
+    if adapter is not None:
+        from peft import PeftModel
+
+        adapter = Path(adapter)
+        if not (adapter / "adapter_config.json").is_file():
+            raise ModelNotFoundError(f"{adapter}: not a PEFT adapter directory (no adapter_config.json)")
+        model = PeftModel.from_pretrained(model, adapter).eval()
+    return ExportSource(model, tokenizer, origin, adapter, checkpoint_dtype(origin))
+
+
+def checkpoint_dtype(origin: ModelSource) -> str:
+    """The dtype a Hugging Face checkpoint stores (float32 for GGUF files, which are dequantised)."""
+    config = origin.path / "config.json"
+    if origin.gguf_file or not config.is_file():
+        return "float32"
+    stored = json.loads(config.read_text())
+    dtype = stored.get("dtype") or stored.get("torch_dtype") or "float32"
+    return dtype if dtype in ("float32", "bfloat16", "float16") else "float32"
+
+
+def stop_ids(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel) -> list[int]:
+    """End-of-turn token ids: the tokenizer's eos, the generation config's eos, and ChatML's `<|im_end|>`."""
+    ids = {tokenizer.eos_token_id}
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids.update(gen_eos if isinstance(gen_eos, list) else [gen_eos])
+    vocab = tokenizer.get_vocab()
+    ids.update(vocab[t] for t in ("<|im_end|>", "<|eot_id|>", "<|endoftext|>") if t in vocab)
+    return sorted(i for i in ids if i is not None)

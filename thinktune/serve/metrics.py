@@ -1,0 +1,46 @@
+"""Prometheus metrics of one server, in its own registry (no process-global state: tests run several servers).
+
+thinktune_requests_total{endpoint,status}     requests answered, by HTTP status (429, 504, ... included)
+thinktune_request_duration_seconds{endpoint}  time to the last byte (a whole stream for stream requests)
+thinktune_queue_depth                         requests waiting for the model
+thinktune_running_requests                    requests in the batch being generated
+thinktune_batch_size                          rows per generate() call
+thinktune_prompt_tokens_total{model}          prompt tokens of finished requests
+thinktune_generated_tokens_total{model}       tokens generated for finished requests
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class ServerMetrics:
+    def __init__(self, queue_depth: Callable[[], int], running: Callable[[], int]):
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("thinktune_requests", "Requests answered", ["endpoint", "status"], registry=r)
+        self.latency = Histogram(
+            "thinktune_request_duration_seconds", "Request latency", ["endpoint"], buckets=LATENCY_BUCKETS, registry=r
+        )
+        Gauge("thinktune_queue_depth", "Requests waiting for the model", registry=r).set_function(queue_depth)
+        Gauge("thinktune_running_requests", "Requests being generated", registry=r).set_function(running)
+        self.batch_size = Histogram("thinktune_batch_size", "Rows per batch", buckets=BATCH_BUCKETS, registry=r)
+        self.prompt_tokens = Counter("thinktune_prompt_tokens", "Prompt tokens", ["model"], registry=r)
+        self.generated_tokens = Counter("thinktune_generated_tokens", "Generated tokens", ["model"], registry=r)
+
+    def observe_request(self, endpoint: str, status: int, seconds: float) -> None:
+        self.requests.labels(endpoint, str(status)).inc()
+        self.latency.labels(endpoint).observe(seconds)
+
+    def observe_tokens(self, model: str, prompt: int, generated: int) -> None:
+        self.prompt_tokens.labels(model).inc(prompt)
+        self.generated_tokens.labels(model).inc(generated)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,314 @@
+"""The training loop every recipe shares: batches → loss → guarded optimizer step → logs, checkpoints, validation.
+
+A recipe supplies `loss_fn(model, batch) -> (loss, parts)` and `make_batch(indices) -> batch`; the loop owns
+gradient accumulation, clipping, NaN/spike guards, checkpoint/resume, metrics and early stopping. Devices, mixed
+precision and DDP gradient averaging are Accelerate's.
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from rich.console import Console
+
+from thinktune.config import TrainConfig
+from thinktune.errors import UserError
+from thinktune.train.engine import monitor
+from thinktune.train.engine.checkpoint import TrainPosition, load_checkpoint, resolve_resume, save_checkpoint
+from thinktune.train.engine.guards import Plateau, SpikeDetector, is_finite
+from thinktune.train.engine.loggers import MetricsLog, read_metrics
+from thinktune.train.engine.progress import training_progress
+from thinktune.train.engine.sampler import epoch_batches
+
+LossFn = Callable[[torch.nn.Module, dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, float]]]
+
+
+class TrainingStopped(UserError):
+    """The run stopped itself (too many bad steps, a spike with spike_action=stop); the last checkpoint is intact."""
+
+
+@dataclass
+class LoopResult:
+    steps: int
+    tokens: int
+    seconds: float
+    final_loss: float
+    bad_steps: int = 0
+    spikes: int = 0
+    rollbacks: int = 0
+    stopped_early: str | None = None
+    resumed_from: str | None = None
+    validations: list[dict[str, float]] = field(default_factory=list)
+
+
+@dataclass
+class TrainLoop:
+    cfg: TrainConfig
+    accelerator: Accelerator
+    model: torch.nn.Module
+    params: list[tuple[str, torch.nn.Parameter]]
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    n_samples: int
+    make_batch: Callable[[list[int]], dict[str, torch.Tensor]]
+    loss_fn: LossFn
+    total_steps: int
+    run_dir: Path
+    console: Console
+    sample_weights: list[float] | None = None
+    validate: Callable[[], dict[str, float]] | None = None
+    after_step: Callable[[int], None] | None = None
+    log: MetricsLog | None = None
+
+    @property
+    def checkpoint_root(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    def run(self, resume: str | None = None) -> LoopResult:
+        cfg, acc = self.cfg, self.accelerator
+        pos = TrainPosition()
+        resumed = resolve_resume(resume, self.checkpoint_root)
+        if resumed is not None:
+            pos = load_checkpoint(resumed, self.params, self.optimizer, self.scheduler)
+            self._truncate_metrics(pos.step)
+            self.console.print(
+                f"resumed from [bold]{resumed}[/] at step {pos.step} (epoch {pos.epoch}, batch {pos.batch_in_epoch})"
+            )
+        spikes, plateau = SpikeDetector(cfg.spike_window), Plateau(mode=self._metric_mode())
+        result = LoopResult(0, pos.tokens, 0.0, math.nan, resumed_from=str(resumed) if resumed else None)
+        accum, micro_losses, parts_sum = cfg.gradient_accumulation_steps, [], {}
+        window_tokens, window_start, start = 0, time.perf_counter(), time.perf_counter()
+        self.model.train()
+        with training_progress(self.console) as bar:
+            task = bar.add_task(
+                "train",
+                total=self.total_steps,
+                completed=pos.step,
+                loss=math.nan,
+                lr=self.scheduler.get_last_lr()[0],
+                tps=0.0,
+            )
+            while pos.step < self.total_steps and result.stopped_early is None:
+                batches = epoch_batches(
+                    self.n_samples,
+                    cfg.batch_size,
+                    cfg.seed,
+                    pos.epoch,
+                    acc.process_index,
+                    acc.num_processes,
+                    self.sample_weights,
+                )
+                while pos.batch_in_epoch < len(batches) and pos.step < self.total_steps:
+                    b = pos.batch_in_epoch
+                    batch = {k: v.to(acc.device) for k, v in self.make_batch(batches[b]).items()}
+                    last_of_epoch = b == len(batches) - 1
+                    sync = (b + 1) % accum == 0 or last_of_epoch
+                    context = acc.no_sync(self.model) if not sync else _null()
+                    # Weight each process's token-mean loss by its share of the global batch's trained tokens,
+                    # times world size to undo DDP's gradient averaging: N processes × batch B then train exactly
+                    # like one process with batch N·B.
+                    local_n = int((batch["labels"][:, 1:] != -100).sum())
+                    with context, acc.autocast():
+                        loss, parts = self.loss_fn(self.model, batch)
+                        summed = acc.reduce(
+                            torch.tensor([float(loss.detach()) * local_n, float(local_n)], device=acc.device), "sum"
+                        )
+                        global_n = max(float(summed[1]), 1.0)
+                        acc.backward(loss * (local_n * acc.num_processes / global_n) / accum)
+                    micro_losses.append(float(summed[0]) / global_n)
+                    for k, v in parts.items():
+                        parts_sum[k] = parts_sum.get(k, 0.0) + v
+                    n_tok = int(batch["attention_mask"].sum())
+                    pos.tokens += n_tok
+                    window_tokens += n_tok
+                    pos.batch_in_epoch += 1
+                    if not sync:
+                        continue
+                    step_loss = sum(micro_losses) / len(micro_losses)
+                    step_parts = {k: v / len(micro_losses) for k, v in parts_sum.items()}
+                    micro_losses, parts_sum = [], {}
+                    outcome = self._optimizer_step(step_loss, pos, spikes, result)
+                    if outcome == "rollback":
+                        self._rollback(pos, result)
+                        spikes = SpikeDetector(cfg.spike_window)
+                        break
+                    if outcome == "skipped":
+                        continue
+                    pos.step += 1
+                    now = time.perf_counter()
+                    tps = window_tokens * acc.num_processes / max(now - window_start, 1e-9)
+                    window_tokens, window_start = 0, now
+                    lr = self.scheduler.get_last_lr()[0]
+                    bar.update(task, completed=pos.step, loss=step_loss, lr=lr, tps=tps)
+                    result.final_loss = step_loss
+                    record = {
+                        "loss": step_loss,
+                        "lr": lr,
+                        "grad_norm": self._last_grad_norm,
+                        "tokens_per_second": tps,
+                        "tokens": pos.tokens * acc.num_processes,
+                        "epoch": pos.epoch + pos.batch_in_epoch / len(batches),
+                        "memory_mb": _memory_mb(),
+                        "bad_steps": pos.bad_steps,
+                    }
+                    record.update({k: v for k, v in step_parts.items() if k != "loss"})
+                    if self._layer_stats:
+                        record.update(self._layer_stats)
+                    if self.log and pos.step % cfg.logging_steps == 0:
+                        self.log.log(pos.step, record)
+                    if cfg.eval_steps and self.validate and pos.step % cfg.eval_steps == 0:
+                        self._validation(pos, plateau, result)
+                    if cfg.save_steps and pos.step % cfg.save_steps == 0:
+                        self._save(pos)
+                else:
+                    if pos.batch_in_epoch >= len(batches):
+                        pos.epoch, pos.batch_in_epoch = pos.epoch + 1, 0
+                        if cfg.save_steps:
+                            self._save(pos)
+        result.steps, result.tokens = pos.step, pos.tokens * acc.num_processes
+        result.seconds = time.perf_counter() - start
+        result.bad_steps = pos.bad_steps
+        return result
+
+    # --- one optimizer step, guarded ---------------------------------------------------------------------------
+    _last_grad_norm: float | None = None
+    _layer_stats: dict[str, Any] | None = None
+
+    def _optimizer_step(self, step_loss: float, pos: TrainPosition, spikes: SpikeDetector, result: LoopResult) -> str:
+        cfg, acc = self.cfg, self.accelerator
+        params = [p for _, p in self.params]
+        if cfg.max_grad_norm:
+            grad_norm = float(acc.clip_grad_norm_(params, cfg.max_grad_norm))
+        else:
+            grads = [p.grad.detach().norm() for p in params if p.grad is not None]
+            grad_norm = float(torch.stack(grads).norm()) if grads else 0.0
+        self._last_grad_norm = grad_norm
+        loss_t = acc.reduce(torch.tensor(step_loss, device=acc.device), reduction="mean")
+        if not is_finite(float(loss_t), grad_norm):
+            self.optimizer.zero_grad(set_to_none=True)
+            pos.bad_steps += 1
+            self.console.print(
+                f"[yellow]step {pos.step + 1}: non-finite loss or gradient, step skipped "
+                f"({pos.bad_steps}/{cfg.max_bad_steps})[/]"
+            )
+            if pos.bad_steps > cfg.max_bad_steps:
+                last = self._latest_checkpoint()
+                raise TrainingStopped(
+                    f"stopped: {pos.bad_steps} non-finite steps > train.max_bad_steps={cfg.max_bad_steps}; "
+                    f"last checkpoint: {last or 'none (set train.save_steps)'}; try a lower train.learning_rate"
+                )
+            return "skipped"
+        if spikes.update(grad_norm):
+            result.spikes += 1
+            msg = (
+                f"step {pos.step + 1}: gradient-norm spike {grad_norm:.3g} > mean + 3σ "
+                f"({spikes.threshold():.3g}) of the last {len(spikes.history)} steps"
+            )
+            if cfg.spike_action == "stop":
+                self.optimizer.zero_grad(set_to_none=True)
+                raise TrainingStopped(
+                    f"stopped: {msg} (train.spike_action=stop); last checkpoint: {self._latest_checkpoint() or 'none'}"
+                )
+            if cfg.spike_action == "rollback" and self._latest_checkpoint() is not None:
+                self.optimizer.zero_grad(set_to_none=True)
+                self.console.print(f"[yellow]{msg}: rolling back to the last checkpoint with the lr halved[/]")
+                return "rollback"
+            self.console.print(f"[yellow]warning: {msg}[/]")
+        want_stats = cfg.layer_stats_steps and (pos.step + 1) % cfg.layer_stats_steps == 0
+        before = monitor.snapshot(self.params) if want_stats else None
+        grads = monitor.grad_norms(self.params) if want_stats else None
+        self.optimizer.step()
+        if self.after_step:
+            self.after_step(pos.step + 1)
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self._layer_stats = (
+            {"grad_norms": grads, "update_norms": monitor.update_norms(before, self.params)} if want_stats else None
+        )
+        return "stepped"
+
+    # --- checkpoints, rollback, validation ---------------------------------------------------------------------
+    def _save(self, pos: TrainPosition) -> None:
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            save_checkpoint(
+                self.checkpoint_root, pos, self.params, self.optimizer, self.scheduler, self.cfg.save_total_limit
+            )
+        self.accelerator.wait_for_everyone()
+
+    def _latest_checkpoint(self) -> Path | None:
+        return resolve_resume("auto", self.checkpoint_root)
+
+    def _rollback(self, pos: TrainPosition, result: LoopResult) -> None:
+        restored = load_checkpoint(self._latest_checkpoint(), self.params, self.optimizer, self.scheduler)
+        restored.lr_scale = pos.lr_scale * 0.5
+        restored.bad_steps = pos.bad_steps
+        self.scheduler.base_lrs = [lr * 0.5 for lr in self.scheduler.base_lrs]
+        for group, lr in zip(self.optimizer.param_groups, self.scheduler.get_last_lr(), strict=True):
+            group["lr"] = lr * 0.5
+        self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
+        result.rollbacks += 1
+        pos.__dict__.update(restored.__dict__)
+
+    def _metric_mode(self) -> str:
+        return "min" if "loss" in self.cfg.metric_for_best or "perplexity" in self.cfg.metric_for_best else "max"
+
+    def _validation(self, pos: TrainPosition, plateau: Plateau, result: LoopResult) -> None:
+        values = self.validate()
+        self.model.train()
+        values["step"] = pos.step
+        result.validations.append(values)
+        if self.log:
+            self.log.log(
+                pos.step, {f"val_{k}" if not k.startswith("val_") else k: v for k, v in values.items() if k != "step"}
+            )
+        key = self.cfg.metric_for_best
+        value = values.get(key, values.get(key.removeprefix("val_")))
+        if value is None:
+            raise UserError(
+                f"train.metric_for_best: '{key}' is not a validation metric (have: "
+                f"{', '.join(k for k in values if k != 'step')})"
+            )
+        improved = plateau.update(float(value))
+        self.console.print(f"validation at step {pos.step}: {key} {value:.4f}" + (" (best)" if improved else ""))
+        if not improved and self.cfg.plateau_patience and plateau.bad_evals % self.cfg.plateau_patience == 0:
+            self.scheduler.base_lrs = [lr * 0.5 for lr in self.scheduler.base_lrs]
+            self.console.print(f"no gain for {plateau.bad_evals} validations: learning rate halved")
+        if self.cfg.early_stopping_patience and plateau.bad_evals >= self.cfg.early_stopping_patience:
+            result.stopped_early = (
+                f"early stopping at step {pos.step}: no {key} gain in {plateau.bad_evals} validations"
+            )
+            self.console.print(result.stopped_early)
+
+    def _truncate_metrics(self, step: int) -> None:
+        """Steps logged after the checkpoint by the killed run are replayed; drop them so the curve stays single."""
+        if self.log is None:
+            return
+        rows = [r for r in read_metrics(self.log.path) if r["step"] <= step]
+        import json
+
+        self.log._file.close()
+        self.log.path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        self.log._file = open(self.log.path, "a")
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _memory_mb() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
