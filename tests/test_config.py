@@ -13,8 +13,9 @@ from thinktune.errors import ConfigError, UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED_YAMLS = sorted((ROOT / "thinktune" / "configs").glob("*.yaml")) + sorted(
-    (ROOT / "examples").rglob("*.yaml") if (ROOT / "examples").is_dir() else []
+    (ROOT / "examples").glob("*.yaml") if (ROOT / "examples").is_dir() else []
 )
+ACCELERATE_YAMLS = sorted((ROOT / "examples" / "accelerate").glob("*.yaml"))
 
 
 def write(tmp_path: Path, text: str, name: str = "run.yaml") -> Path:
@@ -186,3 +187,12 @@ def test_error_from_an_override_names_the_override():
 def test_numeric_looking_strings_stay_strings():
     cfg = load_config(None, ["output_dir=2024", "name=5", "model.name_or_path=123"])
     assert cfg.output_dir == "2024" and cfg.name == "5" and cfg.model.name_or_path == "123"
+
+
+@pytest.mark.parametrize("path", ACCELERATE_YAMLS, ids=[p.name for p in ACCELERATE_YAMLS])
+def test_accelerate_configs_parse_with_accelerate(path):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    cfg = load_config_from_file(str(path))
+    assert cfg.num_processes >= 1
+    assert str(getattr(cfg.distributed_type, "value", cfg.distributed_type)) in {"MULTI_GPU", "FSDP", "DEEPSPEED"}
