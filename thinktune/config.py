@@ -135,6 +135,12 @@ class TrainConfig(Section):
     ewc_lambda: float = Field(0.0, ge=0, description="EWC penalty weight (needs ewc_fisher).")
     ewc_fisher: str | None = Field(None, description="EWC: Fisher file from a previous task's run (fisher.pt).")
     save_fisher: bool = Field(False, description="Write fisher.pt at the end of the run for a later run's EWC.")
+    packing: bool = Field(False, description="Pack samples into max_length rows (position ids reset per sample).")
+    loss_chunk_size: int | None = Field(
+        None, gt=0, description="Apply the LM head on trained tokens only, in chunks of N (no full logits tensor)."
+    )
+    torch_compile: bool = Field(False, description="torch.compile the model (pays off on long runs).")
+    optimizer: Literal["adamw", "adamw_fused"] = Field("adamw", description="AdamW (foreach) or fused AdamW.")
     teacher: str | None = Field(None, description="Logit distillation: teacher model reference.")
     distill_alpha: float = Field(0.5, ge=0, le=1, description="Weight of the KL term vs cross-entropy.")
     distill_temperature: float = Field(2.0, gt=0, description="Distillation temperature.")
