@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,15 @@ import pytest
 from tests.tiny_models import TINY_ARCHS, build_tiny_model, build_tiny_tokenizer
 
 
+# Tiny models are overhead-bound: one thread each is faster, and keeps parallel test processes (and the CLI
+# subprocesses that inherit this) from fighting over the cores.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
 def pytest_configure(config):
+    import torch
+
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     config.addinivalue_line("markers", "slow: integration tests on SmolLM2")
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from thinktune.errors import ConfigError
 
@@ -141,6 +141,12 @@ class TrainConfig(Section):
     )
     torch_compile: bool = Field(False, description="torch.compile the model (pays off on long runs).")
     optimizer: Literal["adamw", "adamw_fused"] = Field("adamw", description="AdamW (foreach) or fused AdamW.")
+
+    @model_validator(mode="after")
+    def _ewc_needs_fisher(self) -> TrainConfig:
+        if self.ewc_lambda and not self.ewc_fisher:
+            raise ValueError("ewc_lambda > 0 needs train.ewc_fisher (a fisher.pt from a run with train.save_fisher)")
+        return self
     teacher: str | None = Field(None, description="Logit distillation: teacher model reference.")
     distill_alpha: float = Field(0.5, ge=0, le=1, description="Weight of the KL term vs cross-entropy.")
     distill_temperature: float = Field(2.0, gt=0, description="Distillation temperature.")
@@ -284,7 +290,9 @@ def validate(
             if hint:
                 msg += f"; did you mean '{hint}'?"
             raise ConfigError(f"{where}: {msg}") from None
-        raise ConfigError(f"{where}: {field}: {err['msg']} (got {err.get('input')!r})") from None
+        got = err.get("input")
+        shown = "" if isinstance(got, dict) else f" (got {got!r})"
+        raise ConfigError(f"{where}: {field}: {err['msg']}{shown}") from None
 
 
 def closest_key(section: str, key: str) -> str | None:

@@ -310,3 +310,19 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tiny_model_d
     assert len(a) == len(b) == 6
     # Same samples, same global batch; only float summation order differs (gloo all-reduce).
     assert max(abs(x - y) for x, y in zip(a, b, strict=True)) < 1e-4
+
+
+def test_ewc_and_distillation_through_the_recipe(tiny_model_dirs, tmp_path):
+    off = ["eval.before=false", "eval.after=false"]
+    run_sft(load_config(None, base_sets(tiny_model_dirs["llama"], tmp_path / "a", 2, *off,
+                                        "train.save_fisher=true")), QUIET)
+    assert (tmp_path / "a" / "fisher.pt").is_file()
+    run_sft(load_config(None, base_sets(tiny_model_dirs["llama"], tmp_path / "b", 2, *off, "train.ewc_lambda=1e6",
+                                        f"train.ewc_fisher={tmp_path / 'a' / 'fisher.pt'}")), QUIET)
+    assert all("ewc" in r for r in read_metrics(tmp_path / "b" / "metrics.jsonl"))
+    run_sft(load_config(None, base_sets(tiny_model_dirs["llama"], tmp_path / "c", 2, *off,
+                                        f"train.teacher={tiny_model_dirs['llama']}", "train.distill_alpha=0.5",
+                                        "train.unlikelihood_weight=0.1", "train.contrastive_weight=0.1",
+                                        "train.label_smoothing=0.1")), QUIET)
+    row = read_metrics(tmp_path / "c" / "metrics.jsonl")[0]
+    assert {"kl", "ce", "unlikelihood", "contrastive"} <= set(row)

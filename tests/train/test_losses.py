@@ -22,6 +22,15 @@ from thinktune.train.engine.losses import (
 IGNORE = -100
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine their spinning costs 10-30×."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def shifted(per_position: list[list[list[float]]], targets: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits, labels) where the logits at position t are scored against targets[t] (labels carry the shift)."""
     logits = torch.tensor(per_position, dtype=torch.float32)
@@ -184,7 +193,7 @@ def random_sequences(vocab: int, n: int, length: int, g: torch.Generator) -> dic
     return {"input_ids": ids, "labels": ids.clone()}
 
 
-def test_distillation_moves_the_student_toward_the_teacher(tiny_model_dirs, tmp_path):
+def test_distillation_moves_the_student_toward_the_teacher(tiny_model_dirs, tmp_path, one_thread):
     torch.manual_seed(0)
     student = AutoModelForCausalLM.from_pretrained(tiny_model_dirs["llama"])
     teacher = AutoModelForCausalLM.from_pretrained(build_tiny_model("llama", tmp_path / "teacher", seed=1)).eval()

@@ -67,7 +67,7 @@ def serve(
     from thinktune.serve.server import serve as run_server
 
     names = ", ".join([served_model_name or cfg.model.name_or_path, *cfg.serve.adapters])
-    console.print(f"serving [bold]{names}[/] on http://{cfg.serve.host}:{cfg.serve.port}/v1", highlight=False)
+    console.print(f"loading {names} to serve on http://{cfg.serve.host}:{cfg.serve.port}/v1", highlight=False)
     run_server(cfg, served_model_name, log_level)
 
 

@@ -1,36 +1,288 @@
-"""The data stage of a run: read the configured files, tokenize, and account for every record not used."""
+"""The data stage of a run: read the configured datasets, clean, tokenise, and account for every record not used.
+
+    read (streaming, any format) ─► clean (optional) ─► Arrow rows ─► tokenise (datasets.map, num_proc)
+        ─► cache (content hash) ─► weights per dataset ─► max_train_samples ─► TrainingData
+
+Rows are written to Arrow as they are read, so a file larger than memory only costs disk; the tokenised result
+stays memory-mapped and `TrainingData.samples` reads rows on demand. Rejected rows (unreadable, cleaned away,
+too long) stay in the same table with their reason, so a cached run reports the same rejects as the first one.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import shutil
+import tempfile
+from collections import Counter
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
+import numpy as np
 from transformers import PreTrainedTokenizerBase
 
 from thinktune.config import DataConfig
+from thinktune.data.cache import cache_key as make_key
+from thinktune.data.cache import code_digest, data_cache_dir, file_digest, publish, tokenizer_digest
+from thinktune.data.cleaning import Cleaner
 from thinktune.data.formats import RecordError
-from thinktune.data.reading import LoadedRecords, Reject, check_bad_fraction, read_records
-from thinktune.data.render import TokenizedSample, tokenize_conversation
+from thinktune.data.reading import LoadedRecords, Reject, check_bad_fraction, iter_records, resolve_path
+from thinktune.data.render import TokenizedSample, tokenize_conversations
+from thinktune.data.spec import CleaningConfig, DataOptions, DatasetSpec, as_spec
+
+WRITE_BATCH = 1000
 
 
 @dataclass
 class TrainingData:
-    samples: list[TokenizedSample]
+    samples: Sequence[TokenizedSample]
     rejects: list[Reject] = field(default_factory=list)
     total_records: int = 0
+    records: Sequence[dict[str, Any]] = ()  # canonical records, aligned with samples
+    cache_hit: bool = False
+    cleaning: dict[str, Any] | None = None  # CleaningReport.to_json() when the cleaning stage ran
 
 
-def prepare_training_data(cfg: DataConfig, tokenizer: PreTrainedTokenizerBase) -> TrainingData:
-    loaded = LoadedRecords()
-    for ref in cfg.train:
-        loaded.extend(read_records(ref, cfg.format))
-    samples: list[TokenizedSample] = []
-    rejects = list(loaded.rejects)
-    for rec in loaded.records:
+class ArrowRows(Sequence):
+    """Rows of a tokenised Arrow dataset, picked by index (upsampled rows repeat), decoded on access."""
+
+    def __init__(self, ds: Any, indices: np.ndarray, decode: Any) -> None:
+        self._ds, self._idx, self._decode = ds, indices, decode
+
+    def __len__(self) -> int:
+        return len(self._idx)
+
+    def __getitem__(self, i: int | slice) -> Any:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        return self._decode(self._ds[int(self._idx[i])])
+
+    def lengths(self) -> list[int]:
+        """Token count of every row, read from the `length` column without decoding the rows."""
+        col = np.asarray(self._ds.data.column("length").to_numpy())
+        return col[self._idx].tolist()
+
+
+def _sample(row: dict[str, Any]) -> TokenizedSample:
+    return TokenizedSample(row["input_ids"], row["labels"])
+
+
+def _record(row: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(row["record"])
+
+
+def _features():
+    from datasets import Features, List, Value
+
+    return Features(
+        {
+            "record": Value("string"),
+            "dataset": Value("int32"),
+            "file": Value("string"),
+            "line": Value("int64"),
+            "reason": Value("string"),
+            "rule": Value("string"),
+            "input_ids": List(Value("int32")),
+            "labels": List(Value("int32")),
+            "length": Value("int32"),
+        }
+    )
+
+
+def _rows(specs: list[DatasetSpec], cleaner: Cleaner | None) -> Iterator[dict[str, Any]]:
+    for d, spec in enumerate(specs):
+        items = iter_records(spec)
+        if cleaner is not None:
+            items = cleaner.stream(items)
+        for item in items:
+            if isinstance(item, Reject):
+                yield {"dataset": d, "file": item.file, "line": item.line, "reason": item.reason, "rule": item.rule}
+            else:
+                meta = item["meta"]
+                yield {
+                    "record": json.dumps(item, ensure_ascii=False),
+                    "dataset": d,
+                    "file": meta["source"],
+                    "line": meta["line"],
+                }
+
+
+def write_arrow(rows: Iterator[dict[str, Any]], path: Path) -> int:
+    """Stream rows into an Arrow IPC file (what `datasets.Dataset.from_file` reads), WRITE_BATCH at a time."""
+    import pyarrow as pa
+
+    schema = _features().arrow_schema
+    n = 0
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+        buf: list[dict[str, Any]] = []
+        for row in rows:
+            buf.append(row)
+            if len(buf) == WRITE_BATCH:
+                writer.write_batch(pa.RecordBatch.from_pylist(buf, schema=schema))
+                n, buf = n + len(buf), []
+        if buf:
+            writer.write_batch(pa.RecordBatch.from_pylist(buf, schema=schema))
+            n += len(buf)
+    return n
+
+
+def tokenize_rows(
+    batch: dict[str, list], tokenizer: PreTrainedTokenizerBase, system_prompt: str | None, max_length: int
+) -> dict[str, list]:
+    """datasets.map function: tokenise the readable rows of a batch; a failure becomes the row's reason."""
+    n = len(batch["record"])
+    ids, labels, lengths, reasons = [None] * n, [None] * n, [0] * n, list(batch["reason"])
+    todo = [i for i in range(n) if reasons[i] is None]
+    convs = [json.loads(batch["record"][i])["messages"] for i in todo]
+    for i, result in zip(todo, tokenize_conversations(tokenizer, convs, system_prompt, max_length), strict=True):
+        if isinstance(result, RecordError):
+            reasons[i] = str(result)
+        else:
+            ids[i], labels[i], lengths[i] = result.input_ids, result.labels, len(result.input_ids)
+    return {"input_ids": ids, "labels": labels, "length": lengths, "reason": reasons}
+
+
+@contextlib.contextmanager
+def _quiet_datasets(quiet: bool) -> Iterator[None]:
+    from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+    was_disabled = are_progress_bars_disabled()
+    if quiet:
+        disable_progress_bars()
+    try:
+        yield
+    finally:
+        if quiet and not was_disabled:
+            enable_progress_bars()
+
+
+def build_dataset(
+    specs: list[DatasetSpec],
+    tokenizer: PreTrainedTokenizerBase,
+    system_prompt: str | None,
+    max_length: int,
+    cleaning: CleaningConfig | None,
+    out_dir: Path,
+    num_proc: int = 1,
+) -> dict[str, Any]:
+    """Read, clean and tokenise into a `datasets` directory at out_dir; returns the cleaning report (or None)."""
+    from datasets import Dataset
+
+    cleaner = Cleaner(cleaning) if cleaning else None
+    work = out_dir.with_name(out_dir.name + ".work")
+    work.mkdir(parents=True)
+    try:
+        n = write_arrow(_rows(specs, cleaner), work / "rows.arrow")
+        ds = Dataset.from_file(str(work / "rows.arrow"))
+        if n:
+            ds = ds.map(
+                tokenize_rows,
+                batched=True,
+                batch_size=256,
+                fn_kwargs={"tokenizer": tokenizer, "system_prompt": system_prompt, "max_length": max_length},
+                num_proc=min(num_proc, n) if num_proc > 1 else None,
+                features=_features(),
+                cache_file_name=str(work / "tokenized.arrow"),
+                load_from_cache_file=False,
+                new_fingerprint="tokenized",
+                desc="tokenising",
+            )
+        ds.save_to_disk(str(out_dir))
+        report = cleaner.report.to_json() if cleaner else None
+        (out_dir / "thinktune.json").write_text(json.dumps({"cleaning": report}))
+        return report
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def dataset_key(
+    specs: list[DatasetSpec], tokenizer: PreTrainedTokenizerBase, cfg: DataConfig, cleaning: CleaningConfig | None
+) -> str:
+    parts = {
+        "inputs": [
+            {**spec.model_dump(exclude={"weight"}), "sha256": file_digest(resolve_path(spec.path))} for spec in specs
+        ],
+        "tokenizer": tokenizer_digest(tokenizer),
+        "system_prompt": cfg.system_prompt,
+        "max_length": cfg.max_length,
+        "cleaning": cleaning.model_dump() if cleaning else None,
+        "code": code_digest(),
+    }
+    return make_key(parts)
+
+
+def load_or_build(
+    cfg: DataConfig, tokenizer: PreTrainedTokenizerBase, opts: DataOptions, quiet: bool = True
+) -> tuple[Any, list[DatasetSpec], bool, dict | None]:
+    """(tokenised dataset, its specs, whether the cache had it, cleaning report)."""
+    from datasets import load_from_disk
+
+    specs = [as_spec(item, cfg.format) for item in cfg.train]
+    root = data_cache_dir(opts.cache_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    with _quiet_datasets(quiet):
+        if opts.cache:
+            final = root / dataset_key(specs, tokenizer, cfg, opts.cleaning)
+            if (final / "thinktune.json").is_file():
+                meta = json.loads((final / "thinktune.json").read_text())
+                return load_from_disk(str(final)), specs, True, meta["cleaning"]
+        tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=root))
         try:
-            samples.append(tokenize_conversation(tokenizer, rec["messages"], cfg.system_prompt, cfg.max_length))
-        except RecordError as e:
-            rejects.append(Reject(rec["meta"]["source"], rec["meta"]["line"], str(e)))
-    check_bad_fraction(LoadedRecords(records=samples, rejects=rejects), cfg.max_bad_fraction, "training data")
+            report = build_dataset(
+                specs, tokenizer, cfg.system_prompt, cfg.max_length, opts.cleaning, tmp / "ds", opts.num_proc
+            )
+            if not opts.cache:
+                return load_from_disk(str(tmp / "ds"), keep_in_memory=True), specs, False, report
+            publish(tmp / "ds", final)
+            return load_from_disk(str(final)), specs, False, report
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def weighted_indices(datasets_col: np.ndarray, ok: np.ndarray, specs: list[DatasetSpec], seed: int) -> np.ndarray:
+    """Row indices to train on: each dataset's usable rows, repeated int(weight) times plus a seeded random
+    fraction for the rest of the weight (0.5 = a random half)."""
+    picked = []
+    for d, spec in enumerate(specs):
+        rows = ok[datasets_col[ok] == d]
+        whole, frac = divmod(spec.weight, 1)
+        picked += [rows] * int(whole)
+        if frac and len(rows):
+            rng = np.random.default_rng([seed, d])
+            picked.append(rng.choice(rows, size=round(frac * len(rows)), replace=False))
+    return np.sort(np.concatenate(picked)) if picked else np.zeros(0, dtype=np.int64)
+
+
+def prepare_training_data(
+    cfg: DataConfig, tokenizer: PreTrainedTokenizerBase, options: DataOptions | None = None
+) -> TrainingData:
+    """Training samples for `cfg.train` (paths or DatasetSpecs), with every unused record as a reject."""
+    import pyarrow.compute as pc
+
+    opts = options or DataOptions.from_config(cfg)
+    ds, specs, hit, report = load_or_build(cfg, tokenizer, opts)
+    reason = ds.data.column("reason")
+    ok = np.flatnonzero(pc.is_null(reason).to_numpy(zero_copy_only=False))
+    bad = np.flatnonzero(pc.is_valid(reason).to_numpy(zero_copy_only=False))
+    rejected = ds.select(bad).select_columns(["file", "line", "reason", "rule"]).to_list() if len(bad) else []
+    rejects = [Reject(r["file"], r["line"], r["reason"], r["rule"]) for r in rejected]
+    unusable = [r for r in rejects if r.rule is None]  # cleaning removes records on purpose: not a data error
+    check_bad_fraction(LoadedRecords(records=[{}] * len(ok), rejects=unusable), cfg.max_bad_fraction, "training data")
+    indices = weighted_indices(ds.data.column("dataset").to_numpy(), ok, specs, opts.seed)
     if cfg.max_train_samples:
-        samples = samples[: cfg.max_train_samples]
-    return TrainingData(samples, rejects, loaded.total)
+        indices = indices[: cfg.max_train_samples]
+    columns = ds.select_columns(["input_ids", "labels", "length", "record"])
+    return TrainingData(
+        samples=ArrowRows(columns, indices, _sample),
+        rejects=rejects,
+        total_records=len(ds),
+        records=ArrowRows(columns, indices, _record),
+        cache_hit=hit,
+        cleaning=report,
+    )
+
+
+def rejects_by_rule(rejects: list[Reject]) -> Counter:
+    return Counter(r.rule or "unusable" for r in rejects)

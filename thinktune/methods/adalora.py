@@ -95,13 +95,14 @@ def adalora_ranks(model: PeftModel) -> dict[str, int]:
         if f"lora_E.{adapter}" not in name:
             continue
         module = name.replace(f".lora_E.{adapter}", "")
-        kept = pattern.get(name)
+        kept = pattern.get(name, pattern.get(f"{module}.lora_E"))  # PEFT drops the adapter name when saving
         ranks[module] = int(sum(kept)) if kept is not None else int(p.shape[0])
     return ranks
 
 
 def save_adalora(model: PeftModel, cfg: MethodConfig, run_dir: Path) -> Path:
     out = run_dir / ADAPTER_DIR
+    ranks = adalora_ranks(model)
     model.save_pretrained(out)
-    (out / "ranks.json").write_text(json.dumps(adalora_ranks(model), indent=2))
+    (out / "ranks.json").write_text(json.dumps(ranks, indent=2))
     return out

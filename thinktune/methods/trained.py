@@ -97,8 +97,8 @@ def load_tensors_into(model: torch.nn.Module, path: Path, meta: dict[str, Any]) 
 
 
 def load_trained(base_model: PreTrainedModel, path: str | Path) -> torch.nn.Module:
-    """The base model with what a run trained put back: a PeftModel for adapters, the same model (weights
-    replaced in place) for changed tensors and full models."""
+    """The base model with what a run trained put back: a PeftModel for adapters, the same model with the changed
+    tensors written in place, or (full fine-tuning) the saved complete model on the base's device and dtype."""
     path = Path(path)
     if (path / "adapter_config.json").is_file():
         from peft import PeftModel
@@ -113,6 +113,11 @@ def load_trained(base_model: PreTrainedModel, path: str | Path) -> torch.nn.Modu
         raise ModelNotFoundError(
             f"{path}: trained on a '{meta['model_type']}' model, base is '{base_model.config.model_type}'"
         )
+    if meta["format"] == "full":
+        # A complete model, saved in its checkpoint layout (transformers re-splits fused experts on save).
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(path, dtype=base_model.dtype).to(base_model.device)
     load_tensors_into(base_model, path, meta)
     return base_model
 
@@ -120,7 +125,7 @@ def load_trained(base_model: PreTrainedModel, path: str | Path) -> torch.nn.Modu
 def merge_trained(base_model: PreTrainedModel, path: str | Path) -> PreTrainedModel:
     """A plain transformers model with the training folded in (LoRA-style adapters merged into the weights)."""
     model = load_trained(base_model, path)
-    if model is base_model:
+    if not hasattr(model, "peft_config"):
         return model
     if getattr(model, "peft_config", None) and next(iter(model.peft_config.values())).is_prompt_learning:
         raise ConfigError(f"{path}: soft prompts cannot be merged into weights; load them with load_trained")

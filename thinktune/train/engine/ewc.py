@@ -26,7 +26,7 @@ WRAPPER_PREFIXES = ("module.", "_orig_mod.", "base_model.model.")
 def canonical_name(name: str) -> str:
     """The name the unwrapped model gives a parameter:
     `base_model.model.model.layers.0.mlp.up_proj.base_layer.weight` → `model.layers.0.mlp.up_proj.weight`."""
-    pass
+    name = name.replace(".base_layer.", ".")
     stripped = True
     while stripped:
         stripped = False
