@@ -9,7 +9,6 @@ import pytest
 
 from tests.tiny_models import TINY_ARCHS, build_tiny_model, build_tiny_tokenizer
 
-
 # Tiny models are overhead-bound: one thread each is faster, and keeps parallel test processes (and the CLI
 # subprocesses that inherit this) from fighting over the cores.
 os.environ.setdefault("OMP_NUM_THREADS", "1")

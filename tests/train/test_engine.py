@@ -95,18 +95,10 @@ def test_checkpoint_is_atomic_and_keeps_last_k(tmp_path):
 
 def test_sigkill_then_resume_gives_the_uninterrupted_curve(tiny_model_dirs, tmp_path):
     model = tiny_model_dirs["llama"]
-    sets = lambda out: [
-        x
-        for s in base_sets(
-            model,
-            out,
-            40,
-            "train.save_steps=5",
-            "eval.before=false",  # noqa: E731
-            "eval.after=false",
-        )
-        for x in ("--set", s)
-    ]
+    def sets(out):
+        extra = ("train.save_steps=5", "eval.before=false", "eval.after=false")
+        return [x for s in base_sets(model, out, 40, *extra) for x in ("--set", s)]
+
     full = tmp_path / "full"
     assert cli("train", *sets(full)).wait(timeout=300) == 0
 

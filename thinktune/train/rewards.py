@@ -1,0 +1,110 @@
+"""Verifiable rewards for reasoning RL, by name: a registry plus user functions given as `pkg.module:function`.
+
+    grpo: {rewards: [accuracy, format], reward_weights: [1.0, 0.2]}
+    grpo: {rewards: [accuracy, my_rewards.math:units_ok]}          # any importable function
+
+A reward function is `fn(completion: Completion, task: dict) -> float`; `task` is the canonical task record
+({"prompt", "answer", "meta"}). Add a built-in = one function + `@register("name")`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from thinktune.errors import ConfigError
+from thinktune.eval.reasoning import answers_match, parse_output
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One sampled answer as a reward function sees it."""
+
+    text: str  # decoded, special tokens removed
+    n_tokens: int  # generated tokens, the end-of-turn token included
+    max_tokens: int  # the generation budget (grpo.max_completion_length)
+    truncated: bool  # stopped by the budget, not by an end-of-turn token
+
+
+RewardFn = Callable[[Completion, dict[str, Any]], float]
+REWARDS: dict[str, RewardFn] = {}
+
+
+def register(name: str) -> Callable[[RewardFn], RewardFn]:
+    def add(fn: RewardFn) -> RewardFn:
+        REWARDS[name] = fn
+        return fn
+
+    return add
+
+
+@register("accuracy")
+def accuracy_reward(completion: Completion, task: dict[str, Any]) -> float:
+    """1 when the extracted final answer matches the reference (numbers exactly, expressions symbolically)."""
+    return float(answers_match(parse_output(completion.text).answer, task["answer"]))
+
+
+@register("format")
+def format_reward(completion: Completion, task: dict[str, Any]) -> float:
+    """1 for the R1 format: a closed <think> block, then the answer in \\boxed{} (DeepSeek-R1, §2.2.2)."""
+    return float(parse_output(completion.text).format_ok)
+
+
+# DAPO's soft overlong punishment (Yu et al. 2025, §3.4): free up to L_max - L_cache tokens, then linearly down to
+# -1 at the budget; a completion cut off by the budget gets -1. Here L_cache is the last quarter of the budget.
+OVERLONG_CACHE_FRACTION = 0.25
+
+
+@register("length_penalty")
+def length_penalty(completion: Completion, task: dict[str, Any]) -> float:
+    """0 for answers within 75% of the budget, falling linearly to -1 at the budget; -1 when cut off."""
+    if completion.truncated:
+        return -1.0
+    cache = max(1.0, OVERLONG_CACHE_FRACTION * completion.max_tokens)
+    free = completion.max_tokens - cache
+    return -min(1.0, max(0.0, (completion.n_tokens - free) / cache))
+
+
+def resolve_reward(name: str) -> RewardFn:
+    """A registered reward, or a function imported from `pkg.module:function`."""
+    if name in REWARDS:
+        return REWARDS[name]
+    module_name, sep, attr = name.partition(":")
+    if not sep or not module_name or not attr:
+        raise ConfigError(
+            f"grpo.rewards: unknown reward '{name}' (built-in: {', '.join(REWARDS)}; or give 'pkg.module:function')"
+        )
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ConfigError(f"grpo.rewards: cannot import '{module_name}' for reward '{name}': {e}") from None
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise ConfigError(f"grpo.rewards: '{module_name}' has no function '{attr}'")
+    return fn
+
+
+def reward_name(name: str) -> str:
+    """The metrics key of a reward: the registry name, or the function name of an import path."""
+    return name.rpartition(":")[2] if ":" in name else name
+
+
+def score(
+    fns: list[RewardFn], completions: list[Completion], tasks: list[dict[str, Any]]
+) -> list[list[float]]:
+    """rewards[i][k] = fns[k](completions[i], tasks[i]); a user function's failure names the reward."""
+    out = []
+    for c, t in zip(completions, tasks, strict=True):
+        row = []
+        for fn in fns:
+            value = fn(c, t)
+            try:
+                row.append(float(value))
+            except (TypeError, ValueError):
+                raise ConfigError(
+                    f"reward {getattr(fn, '__name__', fn)!r} returned {value!r}, not a number"
+                ) from None
+        out.append(row)
+    return out
