@@ -120,7 +120,7 @@ def write_gguf(model: PreTrainedModel, tokenizer, path: Path, gguf_type: str, na
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    return {"tensor_types": dict(types), "tokenizer_pre": vocab.pre, "notes": vocab.notes, "vocab": vocab}
+    return {"tensor_types": dict(types), "vocab": vocab}
 
 
 def _write_hparams(writer: gguf.GGUFWriter, config, name: str, gguf_type: str) -> None:
@@ -153,67 +153,82 @@ def _rope(config) -> dict[str, Any]:
 
 
 def export_gguf(source: ExportSource, out: Path, options: ExportOptions) -> dict[str, Any]:
+    gguf_arch(source.model.config.model_type)  # fail before any work on an unsupported architecture
     model = source.merge()
-    gguf_arch(model.config.model_type)  # fail before any work on an unsupported architecture
     name = _slug(source.adapter.parent.name if source.adapter else source.origin.path.name)
     path = out / f"{name}-{options.gguf_type}.gguf"
     written = write_gguf(model, source.tokenizer, path, options.gguf_type, name)
     vocab = written.pop("vocab")
     stops = stop_ids(source.tokenizer, model)
     modelfile = write_modelfile(path, vocab.chat_template, [vocab.tokens[i] for i in stops])
+    found = read_back(path)
+    if found["tensor_count"] != sum(written["tensor_types"].values()) or found["tensor_types"] != written[
+        "tensor_types"
+    ]:
+        raise RuntimeError(f"{path}: read back {found['tensor_types']}, wrote {written['tensor_types']}")
     return {
         "artefact": str(path),
         "modelfile": str(modelfile),
         "gguf_type": options.gguf_type,
         "bytes": path.stat().st_size,
-        **written,
-        **read_back(path, expected_tensors=sum(written["tensor_types"].values())),
-        **compare_with_transformers(source, model, path, options, stops),
+        "tokenizer_pre": vocab.pre,
+        **({"notes": vocab.notes} if vocab.notes else {}),
+        **found,
+        **compare_with_transformers(source, model, path, found["head_dim"], options, stops),
     }
 
 
-def read_back(path: Path, expected_tensors: int) -> dict[str, Any]:
-    """Re-read the file with gguf's own reader: every tensor present, with the types we meant to write."""
+def read_back(path: Path) -> dict[str, Any]:
+    """Re-read the file with gguf's own reader: architecture, tensor count and types, head size."""
     reader = gguf.GGUFReader(path)
-    types = Counter(t.tensor_type.name for t in reader.tensors)
-    arch = bytes(reader.fields["general.architecture"].parts[-1]).decode()
-    if len(reader.tensors) != expected_tensors:
-        raise RuntimeError(f"{path}: read back {len(reader.tensors)} tensors, wrote {expected_tensors}")
-    return {"architecture": arch, "tensor_count": len(reader.tensors), "tensor_types_read_back": dict(types)}
+    arch = _field(reader, "general.architecture")
+    return {
+        "architecture": arch,
+        "tensor_count": len(reader.tensors),
+        "tensor_types": dict(Counter(t.tensor_type.name for t in reader.tensors)),
+        "head_dim": _field(reader, f"{arch}.attention.key_length"),
+    }
+
+
+def _field(reader: gguf.GGUFReader, key: str) -> Any:
+    field = reader.fields.get(key)
+    return None if field is None else field.contents()
 
 
 def compare_with_transformers(
-    source: ExportSource, model: PreTrainedModel, path: Path, options: ExportOptions, stops: list[int]
+    source: ExportSource,
+    model: PreTrainedModel,
+    path: Path,
+    head_dim: int | None,
+    options: ExportOptions,
+    stops: list[int],
 ) -> dict[str, Any]:
-    """Load the GGUF with transformers (dequantised to float32) and compare tokenizer, logits and greedy output."""
+    """Load the GGUF with transformers (dequantised to float32); compare its tokenizer, logits and greedy output."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    config = AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
-    notes = []
-    head_dim = _read_int(path, f"{config.model_type}.attention.key_length")
-    if head_dim and getattr(config, "head_dim", head_dim) != head_dim:
-        # transformers' GGUF reader maps `attention.key_length` for some architectures only (not qwen3), and Qwen3's
-        # config defaults head_dim to 128; take it from the file, where llama.cpp reads it too.
-        config.head_dim = head_dim
-        notes.append(f"head_dim {head_dim} read from {config.model_type}.attention.key_length")
+    config, notes = None, []
+    if head_dim and model.config.model_type in HEAD_DIM_NOT_READ:
+        # transformers' GGUF reader ignores `attention.key_length` for these architectures and falls back to the
+        # config class default (128 for Qwen3): take the head size from the file, as llama.cpp does.
+        config = AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
+        if getattr(config, "head_dim", None) != head_dim:
+            config.head_dim = head_dim
+            notes.append(f"head_dim {head_dim} taken from {config.model_type}.attention.key_length")
     loaded = AutoModelForCausalLM.from_pretrained(
         path.parent, gguf_file=path.name, config=config, dtype=torch.float32
     ).eval()
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     ids = source.chat_ids(options.prompts)
-    gguf_ids = [
-        tokenizer(source.tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
-                                                       add_generation_prompt=True), add_special_tokens=False)["input_ids"]
-        for p in options.prompts
-    ]
+    reread = [_chat_ids(tokenizer, source.tokenizer.chat_template, p) for p in options.prompts]
     reference = [torch_logits(model, x) for x in ids]
     logits = [torch_logits(loaded, x) for x in ids]
     n = options.max_new_tokens
     return {
         "compared_with": "merged model (PyTorch, float32) vs the GGUF loaded by transformers",
-        "tokenizer_identical": gguf_ids == ids,
+        "tokenizer_identical": reread == ids,
         "chat_template_identical": tokenizer.chat_template == source.tokenizer.chat_template,
         "max_abs_logit_diff": max_abs_diff(reference, logits),
+        "reference_logit_max": float(max(abs(r).max() for r in reference)),
         "top1_agreement": top1_agreement(reference, logits),
         "greedy": greedy_agreement(
             [torch_greedy(model, x, n, stops) for x in ids], [torch_greedy(loaded, x, n, stops) for x in ids]
@@ -222,9 +237,16 @@ def compare_with_transformers(
     }
 
 
-def _read_int(path: Path, key: str) -> int | None:
-    field = gguf.GGUFReader(path).fields.get(key)
-    return int(field.parts[field.data[0]][0]) if field else None
+# Architectures whose head size transformers' GGUF loader does not read from the file (transformers 5.23).
+HEAD_DIM_NOT_READ = {"qwen3"}
+
+
+def _chat_ids(tokenizer, chat_template: str, prompt: str) -> list[int]:
+    """Render with the source's template, tokenize with the GGUF's tokenizer."""
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}], chat_template=chat_template, tokenize=False, add_generation_prompt=True
+    )
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 def _slug(text: str) -> str:

@@ -84,12 +84,12 @@ class BackgroundServer:
     ):
         self.lifecycle = lifecycle or getattr(app.state, "lifecycle", None) or Lifecycle()
         self.server = make_server(app, self.lifecycle, host, 0, request_timeout, log_level)
-        self.host = host
+        self.host, self.port = host, 0
         self.thread = threading.Thread(target=self.server.run, name="thinktune-server", daemon=True)
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.server.port}"
+        return f"http://{self.host}:{self.port}"
 
     def start(self, timeout: float = 60.0) -> BackgroundServer:
         self.thread.start()
@@ -101,6 +101,7 @@ class BackgroundServer:
                 raise TimeoutError("server did not start")
         if not self.server.started:
             raise RuntimeError("server failed to start")
+        self.port = self.server.port
         return self
 
     def stop(self, timeout: float = 60.0) -> None:

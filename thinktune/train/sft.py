@@ -226,15 +226,14 @@ def load_teacher(run: Run):
 
 @torch.no_grad()
 def validate(run: Run) -> dict[str, float]:
-    """Validation loss on data.validation, plus accuracy/format on its tasks when metric_for_best needs them."""
+    """Validation loss on data.validation plus generation metrics (accuracy, format, eval.metrics) on its tasks."""
     model = run.accelerator.unwrap_model(run.model)
     values: dict[str, float] = {}
     loss = heldout_loss(model, run.tokenizer, run.validation, run.cfg.data.system_prompt, run.cfg.eval.batch_size)
     if loss is not None:
         values["val_loss"] = loss
-    if run.cfg.train.metric_for_best.removeprefix("val_") not in ("loss",):
-        r = evaluate(model, run.tokenizer, run.validation, run.cfg.eval, run.cfg.data.system_prompt)
-        values.update(accuracy=r.accuracy, format_compliance=r.format_compliance)
+    r = evaluate(model, run.tokenizer, run.validation, run.cfg.eval, run.cfg.data.system_prompt)
+    values.update(accuracy=r.accuracy, format_compliance=r.format_compliance, **r.extra)
     return values
 
 

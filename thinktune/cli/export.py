@@ -1,0 +1,123 @@
+"""`thinktune export`: merged checkpoint, ONNX, int8 or GGUF, each verified against its source (OUT/verify.json).
+
+thinktune export --run-dir runs/quickstart --format gguf --gguf-type q8_0 -o exports/gguf
+thinktune export --model smollm2-135m-instruct --adapter runs/quickstart/adapter --format merged -o exports/merged
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from thinktune.cli.app import ConfigOpt, SetOpt, app, build_config, console, user_errors
+from thinktune.errors import ModelNotFoundError, UserError
+
+
+@app.command()
+@user_errors
+def export(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    model: Annotated[str | None, typer.Option(help="Model: bundled name, HF directory or .gguf.")] = None,
+    adapter: Annotated[Path | None, typer.Option(help="PEFT adapter directory to merge in.")] = None,
+    run_dir: Annotated[
+        Path | None, typer.Option(help="A training run: model from RUN/config.yaml, adapter from RUN/adapter.")
+    ] = None,
+    format_: Annotated[
+        str | None, typer.Option("--format", "-f", help="merged | onnx | int8 | gguf (default: export.formats).")
+    ] = None,
+    gguf_type: Annotated[str | None, typer.Option(help="GGUF tensor type: f16 | bf16 | q8_0 | q4_0.")] = None,
+    kv_cache: Annotated[
+        bool | None, typer.Option("--kv-cache/--no-kv-cache", help="ONNX/int8: graph with past key values.")
+    ] = None,
+    onnx_exporter: Annotated[str, typer.Option(help="ONNX: dynamo (falls back to torchscript) or torchscript.")] = (
+        "dynamo"
+    ),
+    max_shard_size: Annotated[str, typer.Option(help="merged: largest safetensors shard, e.g. 2GB.")] = "2GB",
+    dtype: Annotated[
+        str, typer.Option(help="merged: stored dtype: auto (as the base) | float32 | bfloat16 | float16.")
+    ] = "auto",
+    quant_device: Annotated[
+        str, typer.Option(help="int8: cpu (onnxruntime dynamic int8) or cuda (bitsandbytes).")
+    ] = "cpu",
+    bits: Annotated[int, typer.Option(help="int8 on cuda: 8 (LLM.int8) or 4 (NF4).")] = 8,
+    output_dir: Annotated[
+        Path | None, typer.Option("--output-dir", "-o", help="Artefact directory (default: RUN/export/FORMAT).")
+    ] = None,
+) -> None:
+    """Export a model (+ adapter) and verify the artefact against it; numbers are printed and saved as verify.json.
+
+    Example: `thinktune export --run-dir runs/quickstart --format gguf --gguf-type q4_0 -o exports/q4`
+    """
+    sets = list(set_ or [])
+    if run_dir is not None:
+        run_config = run_dir / "config.yaml"
+        if not run_config.is_file():
+            raise ModelNotFoundError(f"{run_dir}: not a run directory (no config.yaml)")
+        config = config or run_config
+        adapter = adapter or _run_adapter(run_dir)
+        sets.append(f"output_dir={run_dir}")
+    sets += [f"model.name_or_path={model}"] if model else []
+    sets += [f"export.formats=[{format_}]"] if format_ else []
+    sets += [f"export.gguf_type={gguf_type}"] if gguf_type else []
+    sets += [f"export.onnx_kv_cache={str(kv_cache).lower()}"] if kv_cache is not None else []
+    cfg = build_config(config, sets)  # config errors show before torch is imported
+
+    from thinktune.export import ExportOptions, run_export
+
+    options = ExportOptions.from_config(
+        cfg.export,
+        onnx_exporter=onnx_exporter,
+        max_shard_size=max_shard_size,
+        merged_dtype=dtype,
+        quant_device=quant_device,
+        quant_bits=bits,
+    )
+    formats = cfg.export.formats
+    for fmt in formats:
+        out = output_dir or cfg.run_dir / "export"
+        out = out / fmt if len(formats) > 1 or output_dir is None else out
+        with console.status(f"exporting {fmt} to {out}"):
+            record = run_export(cfg.model, fmt, out, options, adapter)
+        console.print(verification_table(record))
+        console.print(f"artefact: [bold]{record['artefact']}[/] · numbers: {out / 'verify.json'}")
+
+
+def _run_adapter(run_dir: Path) -> Path | None:
+    adapter = run_dir / "adapter"
+    if (adapter / "adapter_config.json").is_file():
+        return adapter
+    if (run_dir / "model").is_dir():
+        raise UserError(f"{run_dir}: the run saved full weights (model/), not an adapter: export --model {run_dir}/model")
+    return None
+
+
+def verification_table(record: dict[str, Any]) -> Table:
+    table = Table(title=f"{record['format']} export of {record['source']}", show_header=False)
+    table.add_column("")
+    table.add_column("", justify="right")
+    for key, value in _flat(record):
+        if key not in ("format", "source", "artefact"):
+            table.add_row(key.replace("_", " "), _show(value))
+    return table
+
+
+def _flat(record: dict[str, Any], prefix: str = ""):
+    for key, value in record.items():
+        if isinstance(value, dict) and key != "tensor_types":
+            yield from _flat(value, f"{prefix}{key} ")
+        else:
+            yield prefix + key, value
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {v}" for k, v in value.items())
+    if isinstance(value, list):
+        return "; ".join(map(str, value))
+    return str(value)

@@ -1,0 +1,188 @@
+"""The policy a preference or RL recipe tunes, and its frozen reference, without a second copy of the base weights.
+
+- `setup_run`: accelerator, run directory, seed, model + tokenizer, held-out tasks (the first half of sft.setup).
+- `load_policy`: the tuning method applied to the model, or an existing PEFT adapter loaded to train further.
+- `ReferencePolicy`: where π_ref log-probs come from. A fresh adapter: the same model with the adapter disabled
+  (`disable_adapter()`; at step 0 policy = reference). An adapter that does not start at zero (continued training,
+  PiSSA): a frozen copy of the starting adapter next to the trained one, as TRL does (megabytes, not a model).
+  Methods that change base weights (full, freeze, esft): a frozen copy of the model.
+- `token_logprobs`: log π(token | prefix) at every labelled position.
+
+Dropout is switched off in the policy: the importance ratio π_θ/π_old must be exactly 1 before the first update,
+and the log-probs of chosen vs rejected must not depend on a dropout draw (TRL does the same).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from rich.console import Console
+
+from thinktune.config import RunConfig, to_yaml
+from thinktune.data.reading import check_bad_fraction, write_rejects
+from thinktune.errors import ConfigError, ModelNotFoundError
+from thinktune.eval.tasks import load_tasks
+from thinktune.methods import MethodContext, apply_method
+from thinktune.models import load_pretrained
+from thinktune.train.engine.losses import trained_positions
+from thinktune.train.sft import Run, mixed_precision
+
+REFERENCE_ADAPTER = "reference"
+
+
+def setup_run(cfg: RunConfig, console: Console) -> Run:
+    """Accelerator, run directory with config.yaml, seed, model and tokenizer, held-out tasks (data.test)."""
+    if cfg.train.num_threads:
+        torch.set_num_threads(cfg.train.num_threads)
+    acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=mixed_precision(cfg.train.mixed_precision))
+    if not acc.is_main_process:
+        console = Console(quiet=True)
+    run = Run(cfg, cfg.run_dir, acc, console)
+    run.dir.mkdir(parents=True, exist_ok=True)
+    (run.dir / "config.yaml").write_text(to_yaml(cfg))
+    set_seed(cfg.train.seed)
+    with console.status(f"loading model {cfg.model.name_or_path}"):
+        t = time.perf_counter()
+        run.model, run.tokenizer, source = load_pretrained(cfg.model)
+    console.print(f"model [bold]{source.description}[/] ({run.model.config.model_type}) in {time.perf_counter() - t:.1f}s")
+    rejects = []
+    if cfg.data.test:
+        loaded = load_tasks(cfg.data.test, cfg.data.format, cfg.eval.max_samples)
+        check_bad_fraction(loaded, cfg.data.max_bad_fraction, "test data")
+        run.tasks, rejects = loaded.records, loaded.rejects
+    write_rejects(rejects, run.dir / "rejects.jsonl")
+    return run
+
+
+def disable_dropout(model: torch.nn.Module) -> None:
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+
+
+def load_policy(run: Run, adapter: str | Path | None = None) -> torch.nn.Module:
+    """The trainable policy: `adapter` (a PEFT adapter directory) loaded trainable, else method.name applied."""
+    if adapter is not None:
+        from peft import PeftModel
+
+        path = Path(adapter)
+        if not (path / "adapter_config.json").is_file():
+            raise ModelNotFoundError(f"--adapter {path}: not a PEFT adapter directory (no adapter_config.json)")
+        if run.cfg.method.name in ("full", "freeze", "esft"):
+            raise ConfigError(f"--adapter continues a PEFT adapter; method.name is '{run.cfg.method.name}'")
+        model = PeftModel.from_pretrained(run.model, path, is_trainable=True)
+    else:
+        model = apply_method(run.model, run.cfg.method, MethodContext(run.tokenizer))
+    disable_dropout(model)
+    return model
+
+
+def _peft(model: torch.nn.Module):
+    from peft import PeftModel
+
+    return model if isinstance(model, PeftModel) else None
+
+
+@dataclass
+class ReferencePolicy:
+    """π_ref for log-probs: `disabled_adapter`, `adapter` (frozen copy of the starting adapter) or `copy`."""
+
+    kind: str
+    copy: torch.nn.Module | None = None
+    trained_adapter: str | None = None
+
+    @classmethod
+    def of(cls, model: torch.nn.Module, starts_at_base: bool = True) -> ReferencePolicy:
+        """Build the reference for `model` as it is now (before any update).
+
+        `starts_at_base`: a PEFT model whose adapter is a no-op at the start (fresh LoRA with B = 0), so the
+        disabled adapter *is* the starting policy."""
+        peft = _peft(model)
+        if peft is None:
+            frozen = copy.deepcopy(model).eval().requires_grad_(False)
+            return cls("copy", copy=frozen)
+        if starts_at_base:
+            return cls("disabled_adapter")
+        trained = peft.active_adapter
+        peft.add_adapter(REFERENCE_ADAPTER, peft.peft_config[trained])
+        params = dict(peft.named_parameters())
+        with torch.no_grad():
+            for name, p in params.items():
+                if f".{trained}." in name:
+                    params[name.replace(f".{trained}.", f".{REFERENCE_ADAPTER}.")].copy_(p)
+        for name, p in params.items():
+            if f".{REFERENCE_ADAPTER}." in name:
+                p.requires_grad_(False)
+        disable_dropout(peft)
+        return cls("adapter", trained_adapter=trained)
+
+    @contextmanager
+    def active(self, model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+        """The module to call for reference outputs (use under torch.no_grad())."""
+        if self.kind == "copy":
+            yield self.copy
+            return
+        peft = _peft(model) or _peft(getattr(model, "module", None))
+        if self.kind == "disabled_adapter":
+            with peft.disable_adapter():
+                yield model
+            return
+        # set_adapter also moves requires_grad to the active adapter; switching back restores the trained one.
+        peft.set_adapter(REFERENCE_ADAPTER)
+        try:
+            yield model
+        finally:
+            peft.set_adapter(self.trained_adapter)
+
+    @torch.no_grad()
+    def logprobs(
+        self, model: torch.nn.Module, batch: dict[str, torch.Tensor], temperature: float = 1.0, keep: int | None = None
+    ) -> torch.Tensor:
+        with self.active(model) as ref:
+            return token_logprobs(ref, batch, temperature, keep)
+
+    def release(self, model: torch.nn.Module) -> None:
+        """Drop the reference adapter before saving (the saved adapter must be the trained one alone)."""
+        if self.kind == "adapter":
+            (_peft(model) or _peft(getattr(model, "module", None))).delete_adapter(REFERENCE_ADAPTER)
+        self.copy = None
+
+
+def adapter_starts_at_base(model: torch.nn.Module, loaded_adapter: bool, cfg: RunConfig) -> bool:
+    """Whether disabling the adapter gives back the starting policy (fresh LoRA B = 0; not PiSSA, not loaded)."""
+    return _peft(model) is not None and not loaded_adapter and cfg.method.init != "pissa"
+
+
+def gather_logprobs(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """log-softmax(logits / T) at the labelled next tokens: (B, T-1), aligned with labels[:, 1:], 0 where -100.
+
+    Only the labelled positions are gathered before the softmax (memory ∝ completion tokens × vocabulary)."""
+    pos = trained_positions(logits, labels)
+    lp = torch.log_softmax(pos.logits / temperature, dim=-1).gather(1, pos.targets[:, None])[:, 0]
+    out = torch.zeros(pos.mask.shape, dtype=lp.dtype, device=lp.device)
+    return out.masked_scatter(pos.mask.to(lp.device), lp)
+
+
+def token_logprobs(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor], temperature: float = 1.0, keep: int | None = None
+) -> torch.Tensor:
+    """Per-token log-probs of `batch["labels"]` (positions != -100) under `model`.
+
+    `keep`: only the last `keep` tokens carry labels (left-padded prompt + completion); the LM head then runs on
+    those positions alone (`logits_to_keep`) and the result is (B, keep)."""
+    kwargs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "use_cache": False}
+    if "position_ids" in batch:
+        kwargs["position_ids"] = batch["position_ids"]
+    labels = batch["labels"]
+    if keep is not None:
+        kwargs["logits_to_keep"] = keep + 1
+        labels = labels[:, -(keep + 1) :]
+    return gather_logprobs(model(**kwargs).logits, labels, temperature)
