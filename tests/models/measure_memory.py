@@ -60,8 +60,11 @@ def step(model, cfg, batch, optimizer=None) -> None:
 
 
 def random_batch(vocab: int, batch: int, seq: int) -> dict[str, torch.Tensor]:
+    """Random tokens; every other row ends in padding, as the recipe's padded batches do (so SDPA gets a mask)."""
     ids = torch.randint(3, vocab, (batch, seq))
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
+    mask = torch.ones_like(ids)
+    mask[1::2, seq - max(1, seq // 8) :] = 0
+    return {"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, -100)}
 
 
 def measure(model_dir: str, method: MethodConfig, batch: int, seq: int, checkpointing: bool = False) -> dict:

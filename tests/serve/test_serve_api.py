@@ -73,7 +73,9 @@ def test_completions(tiny_server):
     c = client(tiny_server)
     r = c.completions.create(model=tiny_server.base_name, prompt="The quick brown fox", max_tokens=8, temperature=0)
     assert r.object == "text_completion" and len(r.choices) == 1 and r.usage.completion_tokens <= 8
-    many = c.completions.create(model=tiny_server.base_name, prompt=["Hello", "The sum of"], max_tokens=4, temperature=0)
+    many = c.completions.create(
+        model=tiny_server.base_name, prompt=["Hello", "The sum of"], max_tokens=4, temperature=0
+    )
     assert [ch.index for ch in many.choices] == [0, 1]
     streamed = c.completions.create(
         model=tiny_server.base_name, prompt="The quick brown fox", max_tokens=8, temperature=0, stream=True
@@ -151,6 +153,14 @@ def test_malformed_requests_are_400_without_traceback(tiny_server, body):
     assert "Traceback" not in r.text
 
 
+def test_body_must_be_json(tiny_server):
+    url = tiny_server.url + "/v1/chat/completions"
+    r = httpx.post(url, content=b'{"messages": [{"role": "user", "content": "hi"}]}')  # no Content-Type
+    assert r.status_code == 400 and "application/json" in r.json()["error"]["message"]
+    r = httpx.post(url, content=b'{"messages": [', headers={"content-type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"]["message"].startswith("invalid JSON body")
+
+
 def test_prompt_longer_than_the_context_is_400(tiny_server):
     long = [{"role": "user", "content": "apples " * 600}]  # the tiny model's context is 512 tokens
     with pytest.raises(openai.BadRequestError) as e:
@@ -211,4 +221,3 @@ def test_thinking_off_strips_reasoning_and_reaches_the_template(scripted_server,
     deltas = [ch.choices[0].delta for ch in stream]
     assert not any(getattr(d, "reasoning_content", None) for d in deltas)
     assert "".join(d.content or "" for d in deltas) == "The answer is \\boxed{5}."
-

@@ -22,14 +22,20 @@ def test_incremental_detokenizer_rebuilds_the_text(tiny_tokenizer, text):
 
 @pytest.mark.parametrize(
     "text,stops,start,expected",
-    [("abc STOP def", ("STOP",), 0, 4), ("abc", ("x",), 0, None), ("a. b. c.", (". c", ". b"), 0, 1), ("xSTOP", ("STOP",), 2, None)],
+    [
+        ("abc STOP def", ("STOP",), 0, 4),
+        ("abc", ("x",), 0, None),
+        ("a. b. c.", (". c", ". b"), 0, 1),
+        ("xSTOP", ("STOP",), 2, None),
+    ],
 )
 def test_find_stop(text, stops, start, expected):
     assert find_stop(text, stops, start) == expected
 
 
 @pytest.mark.parametrize(
-    "text,stops,held", [("the end", ("ending",), 3), ("abc", ("x",), 0), ("a\n\n", ("\n\n\n",), 2), ("ab", ("b", "abc"), 2)]
+    "text,stops,held",
+    [("the end", ("ending",), 3), ("abc", ("x",), 0), ("a\n\n", ("\n\n\n",), 2), ("ab", ("b", "abc"), 2)],
 )
 def test_stop_holdback(text, stops, held):
     assert stop_holdback(text, stops) == held
@@ -95,7 +101,11 @@ def chosen(sampler: RowSampler, scores: torch.Tensor, input_ids: torch.Tensor | 
 
 def test_sampler_greedy_and_top_k_1_take_the_argmax():
     scores = torch.randn(3, 50)
-    params = [SamplingParams(8, temperature=0), SamplingParams(8, temperature=1.5, top_k=1), SamplingParams(8, 0.7, 0.01)]
+    params = [
+        SamplingParams(8, temperature=0),
+        SamplingParams(8, temperature=1.5, top_k=1),
+        SamplingParams(8, 0.7, 0.01),
+    ]
     assert chosen(RowSampler(params, [EOS]), scores) == scores.argmax(-1).tolist()
 
 
@@ -124,7 +134,12 @@ def test_sampler_repetition_penalty_moves_off_seen_tokens():
 
 def test_sampler_top_p_keeps_the_nucleus():
     scores = torch.log(torch.tensor([[0.6, 0.3, 0.05, 0.05]]))
-    picks = {chosen(RowSampler([SamplingParams(8, temperature=1.0, top_p=0.5, seed=s)], [EOS]), scores)[0] for s in range(30)}
+    picks = {
+        chosen(RowSampler([SamplingParams(8, temperature=1.0, top_p=0.5, seed=s)], [EOS]), scores)[0] for s in range(30)
+    }
     assert picks == {0}
-    picks = {chosen(RowSampler([SamplingParams(8, temperature=1.0, top_p=0.85, seed=s)], [EOS]), scores)[0] for s in range(60)}
+    picks = {
+        chosen(RowSampler([SamplingParams(8, temperature=1.0, top_p=0.85, seed=s)], [EOS]), scores)[0]
+        for s in range(60)
+    }
     assert picks == {0, 1}

@@ -61,7 +61,11 @@ def test_agrees_with_the_evaluators_split_on_r1_output():
 
 @pytest.mark.parametrize(
     "prompt,expected",
-    [("<|im_start|>assistant\n<think>\n", True), ("<|im_start|>assistant\n", False), ("<think>\n\n</think>\n\n", False)],
+    [
+        ("<|im_start|>assistant\n<think>\n", True),
+        ("<|im_start|>assistant\n", False),
+        ("<think>\n\n</think>\n\n", False),
+    ],
 )
 def test_prompt_opens_thinking(prompt, expected):
     assert prompt_opens_thinking(prompt) is expected

@@ -1,39 +1,370 @@
-"""`thinktune data ...`: dataset commands."""
+"""`thinktune data ...`: check, describe, show, clean and split datasets.
+
+thinktune data validate my_train.jsonl
+thinktune data stats my_train.jsonl --model smollm2-135m-instruct --max-length 2048
+thinktune data inspect my_train.jsonl -n 3 --no-thinking
+thinktune data clean raw.jsonl -o clean.jsonl --pii
+thinktune data split clean.jsonl -o splits/ --ratio train=0.9,test=0.1
+"""
 
 from __future__ import annotations
 
-from typing import Annotated
+import json
+from collections import Counter
+from itertools import islice
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 
 from thinktune.cli.app import console, data_app, user_errors
-from thinktune.errors import UserError
+from thinktune.errors import DataError, UserError
+
+Files = Annotated[list[str], typer.Argument(help="JSONL/JSON/CSV/TSV/Parquet files, `datasets` dirs, or bundled:NAME.")]
+FormatOpt = Annotated[str, typer.Option("--format", help="Record format (see docs/data.md); auto detects it.")]
+KindOpt = Annotated[str, typer.Option("--kind", help="sft, preference or task.")]
+ColumnsOpt = Annotated[
+    str | None,
+    typer.Option("--columns", help='Column mapping: prompt=q,response=a  or JSON {"prompt": "q", ...}.'),
+]
+SplitOpt = Annotated[str | None, typer.Option("--split", help="Split of a `datasets` DatasetDict directory.")]
+ModelOpt = Annotated[
+    str, typer.Option("--model", "-m", help="Tokenizer: bundled model name, model directory or .gguf.")
+]
+MaxLenOpt = Annotated[int, typer.Option("--max-length", help="Token limit training would use (data.max_length).")]
+SystemOpt = Annotated[str | None, typer.Option("--system-prompt", help="System prompt added where none is set.")]
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+def parse_columns(text: str | None):
+    """`prompt=q,response=a` or a JSON object (or a JSON file) → ColumnMap; None when not given."""
+    from pydantic import ValidationError
+
+    from thinktune.data.spec import ColumnMap
+
+    if not text:
+        return None
+    try:
+        if text.lstrip().startswith("{"):
+            raw = json.loads(text)
+        elif Path(text).is_file():
+            raw = json.loads(Path(text).read_text())
+        else:
+            raw = dict(p.split("=", 1) for p in text.split(",") if p.strip())
+        return ColumnMap.model_validate(raw)
+    except (ValueError, json.JSONDecodeError, ValidationError) as e:
+        detail = e.errors()[0]["msg"] if isinstance(e, ValidationError) else str(e)
+        raise UserError(f"--columns {text!r}: {detail}") from None
+
+
+def _sources(files: list[str], fmt: str, kind: str, columns: str | None, split: str | None) -> list[Any]:
+    from thinktune.data.records import check_format
+    from thinktune.data.spec import DatasetSpec
+
+    check_format(fmt, kind)
+    cols = parse_columns(columns)
+    return [DatasetSpec(path=f, format=fmt, columns=cols, split=split) for f in files]
+
+
+def _items(sources: list[Any], kind: str):
+    from thinktune.data.reading import iter_records
+
+    for spec in sources:
+        yield from iter_records(spec, kind=kind)
+
+
+def load_tokenizer_only(model: str):
+    """The tokenizer of a model, without loading (or converting) weights."""
+    from thinktune.models.loading import (
+        BUNDLED,
+        ModelSource,
+        bundled_gguf,
+        converted_dir,
+        load_tokenizer,
+        resolve_model,
+    )
+
+    if model in BUNDLED and not (converted_dir(model) / "config.json").is_file():
+        gguf = bundled_gguf(model)
+        if gguf is not None:  # read the tokenizer straight from the GGUF instead of converting the model first
+            return load_tokenizer(ModelSource(gguf.parent, gguf.name))
+    return load_tokenizer(resolve_model(model))
 
 
 @data_app.command("validate")
 @user_errors
 def data_validate(
-    files: Annotated[list[str], typer.Argument(help="JSON/JSONL files, or bundled:NAME.")],
-    format_: Annotated[str, typer.Option("--format", help="auto, messages, alpaca or sharegpt.")] = "auto",
+    files: Files,
+    format_: FormatOpt = "auto",
+    kind: KindOpt = "sft",
+    columns: ColumnsOpt = None,
+    split: SplitOpt = None,
 ) -> None:
     """Check that every record of each file is usable; list the bad ones with file, line and reason.
 
     Example: `thinktune data validate my_train.jsonl --format sharegpt`  (exit code 1 when any record is bad)
     """
-    from thinktune.data.formats import FORMATS
-    from thinktune.data.reading import read_records
+    from thinktune.data.reading import Reject
+    from thinktune.data.records import conversation
 
-    if format_ != "auto" and format_ not in FORMATS:
-        raise UserError(f"--format {format_}: unknown format (choose from auto, {', '.join(FORMATS)})")
     bad = 0
-    for f in files:
-        loaded = read_records(f, format_)
-        bad += len(loaded.rejects)
-        with_reasoning = sum(any(m["reasoning"] for m in r["messages"]) for r in loaded.records)
-        console.print(
-            f"{f}: {len(loaded.records)} usable, {len(loaded.rejects)} rejected, {with_reasoning} with reasoning"
-        )
-        for r in loaded.rejects:
+    for spec in _sources(files, format_, kind, columns, split):
+        usable, rejects, with_reasoning = 0, [], 0
+        for item in _items([spec], kind):
+            if isinstance(item, Reject):
+                rejects.append(item)
+            else:
+                usable += 1
+                with_reasoning += any(m["reasoning"] for m in conversation(item))
+        bad += len(rejects)
+        console.print(f"{spec.path}: {usable} usable, {len(rejects)} rejected, {with_reasoning} with reasoning")
+        for r in rejects:
             console.print(f"  {r.file}:{r.line}: {r.reason}", highlight=False)
     if bad:
         raise typer.Exit(1)
+
+
+@data_app.command("stats")
+@user_errors
+def data_stats(
+    files: Files,
+    model: ModelOpt = DEFAULT_MODEL,
+    max_length: MaxLenOpt = 1024,
+    system_prompt: SystemOpt = None,
+    png: Annotated[Path | None, typer.Option("--png", help="Histogram image (default data_stats.png).")] = None,
+    no_png: Annotated[bool, typer.Option("--no-png", help="Do not write the histogram image.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the statistics as JSON.")] = False,
+    format_: FormatOpt = "auto",
+    kind: KindOpt = "sft",
+    columns: ColumnsOpt = None,
+    split: SplitOpt = None,
+) -> None:
+    """Counts, token-length and thinking-length histograms, roles, duplicates, scripts, and how many records
+    `--max-length` would reject.
+
+    Example: `thinktune data stats my_train.jsonl --max-length 2048 --png lengths.png`
+    """
+    from thinktune.data.stats import compute_stats, histogram, summary, write_histogram_png
+
+    sources = _sources(files, format_, kind, columns, split)
+    tokenizer = load_tokenizer_only(model)
+    stats = compute_stats(_items(sources, kind), tokenizer, max_length, system_prompt)
+    image = None if no_png else write_histogram_png(stats, png or Path("data_stats.png"), ", ".join(files))
+    if as_json:
+        console.print_json(data={**stats.to_json(), "png": str(image) if image else None})
+        return
+    n = stats.records
+    console.print(f"[bold]{n}[/] records, {stats.rejects} rejected while reading ({', '.join(files)})")
+    for reason, k in stats.reject_reasons.most_common(5):
+        console.print(f"  {k} × {reason}", highlight=False)
+    turns = ", ".join(f"{t} msgs: {k}" for t, k in sorted(stats.turns.items()))
+    console.print(f"turns      {turns}")
+    console.print(f"roles      {', '.join(f'{r} {k}' for r, k in stats.roles.most_common())}")
+    console.print(f"reasoning  {stats.with_reasoning} of {n} records ({stats.with_reasoning / max(n, 1):.0%})")
+    console.print(f"duplicates {stats.duplicates} exact ({stats.duplicate_rate:.1%})")
+    console.print(f"scripts    {', '.join(f'{s} {k / max(n, 1):.0%}' for s, k in stats.scripts.most_common())}")
+    for name, values in (("tokens", stats.token_lengths), ("thinking tokens", stats.think_lengths)):
+        s = summary(values)
+        if s["count"]:
+            console.print(
+                f"{name}: mean {s['mean']:.0f}, p50 {s['p50']}, p90 {s['p90']}, p99 {s['p99']}, max {s['max']}"
+            )
+    console.print(f"too long   {stats.too_long} records > --max-length {max_length} (would be rejected)")
+    for reason, k in stats.untrainable.most_common(5):
+        console.print(f"untrainable {k} × {reason}", highlight=False)
+    console.print("token length histogram:")
+    for line in histogram(stats.token_lengths, limit=max_length):
+        console.print(line, highlight=False)
+    if image:
+        console.print(f"histogram image → {image}")
+
+
+@data_app.command("inspect")
+@user_errors
+def data_inspect(
+    files: Files,
+    num: Annotated[int, typer.Option("--num", "-n", help="Records to show.")] = 3,
+    skip: Annotated[int, typer.Option("--skip", help="Records to skip first.")] = 0,
+    no_thinking: Annotated[bool, typer.Option("--no-thinking", help="Strip reasoning before rendering.")] = False,
+    color: Annotated[
+        bool | None, typer.Option("--color/--no-color", help="Colour trained tokens (default: on a terminal).")
+    ] = None,
+    model: ModelOpt = DEFAULT_MODEL,
+    system_prompt: SystemOpt = None,
+    format_: FormatOpt = "auto",
+    kind: KindOpt = "sft",
+    columns: ColumnsOpt = None,
+    split: SplitOpt = None,
+) -> None:
+    """Render records exactly as training sees them: trained tokens in colour (or inside [[ ]] when piped).
+
+    Example: `thinktune data inspect my_train.jsonl -n 2 --no-thinking | less`
+    """
+    from thinktune.data.formats import RecordError
+    from thinktune.data.inspection import masked_view
+    from thinktune.data.reading import Reject
+    from thinktune.data.records import conversation, record_kind, strip_reasoning
+
+    sources = _sources(files, format_, kind, columns, split)
+    tokenizer = load_tokenizer_only(model)
+    use_color = console.is_terminal if color is None else color
+    shown = 0
+    records = (x for x in _items(sources, kind) if not isinstance(x, Reject))
+    for rec in islice(records, skip, skip + num):
+        if no_thinking:
+            rec = strip_reasoning(rec)
+        where = f"{rec['meta']['source']}:{rec['meta']['line']}"
+        which = ("chosen", "rejected") if record_kind(rec) == "preference" else ("chosen",)
+        for side in which:
+            label = f" ({side})" if len(which) > 1 else ""
+            try:
+                view = masked_view(tokenizer, conversation(rec, side), system_prompt)
+            except RecordError as e:
+                console.print(f"── {where}{label}: cannot be trained on: {e}", highlight=False)
+                continue
+            console.print(
+                f"── {where}{label} · {view.tokens} tokens · {view.trained_tokens} trained ──",
+                highlight=False,
+                soft_wrap=True,
+                style="bold" if use_color else None,
+            )
+            if use_color:
+                console.print(view.rich(), highlight=False, markup=False, soft_wrap=True)
+            else:
+                console.out(view.plain(), highlight=False)
+        shown += 1
+    if not shown:
+        raise DataError(f"no usable records to show in {', '.join(files)} (skip={skip})")
+
+
+@data_app.command("clean")
+@user_errors
+def data_clean(
+    files: Files,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Cleaned JSONL to write.")],
+    rejects: Annotated[Path | None, typer.Option("--rejects", help="Default: OUTPUT.rejects.jsonl")] = None,
+    exact: Annotated[bool, typer.Option("--exact/--no-exact", help="Remove exact duplicates.")] = True,
+    near: Annotated[bool, typer.Option("--near/--no-near", help="Remove near-duplicates (MinHash/LSH).")] = True,
+    threshold: Annotated[float, typer.Option("--threshold", help="Jaccard similarity counted as near.")] = 0.85,
+    dedup_on: Annotated[str, typer.Option("--dedup-on", help="conversation or prompt.")] = "conversation",
+    min_answer_chars: Annotated[int, typer.Option("--min-answer-chars", help="Shortest answer kept.")] = 1,
+    max_chars: Annotated[int | None, typer.Option("--max-chars", help="Longest record kept (characters).")] = None,
+    max_repeat: Annotated[
+        float, typer.Option("--max-repeat", help="Largest share of repeated word 3-grams in an answer (1 = off).")
+    ] = 0.5,
+    encoding_check: Annotated[
+        bool, typer.Option("--encoding-check/--no-encoding-check", help="Remove U+FFFD, mojibake, control chars.")
+    ] = True,
+    pii: Annotated[bool, typer.Option("--pii", help="Replace e-mails, phones, card and ID numbers.")] = False,
+    pii_kinds: Annotated[
+        str, typer.Option("--pii-kinds", help="Comma list of email, phone, card, id, ip, name.")
+    ] = "email,phone,card,id",
+    names: Annotated[str | None, typer.Option("--names", help="Names to replace: comma list or a file.")] = None,
+    name_heuristic: Annotated[
+        bool, typer.Option("--name-heuristic", help="Also replace runs of capitalised words (kind name).")
+    ] = False,
+    format_: FormatOpt = "auto",
+    kind: KindOpt = "sft",
+    columns: ColumnsOpt = None,
+    split: SplitOpt = None,
+) -> None:
+    """Remove duplicates and low-quality records, optionally anonymise personal data; every removed record goes to
+    the rejects file with the rule that removed it.
+
+    Example: `thinktune data clean raw.jsonl -o clean.jsonl --pii --pii-kinds email,phone,name --names names.txt`
+    """
+    from pydantic import ValidationError
+
+    from thinktune.data.cleaning import Cleaner
+    from thinktune.data.reading import Reject, write_records, write_rejects
+    from thinktune.data.spec import CleaningConfig
+
+    name_list = []
+    if names:
+        name_list = Path(names).read_text().splitlines() if Path(names).is_file() else names.split(",")
+    try:
+        cfg = CleaningConfig(
+            exact_dedup=exact,
+            near_dedup=near,
+            near_dedup_threshold=threshold,
+            dedup_on=dedup_on,
+            min_answer_chars=min_answer_chars,
+            max_chars=max_chars,
+            max_repeated_ngram_ratio=None if max_repeat >= 1 else max_repeat,
+            reject_broken_encoding=encoding_check,
+            pii=pii,
+            pii_kinds=[k.strip() for k in pii_kinds.split(",") if k.strip()],
+            pii_names=[n.strip() for n in name_list if n.strip()],
+            pii_name_heuristic=name_heuristic,
+        )
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise UserError(f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}") from None
+    sources = _sources(files, format_, kind, columns, split)
+    cleaner, removed = Cleaner(cfg), []
+
+    def kept():
+        for item in cleaner.stream(_items(sources, kind)):
+            if isinstance(item, Reject):
+                removed.append(item)
+            else:
+                yield item
+
+    n = write_records(kept(), output)
+    rejects_path = rejects or output.with_name(output.name.removesuffix(".jsonl") + ".rejects.jsonl")
+    write_rejects(removed, rejects_path)
+    report = cleaner.report
+    unusable = sum(1 for r in removed if r.rule is None)
+    console.print(f"kept {n} of {report.seen + unusable} records → {output}")
+    by_rule = Counter(r.rule or "unusable" for r in removed)
+    if by_rule:
+        console.print("removed: " + ", ".join(f"{rule} {k}" for rule, k in by_rule.most_common()), highlight=False)
+    if pii:
+        counts = ", ".join(f"{k} {v}" for k, v in report.pii.most_common()) or "none found"
+        console.print(f"personal data replaced: {counts}", highlight=False)
+    console.print(f"rejects ({len(removed)}) → {rejects_path}")
+
+
+@data_app.command("split")
+@user_errors
+def data_split(
+    files: Files,
+    output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Folder for <split>.jsonl files.")],
+    ratio: Annotated[str, typer.Option("--ratio", help="0.9, or train=0.8,validation=0.1,test=0.1")] = "0.9",
+    by: Annotated[str | None, typer.Option("--by", help="Field whose equal values stay in one split.")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the assignment.")] = 0,
+    threshold: Annotated[
+        float, typer.Option("--threshold", help="Near-duplicate similarity kept together (0 = exact only).")
+    ] = 0.85,
+    on: Annotated[str, typer.Option("--on", help="prompt or conversation: what duplicates are judged on.")] = "prompt",
+    format_: FormatOpt = "auto",
+    kind: KindOpt = "sft",
+    columns: ColumnsOpt = None,
+    split: SplitOpt = None,
+) -> None:
+    """Split into train/test (or any named parts) so that duplicates and near-duplicates never straddle splits.
+
+    Example: `thinktune data split all.jsonl -o splits/ --ratio train=0.9,test=0.1 --by source`
+    """
+    from thinktune.data.reading import Reject, write_records, write_rejects
+    from thinktune.data.split import parse_ratios, split_records
+
+    try:
+        ratios = parse_ratios(ratio)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    if on not in ("prompt", "conversation"):
+        raise UserError(f"--on {on}: choose prompt or conversation")
+    records, rejects = [], []
+    for item in _items(_sources(files, format_, kind, columns, split), kind):
+        (rejects if isinstance(item, Reject) else records).append(item)
+    if not records:
+        raise DataError(f"no usable records in {', '.join(files)}")
+    result = split_records(records, ratios, by, seed, threshold or None, on)
+    for name, part in result.splits.items():
+        write_records(part, output_dir / f"{name}.jsonl")
+        console.print(f"{name}: {len(part)} records ({len(part) / len(records):.1%}) → {output_dir / f'{name}.jsonl'}")
+    console.print(f"{result.clusters} groups; {result.merged} records kept with a duplicate or group member")
+    if rejects:
+        write_rejects(rejects, output_dir / "rejects.jsonl")
+        console.print(f"{len(rejects)} unusable records → {output_dir / 'rejects.jsonl'}")

@@ -91,14 +91,16 @@ def _run_adapter(run_dir: Path) -> Path | None:
     if (adapter / "adapter_config.json").is_file():
         return adapter
     if (run_dir / "model").is_dir():
-        raise UserError(f"{run_dir}: the run saved full weights (model/), not an adapter: export --model {run_dir}/model")
+        raise UserError(
+            f"{run_dir}: the run saved full weights (model/), not an adapter: export --model {run_dir}/model"
+        )
     return None
 
 
 def verification_table(record: dict[str, Any]) -> Table:
     table = Table(title=f"{record['format']} export of {record['source']}", show_header=False)
     table.add_column("")
-    table.add_column("", justify="right")
+    table.add_column("")
     for key, value in _flat(record):
         if key not in ("format", "source", "artefact"):
             table.add_row(key.replace("_", " "), _show(value))

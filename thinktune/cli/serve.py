@@ -33,14 +33,16 @@ def serve(
     served_model_name: Annotated[
         str | None, typer.Option(help="Name clients use for the base model (default: model.name_or_path).")
     ] = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads for torch (default: all cores).")] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
 ) -> None:
     """Serve a model and its adapters over an OpenAI-compatible API (/v1/chat/completions, /v1/completions).
 
-    Example: `thinktune serve --run-dir runs/quickstart`, then
-    `curl localhost:8000/v1/chat/completions -d '{"model": "quickstart", "messages": [{"role": "user", "content": "2+3?"}]}'`
+    Example: `thinktune serve --run-dir runs/quickstart`, then `curl localhost:8000/v1/chat/completions
+    -H 'Content-Type: application/json' -d '{"model":"quickstart","messages":[{"role":"user","content":"hi"}]}'`
 
-    Limits (batch size, queue, timeout, body size, max_tokens) and the API key are `serve.*` keys: `--set serve.max_queue=32`.
+    Limits (batch size, queue, timeout, body size, max_tokens) and the API key are `serve.*` keys:
+    `--set serve.max_queue=32`. See docs/serving.md.
     """
     from thinktune.serve.run_dir import parse_adapter_options, read_run_dir, with_adapters
 
@@ -68,7 +70,7 @@ def serve(
 
     names = ", ".join([served_model_name or cfg.model.name_or_path, *cfg.serve.adapters])
     console.print(f"loading {names} to serve on http://{cfg.serve.host}:{cfg.serve.port}/v1", highlight=False)
-    run_server(cfg, served_model_name, log_level)
+    run_server(cfg, served_model_name, log_level, threads)
 
 
 @app.command()

@@ -83,7 +83,7 @@ class CleaningReport:
     seen: int = 0
     kept: int = 0
     removed: Counter = field(default_factory=Counter)  # rule → records removed
-    pii: Counter = field(default_factory=Counter)  # kind → replacements
+    pii: Counter = field(default_factory=Counter)  # kind → replacements in the kept records
 
     def to_json(self) -> dict[str, Any]:
         return {"seen": self.seen, "kept": self.kept, "removed": dict(self.removed), "pii": dict(self.pii)}
@@ -104,8 +104,9 @@ class Cleaner:
         problem = quality_problem(rec, self.cfg)
         if problem:
             return self._reject(rec, *problem)
+        pii: Counter = Counter()
         if self.cfg.pii:
-            rec = self._anonymise(rec)
+            rec = self._anonymise(rec, pii)
         text = prompt_text(rec) if self.cfg.dedup_on == "prompt" else full_text(rec)
         if self.cfg.exact_dedup:
             key = exact_key(text)
@@ -117,12 +118,13 @@ class Cleaner:
             if found:
                 return self._reject(rec, "near_duplicate", f"similar to {found[0]} (Jaccard ≈ {found[1]:.2f})")
         self.report.kept += 1
+        self.report.pii.update(pii)  # counted for kept records only
         return rec
 
-    def _anonymise(self, rec: dict[str, Any]) -> dict[str, Any]:
+    def _anonymise(self, rec: dict[str, Any], counts: Counter) -> dict[str, Any]:
         def fn(text: str) -> str:
-            out, counts = anonymise(text, self.cfg.pii_kinds, self.cfg.pii_names, self.cfg.pii_name_heuristic)
-            self.report.pii.update(counts)
+            out, found = anonymise(text, self.cfg.pii_kinds, self.cfg.pii_names, self.cfg.pii_name_heuristic)
+            counts.update(found)
             return out
 
         return map_texts(rec, fn)

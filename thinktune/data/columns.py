@@ -77,7 +77,7 @@ def apply_columns(raw: Any, cols: ColumnMap, kind: str = "sft") -> tuple[dict[st
     extra = {k: v for k, v in raw.items() if k not in cols.source_columns()}
     system = _get(raw, cols.system, "system")
     answer = _get(raw, cols.answer, "answer")
-    if answer is not None:
+    if answer is not None and kind != "task":  # a task's answer is a field of its own
         extra["answer"] = answer
     if kind == "preference":
         chosen = raw.get(cols.chosen) if cols.chosen else None

@@ -20,6 +20,7 @@ IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b"
 IPV4 = re.compile(r"(?<![\d.])(?:(?:25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(?:25[0-5]|2[0-4]\d|1?\d?\d)(?![\d.])")
 PHONE = re.compile(r"(?<![\w+])(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d{2,4}(?:[ .-]\d{2,4}){1,4}(?!\w)")
 DATE = re.compile(r"^\d{4}[-./]\d{1,2}[-./]\d{1,2}$|^\d{1,2}[-./]\d{1,2}[-./]\d{2,4}$")
+SENTENCE_START = re.compile(r"(?:^|[.!?:]\s+)$")
 CAPITALISED_RUN = re.compile(r"\b[A-Z][a-z]+(?:[ \t]+[A-Z][a-z]+)+\b")
 NOT_NAMES = frozenset(
     "The A An And Or But If In On At Of For To From By With This That These Those It Its My Our Your Their His Her "
@@ -73,10 +74,19 @@ def _names(text: str, names: Iterable[str], heuristic: bool, counts: Counter) ->
         text = _sub(re.compile(r"\b(?:" + "|".join(map(re.escape, names)) + r")\b"), text, "name", counts)
     if heuristic:
 
-        def person(m: re.Match) -> bool:
-            return not any(w in NOT_NAMES for w in m.group(0).split())
+        def person(m: re.Match) -> str:
+            words = m.group(0).split()
+            if any(w in NOT_NAMES for w in words):
+                return m.group(0)
+            # at a sentence start the first word is capitalised anyway: "Ask Maria Lopez" names only the last two
+            if len(words) > 2 and SENTENCE_START.search(text, 0, m.start()) is not None:
+                head, words = words[0] + " ", words[1:]
+            else:
+                head = ""
+            counts["name"] += 1
+            return head + PLACEHOLDER["name"]
 
-        text = _sub(CAPITALISED_RUN, text, "name", counts, person)
+        text = CAPITALISED_RUN.sub(person, text)
     return text
 
 

@@ -286,3 +286,42 @@ def prepare_training_data(
 
 def rejects_by_rule(rejects: list[Reject]) -> Counter:
     return Counter(r.rule or "unusable" for r in rejects)
+
+
+class _Overlay(Sequence):
+    """A sample sequence with some positions replaced (the re-templated samples of one epoch)."""
+
+    def __init__(self, base: Sequence[TokenizedSample], replaced: dict[int, TokenizedSample]) -> None:
+        self._base, self._replaced = base, replaced
+
+    def __len__(self) -> int:
+        return len(self._base)
+
+    def __getitem__(self, i: int | slice) -> Any:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        return self._replaced.get(i) or self._base[i]
+
+
+def epoch_samples(
+    data: TrainingData,
+    tokenizer: PreTrainedTokenizerBase,
+    cfg: DataConfig,
+    epoch: int,
+    options: DataOptions | None = None,
+) -> Sequence[TokenizedSample]:
+    """The samples of one epoch: with `augment.template_fraction` > 0, a fresh seeded draw of records has its
+    prompt re-templated and re-tokenised (a variant that no longer fits max_length keeps the original)."""
+    from thinktune.data.augment import vary_templates
+
+    opts = options or DataOptions.from_config(cfg)
+    if not opts.augment or not opts.augment.template_fraction:
+        return data.samples
+    rng = np.random.default_rng([opts.seed, epoch])
+    chosen = np.flatnonzero(rng.random(len(data.samples)) < opts.augment.template_fraction).tolist()
+    varied = vary_templates(
+        [data.records[i] for i in chosen], 1.0, opts.seed * 1_000_003 + epoch, opts.augment.templates
+    )
+    results = tokenize_conversations(tokenizer, [r["messages"] for r in varied], cfg.system_prompt, cfg.max_length)
+    replaced = {i: s for i, s in zip(chosen, results, strict=True) if isinstance(s, TokenizedSample)}
+    return _Overlay(data.samples, replaced)

@@ -112,7 +112,7 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[int, Any | Exception]]:
             try:
                 text = line.decode("utf-8")
             except UnicodeDecodeError as e:
-                yield i, RowError(f"invalid UTF-8 (byte {line[e.start]:#04x} at column {e.start + 1})")
+                yield i, RowError(f"invalid UTF-8 (byte {line[e.start]:#04x} at byte {e.start + 1} of the line)")
                 continue
             if not text.strip():
                 continue

@@ -7,6 +7,8 @@ rest, so the data stage works the same before and after the fields are added to 
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -43,6 +45,20 @@ class ColumnMap(_Section):
             raise ValueError("a column mapping needs 'messages' or 'prompt'")
         return self
 
+    @classmethod
+    def from_dataset_info(cls, entry: dict[str, Any]) -> ColumnMap:
+        """The mapping of one LLaMA-Factory `dataset_info.json` entry (`formatting`, `columns`, `tags`)."""
+        cols = {k: v for k, v in (entry.get("columns") or {}).items() if k in cls.model_fields and v}
+        tags = {k: v for k, v in (entry.get("tags") or {}).items() if k in cls.model_fields and v}
+        if entry.get("formatting", "alpaca") == "sharegpt":
+            cols.setdefault("messages", "conversations")
+        else:  # LLaMA-Factory's alpaca defaults
+            cols.setdefault("prompt", "instruction")
+            cols.setdefault("query", "input")
+            if not entry.get("ranking"):
+                cols.setdefault("response", "output")
+        return cls(**cols, **tags)
+
     def source_columns(self) -> set[str]:
         fields = ("prompt", "query", "response", "system", "reasoning", "messages", "chosen", "rejected", "answer")
         return {getattr(self, f) for f in fields if getattr(self, f)}
@@ -67,6 +83,18 @@ class DatasetSpec(_Section):
         if not v.strip():
             raise ValueError("path must not be empty")
         return v
+
+
+def dataset_info_spec(path: str | Path, name: str, weight: float = 1.0) -> DatasetSpec:
+    """A DatasetSpec from entry `name` of a LLaMA-Factory dataset_info.json (its file_name is relative to it)."""
+    info_path = Path(path)
+    entry = json.loads(info_path.read_text()).get(name)
+    if not isinstance(entry, dict) or "file_name" not in entry:
+        raise ValueError(f"{info_path}: no dataset {name!r} with a file_name")
+    file = info_path.parent / entry["file_name"]
+    return DatasetSpec(
+        path=str(file), columns=ColumnMap.from_dataset_info(entry), weight=weight, split=entry.get("split")
+    )
 
 
 class CleaningConfig(_Section):

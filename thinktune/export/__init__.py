@@ -2,9 +2,10 @@
 
     thinktune export --run-dir runs/quickstart --format gguf --gguf-type q8_0 -o exports/gguf
 
-`EXPORTERS` maps a format name to a function `(ExportSource, out_dir, ExportOptions) -> verification dict`; adding a
-format = one module + one line here. `run_export` loads the source, calls the exporter and writes the verification
-numbers to `OUT/verify.json`.
+`EXPORTERS` maps a format name to its module's `Exporter`: `check(model_type, options)` fails fast before the model
+is loaded (unsupported architecture, missing package or GPU), `export(source, out_dir, options)` writes the artefact
+and returns its verification numbers. Adding a format = one module + one line here. `run_export` runs both and
+writes the numbers to `OUT/verify.json`.
 """
 
 from __future__ import annotations
@@ -12,24 +13,27 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from thinktune.config import ModelConfig
 from thinktune.errors import UserError
-from thinktune.export.gguf_file import export_gguf
-from thinktune.export.int8 import export_int8
-from thinktune.export.merged import export_merged
-from thinktune.export.onnx_model import export_onnx
-from thinktune.export.source import ExportOptions, ExportSource, load_source
+from thinktune.export import gguf_file, int8, merged, onnx_model
+from thinktune.export.source import ExportOptions, ExportSource, load_source, model_type
 
-Exporter = Callable[[ExportSource, Path, ExportOptions], dict[str, Any]]
+
+@dataclass(frozen=True)
+class Exporter:
+    check: Callable[[str, ExportOptions], None]
+    export: Callable[[ExportSource, Path, ExportOptions], dict[str, Any]]
+
 
 EXPORTERS: dict[str, Exporter] = {
-    "merged": export_merged,
-    "onnx": export_onnx,
-    "int8": export_int8,
-    "gguf": export_gguf,
+    "merged": Exporter(merged.check, merged.export_merged),
+    "onnx": Exporter(onnx_model.check, onnx_model.export_onnx),
+    "int8": Exporter(int8.check, int8.export_int8),
+    "gguf": Exporter(gguf_file.check, gguf_file.export_gguf),
 }
 
 __all__ = ["EXPORTERS", "ExportOptions", "ExportSource", "load_source", "run_export"]
@@ -43,10 +47,11 @@ def run_export(
     if exporter is None:
         raise UserError(f"unknown export format '{fmt}'; choose one of: {', '.join(EXPORTERS)}")
     start = time.perf_counter()
+    exporter.check(model_type(model_cfg), options)
     source = load_source(model_cfg, adapter)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    numbers = exporter(source, out, options)
+    numbers = exporter.export(source, out, options)
     record = {"format": fmt, "source": source.description, **numbers, "seconds": time.perf_counter() - start}
     (out / "verify.json").write_text(json.dumps(record, indent=2) + "\n")
     return record

@@ -44,8 +44,10 @@ ARCHS: dict[str, GgufArch] = {
     "qwen3": GgufArch(gguf.MODEL_ARCH.QWEN3, permute_qk=False),
 }
 
-TYPES = {"f16": Q.F16, "bf16": Q.BF16, "q8_0": Q.Q8_0, "q4_0": Q.Q4_0}
+# f32 is lossless (for checking the layout); `export.gguf_type` offers the four llama.cpp users pick from.
+TYPES = {"f32": Q.F32, "f16": Q.F16, "bf16": Q.BF16, "q8_0": Q.Q8_0, "q4_0": Q.Q4_0}
 FILE_TYPES = {
+    "f32": gguf.LlamaFileType.ALL_F32,
     "f16": gguf.LlamaFileType.MOSTLY_F16,
     "bf16": gguf.LlamaFileType.MOSTLY_BF16,
     "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
@@ -55,16 +57,16 @@ FILE_TYPES = {
 
 def gguf_arch(model_type: str) -> GgufArch:
     if model_type not in ARCHS:
-        raise UserError(
-            f"GGUF export does not support the '{model_type}' architecture (supported: {', '.join(ARCHS)})"
-        )
+        raise UserError(f"GGUF export does not support the '{model_type}' architecture (supported: {', '.join(ARCHS)})")
     return ARCHS[model_type]
 
 
 def permute_qk(weight: np.ndarray, n_head: int) -> np.ndarray:
     """llama.cpp's `LlamaModel.permute`: per head, interleave the two rotary halves."""
-    return weight.reshape(n_head, 2, weight.shape[0] // n_head // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(
-        weight.shape
+    return (
+        weight.reshape(n_head, 2, weight.shape[0] // n_head // 2, *weight.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(weight.shape)
     )
 
 
@@ -95,7 +97,7 @@ def gguf_tensors(model: PreTrainedModel, target: Q):
         if mapped is None:
             raise UserError(f"GGUF export: tensor '{hf_name}' has no llama.cpp name for {config.model_type}")
         data = tensor.detach().to(torch.float32).cpu().numpy()
-        if arch.permute_qk and mapped.endswith((".attn_q", ".attn_k")) and suffix == "weight":
+        if arch.permute_qk and mapped.endswith((".attn_q", ".attn_k")):  # weights and (attention_bias) biases
             heads = config.num_attention_heads if mapped.endswith("attn_q") else config.num_key_value_heads
             data = permute_qk(data, heads)
         name = f"{mapped}.{suffix}"
@@ -152,19 +154,27 @@ def _rope(config) -> dict[str, Any]:
     return params
 
 
+def check(model_type: str, options: ExportOptions) -> None:
+    """Fail before loading the model: an architecture or a tensor type we cannot write."""
+    gguf_arch(model_type)
+    if options.gguf_type not in TYPES:
+        raise UserError(f"unknown GGUF type '{options.gguf_type}'; choose one of: {', '.join(TYPES)}")
+
+
 def export_gguf(source: ExportSource, out: Path, options: ExportOptions) -> dict[str, Any]:
-    gguf_arch(source.model.config.model_type)  # fail before any work on an unsupported architecture
+    check(source.model.config.model_type, options)
     model = source.merge()
-    name = _slug(source.adapter.parent.name if source.adapter else source.origin.path.name)
+    name = _slug(_artefact_name(source))
     path = out / f"{name}-{options.gguf_type}.gguf"
     written = write_gguf(model, source.tokenizer, path, options.gguf_type, name)
     vocab = written.pop("vocab")
     stops = stop_ids(source.tokenizer, model)
     modelfile = write_modelfile(path, vocab.chat_template, [vocab.tokens[i] for i in stops])
     found = read_back(path)
-    if found["tensor_count"] != sum(written["tensor_types"].values()) or found["tensor_types"] != written[
-        "tensor_types"
-    ]:
+    if (
+        found["tensor_count"] != sum(written["tensor_types"].values())
+        or found["tensor_types"] != written["tensor_types"]
+    ):
         raise RuntimeError(f"{path}: read back {found['tensor_types']}, wrote {written['tensor_types']}")
     return {
         "artefact": str(path),
@@ -247,6 +257,13 @@ def _chat_ids(tokenizer, chat_template: str, prompt: str) -> list[int]:
         [{"role": "user", "content": prompt}], chat_template=chat_template, tokenize=False, add_generation_prompt=True
     )
     return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def _artefact_name(source: ExportSource) -> str:
+    """The adapter's name (its run's name for `runs/x/adapter`), else the base model's directory name."""
+    if source.adapter is None:
+        return source.origin.path.name
+    return source.adapter.parent.name if source.adapter.name == "adapter" else source.adapter.name
 
 
 def _slug(text: str) -> str:

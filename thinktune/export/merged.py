@@ -9,12 +9,14 @@ Verified: the reloaded checkpoint's logits against the unmerged PeftModel's on t
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM
 
+from thinktune.errors import UserError
 from thinktune.export.parity import (
     directory_bytes,
     greedy_agreement,
@@ -24,6 +26,11 @@ from thinktune.export.parity import (
     torch_logits,
 )
 from thinktune.export.source import ExportOptions, ExportSource, stop_ids
+
+
+def check(model_type: str, options: ExportOptions) -> None:
+    if options.merged_dtype not in ("auto", "float32", "bfloat16", "float16"):
+        raise UserError(f"merged dtype '{options.merged_dtype}': choose auto, float32, bfloat16 or float16")
 
 
 def save_merged(source: ExportSource, out: Path, max_shard_size: str = "2GB", dtype: str = "auto") -> Path:
@@ -55,7 +62,7 @@ def export_merged(source: ExportSource, out: Path, options: ExportOptions) -> di
         "max_abs_logit_diff": max_abs_diff(reference, logits),
         "top1_agreement": top1_agreement(reference, logits),
         "greedy": greedy_agreement(reference_greedy, greedy),
-        "dtype": str(reloaded.config.dtype).removeprefix("torch."),
+        "dtype": json.loads((out / "config.json").read_text()).get("dtype"),
         "shards": len(shards),
         "bytes": directory_bytes(*(out / s for s in shards)),
     }

@@ -12,7 +12,10 @@ Verified: onnxruntime logits vs the PyTorch model on the test prompts, one cache
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import logging
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -21,11 +24,19 @@ import numpy as np
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
-from thinktune.errors import EnvironmentProblem
-from thinktune.export.parity import directory_bytes, greedy_agreement, max_abs_diff, top1_agreement, torch_greedy
-from thinktune.export.parity import torch_logits
+from thinktune.errors import EnvironmentProblem, UserError
+from thinktune.export.parity import (
+    directory_bytes,
+    greedy_agreement,
+    max_abs_diff,
+    top1_agreement,
+    torch_greedy,
+    torch_logits,
+)
 from thinktune.export.source import ExportOptions, ExportSource, stop_ids
+from thinktune.models.registry import arch_facts
 
+EXPORTERS = ("dynamo", "torchscript")
 OPSET = 18  # what onnxruntime >= 1.14 runs; torch.export's translator targets it well
 GRAPH = "model.onnx"
 
@@ -36,6 +47,16 @@ def require_onnx() -> None:
         raise EnvironmentProblem(f"ONNX export needs {', '.join(missing)}: pip install onnx onnxruntime onnxscript")
 
 
+def check(model_type: str, options: ExportOptions) -> None:
+    require_onnx()
+    facts = arch_facts(model_type)
+    if facts is not None and facts.moe:
+        # Both exporters fail on transformers' routed-expert dispatch (aten::histc, data-dependent expert batches).
+        raise UserError(f"ONNX export does not support mixture-of-experts models yet ({model_type})")
+    if options.onnx_exporter not in EXPORTERS:
+        raise UserError(f"unknown ONNX exporter '{options.onnx_exporter}'; choose one of: {', '.join(EXPORTERS)}")
+
+
 class LogitsOnly(torch.nn.Module):
     """The model as a function of tensors only: what the exporter traces when there is no cache."""
 
@@ -44,9 +65,7 @@ class LogitsOnly(torch.nn.Module):
         self.model = model
 
     def forward(self, input_ids, attention_mask, position_ids):
-        out = self.model(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
-        )
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
         return out.logits
 
 
@@ -72,6 +91,10 @@ class WithPast(torch.nn.Module):
         return (out.logits, *present)
 
 
+class ExportFailed(UserError):
+    """Neither exporter could turn this model into a graph (an architecture the exporters cannot trace)."""
+
+
 def past_names(layers: int, prefix: str = "past_key_values") -> list[str]:
     return [f"{prefix}.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
 
@@ -84,6 +107,8 @@ def kv_shape(model: PreTrainedModel) -> tuple[int, int]:
 
 def export_graph(model: PreTrainedModel, path: Path, with_past: bool, exporter: str = "dynamo") -> str:
     """Write the ONNX graph; returns the exporter that succeeded (`dynamo`, or `torchscript` as the fallback)."""
+    if exporter not in EXPORTERS:
+        raise UserError(f"unknown ONNX exporter '{exporter}'; choose one of: {', '.join(EXPORTERS)}")
     layers = model.config.num_hidden_layers
     batch, seq, past = 2, 4, 3  # sizes >= 2 so torch.export keeps them symbolic
     ids = torch.randint(0, model.config.vocab_size, (batch, seq))
@@ -101,17 +126,31 @@ def export_graph(model: PreTrainedModel, path: Path, with_past: bool, exporter: 
         inputs, outputs = ["input_ids", "attention_mask", "position_ids"], ["logits"]
     path.parent.mkdir(parents=True, exist_ok=True)
     errors = []
-    for kind in (["dynamo", "torchscript"] if exporter == "dynamo" else [exporter]):
+    for kind in ["dynamo", "torchscript"] if exporter == "dynamo" else [exporter]:
         for stale in path.parent.glob(path.name + "*"):  # a failed attempt may leave half a graph
             stale.unlink()
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), _quiet("torch.onnx", "torch.export", "torch._dynamo"):
                 warnings.simplefilter("ignore")
                 _export(module, args, path, inputs, outputs, kind == "dynamo", with_past, layers)
             return kind
         except Exception as e:  # noqa: BLE001 -- each exporter fails in its own ways; the next one may work
-            errors.append(f"{kind}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
-    raise RuntimeError("ONNX export failed: " + " | ".join(errors))
+            first_line = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).split("\n")[0]
+            errors.append(f"{kind}: {type(e).__name__}: {first_line}")
+    raise ExportFailed(f"ONNX export of {model.config.model_type} failed: " + " | ".join(errors))
+
+
+@contextlib.contextmanager
+def _quiet(*loggers: str):
+    """The exporters log progress and optional-dependency notices (torchvision) at WARNING; keep the CLI readable."""
+    saved = {name: logging.getLogger(name).level for name in loggers}
+    for name in loggers:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for name, level in saved.items():
+            logging.getLogger(name).setLevel(level)
 
 
 def _export(module, args, path, inputs, outputs, dynamo, with_past, layers) -> None:
@@ -161,7 +200,7 @@ class OnnxRunner:
         if self.past:
             heads, head_dim = self.cache_shape
             empty = np.zeros((1, heads, 0, head_dim), dtype=np.float32)
-            feeds.update(zip(self.past, past or [empty] * len(self.past)))
+            feeds.update(zip(self.past, past or [empty] * len(self.past), strict=True))
         return self.session.run(None, feeds)
 
     def logits(self, ids: list[int]) -> np.ndarray:
@@ -224,7 +263,7 @@ def write_onnx(model: PreTrainedModel, path: Path, options: ExportOptions) -> tu
     note = None
     try:
         exporter = export_graph(model, path, options.onnx_kv_cache, options.onnx_exporter)
-    except RuntimeError as e:
+    except ExportFailed as e:
         if not options.onnx_kv_cache:
             raise
         note = f"exported without KV cache: the graph with past keys/values failed ({e})"

@@ -39,26 +39,27 @@ def torch_greedy(model: torch.nn.Module, ids: Sequence[int], n: int, stops: Sequ
 
 
 def max_abs_diff(reference: Sequence[np.ndarray], other: Sequence[np.ndarray]) -> float:
-    return float(max(np.abs(a.astype(np.float64) - b.astype(np.float64)).max() for a, b in zip(reference, other)))
+    pairs = zip(reference, other, strict=True)
+    return float(max(np.abs(a.astype(np.float64) - b.astype(np.float64)).max() for a, b in pairs))
 
 
 def top1_agreement(reference: Sequence[np.ndarray], other: Sequence[np.ndarray]) -> float:
     """Fraction of positions where both pick the same next token (teacher-forced, so errors do not compound)."""
-    same = sum(int((a.argmax(-1) == b.argmax(-1)).sum()) for a, b in zip(reference, other))
+    same = sum(int((a.argmax(-1) == b.argmax(-1)).sum()) for a, b in zip(reference, other, strict=True))
     return same / sum(a.shape[0] for a in reference)
 
 
 def greedy_agreement(reference: Sequence[list[int]], other: Sequence[list[int]]) -> dict[str, float]:
     """`identical`: share of prompts with the same continuation; `prefix`: mean share of the reference reproduced
     before the first difference."""
-    identical = sum(a == b for a, b in zip(reference, other)) / len(reference)
-    prefix = statistics.fmean(_common_prefix(a, b) / max(len(a), 1) for a, b in zip(reference, other))
+    identical = sum(a == b for a, b in zip(reference, other, strict=True)) / len(reference)
+    prefix = statistics.fmean(_common_prefix(a, b) / max(len(a), 1) for a, b in zip(reference, other, strict=True))
     return {"identical": identical, "prefix": prefix}
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
     n = 0
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=False):
         if x != y:
             break
         n += 1

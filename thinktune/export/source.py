@@ -15,7 +15,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from thinktune.config import ExportConfig, ModelConfig
 from thinktune.errors import ModelNotFoundError
-from thinktune.models import load_pretrained
+from thinktune.models import load_pretrained, resolve_model
 from thinktune.models.loading import ModelSource
 
 # Chat prompts every artefact is checked on (rendered with the model's chat template).
@@ -79,6 +79,17 @@ class ExportSource:
             )
             ids.append(self.tokenizer(rendered, add_special_tokens=False)["input_ids"])
         return ids
+
+
+def model_type(model_cfg: ModelConfig) -> str:
+    """`config.model_type` without loading the weights (to refuse an unsupported export early)."""
+    from transformers import AutoConfig
+
+    origin = resolve_model(model_cfg.name_or_path, model_cfg.gguf_file)
+    config = AutoConfig.from_pretrained(
+        origin.path, gguf_file=origin.gguf_file, trust_remote_code=model_cfg.trust_remote_code
+    )
+    return config.model_type
 
 
 def load_source(model_cfg: ModelConfig, adapter: Path | None = None) -> ExportSource:

@@ -26,7 +26,7 @@ from thinktune.config import MethodConfig
 from thinktune.errors import ConfigError
 from thinktune.methods.base import MethodContext, NamedParams, facts_of, method_state
 from thinktune.methods.trained import save_changed_tensors, save_full_model
-from thinktune.models.registry import is_attention, is_mlp, is_router, layer_index
+from thinktune.models.registry import is_mlp, select_trained
 
 
 def check_freeze(cfg: MethodConfig) -> None:
@@ -43,19 +43,7 @@ def check_freeze(cfg: MethodConfig) -> None:
 
 def trained_names(model: torch.nn.Module, cfg: MethodConfig) -> list[str]:
     """Names of the parameters this method trains over the whole run."""
-    facts = facts_of(model)
-    names = [n for n, _ in model.named_parameters()]
-    layers = [i for i in map(layer_index, names) if i is not None]
-    first_top = (max(layers) + 1 - cfg.top_layers) if layers else 0
-    rule = {
-        "top_layers": lambda n: (layer_index(n) is not None and layer_index(n) >= first_top),
-        "attention": lambda n: is_attention(facts, n),
-        "mlp": lambda n: is_mlp(facts, n),
-        "regex": lambda n: re.search(cfg.trainable_regex or "", n) is not None,
-    }[cfg.trainable]
-    if cfg.name == "full":
-        rule = lambda n: True  # noqa: E731
-    picked = [n for n in names if (cfg.train_router if is_router(facts, n) else rule(n))]
+    picked = select_trained([n for n, _ in model.named_parameters()], facts_of(model), cfg)
     if not picked:
         raise ConfigError(f"method.trainable={cfg.trainable}: no parameter of this model matches")
     return picked

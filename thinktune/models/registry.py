@@ -13,6 +13,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from thinktune.config import MethodConfig
+
 ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP = ("gate_proj", "up_proj", "down_proj")
 MLA = ("q_proj", "q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj")  # DeepSeek latent attention
@@ -76,3 +78,17 @@ def is_attention(facts: ArchFacts | None, param_name: str) -> bool:
 
 def is_mlp(facts: ArchFacts | None, param_name: str) -> bool:
     return f".{facts.mlp if facts else 'mlp'}." in param_name
+
+
+def select_trained(names: list[str], facts: ArchFacts | None, cfg: MethodConfig) -> list[str]:
+    """Parameter names that `freeze` (by `cfg.trainable`) or `full` trains; MoE routers only with `train_router`."""
+    layers = [i for i in map(layer_index, names) if i is not None]
+    first_top = (max(layers) + 1 - cfg.top_layers) if layers else 0
+    rules = {
+        "top_layers": lambda n: layer_index(n) is not None and layer_index(n) >= first_top,
+        "attention": lambda n: is_attention(facts, n),
+        "mlp": lambda n: is_mlp(facts, n),
+        "regex": lambda n: re.search(cfg.trainable_regex or "", n) is not None,
+    }
+    rule = (lambda n: True) if cfg.name == "full" else rules[cfg.trainable]
+    return [n for n in names if (cfg.train_router if is_router(facts, n) else rule(n))]

@@ -69,7 +69,9 @@ def load_served_model(
             raise ConfigError(f"serve.adapters: adapter name '{name}' is the base model's name; pick another")
         p = Path(path).expanduser()
         if not (p / "adapter_config.json").is_file():
-            raise ModelNotFoundError(f"serve.adapters.{name}: {p} is not a PEFT adapter directory (no adapter_config.json)")
+            raise ModelNotFoundError(
+                f"serve.adapters.{name}: {p} is not a PEFT adapter directory (no adapter_config.json)"
+            )
         paths[name] = p
     if paths:
         from peft import PeftModel

@@ -26,7 +26,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from thinktune.config import ServeConfig
 from thinktune.data.render import template_messages
 from thinktune.serve.adapters import ServedModel
-from thinktune.serve.engine import Engine, EngineClosed, Event, Failed, Finished, GenerationRequest, QueueFull, TextDelta
+from thinktune.serve.engine import (
+    Engine,
+    EngineClosed,
+    Event,
+    Failed,
+    Finished,
+    GenerationRequest,
+    QueueFull,
+    TextDelta,
+)
 from thinktune.serve.metrics import CONTENT_TYPE, ServerMetrics
 from thinktune.serve.middleware import ApiKeyAuth, BodyLimit, Draining, Lifecycle, RequestMetrics
 from thinktune.serve.protocol import (
@@ -173,9 +182,7 @@ class Api:
         finally:
             request.cancel()  # after a timeout or a vanished client the row stops at the next step
 
-    async def stream(
-        self, request: GenerationRequest, events: RequestEvents, model: str, chunks
-    ) -> StreamingResponse:
+    async def stream(self, request: GenerationRequest, events: RequestEvents, model: str, chunks) -> StreamingResponse:
         """SSE response; waits for the first event first, so a timeout before any token is still a plain 504."""
         try:
             first = await self.next_event(request, events, model)
@@ -305,10 +312,15 @@ def create_app(
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, e: RequestValidationError) -> JSONResponse:
         err = e.errors()[0]
-        loc = ".".join(str(x) for x in err.get("loc", ()) if x != "body")
-        msg = str(err.get("msg", "invalid request")).removeprefix("Value error, ")
-        message = f"{loc}: {msg}" if loc else msg
-        return JSONResponse(error_body(message, "invalid_request_error", None, loc or None), status_code=400)
+        if err.get("type") == "json_invalid":
+            message, param = f"invalid JSON body: {err.get('ctx', {}).get('error', err.get('msg'))}", None
+        elif tuple(err.get("loc", ())) == ("body",) and err.get("type") == "model_attributes_type":
+            message, param = "the body must be a JSON object, sent with Content-Type: application/json", None
+        else:
+            param = ".".join(str(x) for x in err.get("loc", ()) if x != "body") or None
+            msg = str(err.get("msg", "invalid request")).removeprefix("Value error, ")
+            message = f"{param}: {msg}" if param else msg
+        return JSONResponse(error_body(message, "invalid_request_error", None, param), status_code=400)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
@@ -346,4 +358,3 @@ def create_app(
     app.add_middleware(Draining, lifecycle=lifecycle)
     app.add_middleware(RequestMetrics, metrics=metrics)
     return app
-

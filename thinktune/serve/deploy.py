@@ -4,7 +4,7 @@ OUT/Dockerfile     python:3.11-slim, torch pinned to this machine's version, thi
 OUT/serve.yaml     the thinktune config the container serves (model, adapters, system prompt, serve limits)
 OUT/model/         full weights, when the run wrote them or the base model is a local directory (hard links if possible)
 OUT/adapters/NAME  the run's LoRA adapter
-OUT/k8s.yaml       Deployment (GPU limit, startup/readiness/liveness probes on /health), Service, HorizontalPodAutoscaler
+OUT/k8s.yaml       Deployment (GPU limit, startup/readiness/liveness probes on /health), Service, autoscaler
 """
 
 from __future__ import annotations
@@ -25,6 +25,13 @@ from thinktune.models.loading import BUNDLED, BUNDLED_INSTALL
 from thinktune.serve.run_dir import read_run_dir
 
 APP = Path("/app")
+
+
+class PlainDumper(yaml.SafeDumper):
+    """No `&id001` anchors: manifests read as written, whatever tool reads them."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
 
 
 @dataclass(frozen=True)
@@ -105,7 +112,7 @@ def write_deployment(run_dir: Path, out: Path, spec: DeploySpec = DeploySpec()) 
     dockerfile = dockerfile_text(cfg, spec, requirement, copies, served_name, run.dir)
     (out / "Dockerfile").write_text(dockerfile)
     manifests = kubernetes_manifests(k8s_name(spec.name or run.name), spec, cfg)
-    (out / "k8s.yaml").write_text(yaml.safe_dump_all(manifests, sort_keys=False))
+    (out / "k8s.yaml").write_text(yaml.dump_all(manifests, Dumper=PlainDumper, sort_keys=False))
     return [out / "Dockerfile", out / "serve.yaml", out / "k8s.yaml"]
 
 
@@ -196,7 +203,11 @@ def kubernetes_manifests(name: str, spec: DeploySpec, cfg: RunConfig) -> list[di
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": {"name": name, "labels": labels},
-        "spec": {"type": "ClusterIP", "selector": labels, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]},
+        "spec": {
+            "type": "ClusterIP",
+            "selector": labels,
+            "ports": [{"name": "http", "port": 80, "targetPort": "http"}],
+        },
     }
     hpa = {
         "apiVersion": "autoscaling/v2",

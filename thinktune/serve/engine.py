@@ -255,7 +255,9 @@ class Engine:
                     attention_mask=mask.to(model.device),
                     max_new_tokens=max(r.params.max_tokens for r in batch),
                     do_sample=False,  # RowSampler has already chosen; greedy takes its choice
-                    logits_processor=LogitsProcessorList([RowSampler([r.params for r in batch], self.stop_ids, model.device)]),
+                    logits_processor=LogitsProcessorList(
+                        [RowSampler([r.params for r in batch], self.stop_ids, model.device)]
+                    ),
                     stopping_criteria=StoppingCriteriaList([BatchProgress(rows)]),
                     eos_token_id=self.stop_ids,
                     pad_token_id=self.pad_id,

@@ -175,9 +175,7 @@ def usage(finished: list[Finished]) -> dict[str, int]:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
-def chat_response(
-    id: str, model: str, reasoning: str | None, content: str, finished: Finished
-) -> dict[str, Any]:
+def chat_response(id: str, model: str, reasoning: str | None, content: str, finished: Finished) -> dict[str, Any]:
     message = {"role": "assistant", "content": content, "reasoning_content": reasoning}
     return {
         "id": id,

@@ -10,7 +10,9 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 
+import torch
 import uvicorn
 from fastapi import FastAPI
 
@@ -61,8 +63,12 @@ def make_server(
     return DrainingServer(config, lifecycle)
 
 
-def serve(cfg: RunConfig, served_model_name: str | None = None, log_level: str = "info") -> None:
+def serve(
+    cfg: RunConfig, served_model_name: str | None = None, log_level: str = "info", num_threads: int | None = None
+) -> None:
     """`thinktune serve`: blocks until SIGINT/SIGTERM, then drains."""
+    if num_threads:
+        torch.set_num_threads(num_threads)
     app, lifecycle, _ = build_app(cfg, served_model_name)
     make_server(app, lifecycle, cfg.serve.host, cfg.serve.port, cfg.serve.request_timeout, log_level).run()
 
@@ -93,14 +99,13 @@ class BackgroundServer:
 
     def start(self, timeout: float = 60.0) -> BackgroundServer:
         self.thread.start()
-        stop_at = threading.Event()
-        while not self.server.started and self.thread.is_alive():
-            stop_at.wait(0.02)
-            timeout -= 0.02
-            if timeout <= 0:
-                raise TimeoutError("server did not start")
-        if not self.server.started:
-            raise RuntimeError("server failed to start")
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if not self.thread.is_alive():
+                raise RuntimeError("server failed to start; see its log")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"server did not start within {timeout} s")
+            time.sleep(0.02)
         self.port = self.server.port
         return self
 

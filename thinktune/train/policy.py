@@ -27,7 +27,7 @@ from accelerate.utils import set_seed
 from rich.console import Console
 
 from thinktune.config import RunConfig, to_yaml
-from thinktune.data.reading import check_bad_fraction, write_rejects
+from thinktune.data.reading import Reject, check_bad_fraction
 from thinktune.errors import ConfigError, ModelNotFoundError
 from thinktune.eval.tasks import load_tasks
 from thinktune.methods import MethodContext, apply_method
@@ -38,8 +38,10 @@ from thinktune.train.sft import Run, mixed_precision
 REFERENCE_ADAPTER = "reference"
 
 
-def setup_run(cfg: RunConfig, console: Console) -> Run:
-    """Accelerator, run directory with config.yaml, seed, model and tokenizer, held-out tasks (data.test)."""
+def setup_run(cfg: RunConfig, console: Console) -> tuple[Run, list[Reject]]:
+    """Accelerator, run directory with config.yaml, seed, model and tokenizer, held-out tasks (data.test).
+
+    Returns the run and the unusable test records (the recipe writes them to rejects.jsonl with its own)."""
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
     acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=mixed_precision(cfg.train.mixed_precision))
@@ -52,14 +54,15 @@ def setup_run(cfg: RunConfig, console: Console) -> Run:
     with console.status(f"loading model {cfg.model.name_or_path}"):
         t = time.perf_counter()
         run.model, run.tokenizer, source = load_pretrained(cfg.model)
-    console.print(f"model [bold]{source.description}[/] ({run.model.config.model_type}) in {time.perf_counter() - t:.1f}s")
+    console.print(
+        f"model [bold]{source.description}[/] ({run.model.config.model_type}) in {time.perf_counter() - t:.1f}s"
+    )
     rejects = []
     if cfg.data.test:
         loaded = load_tasks(cfg.data.test, cfg.data.format, cfg.eval.max_samples)
         check_bad_fraction(loaded, cfg.data.max_bad_fraction, "test data")
         run.tasks, rejects = loaded.records, loaded.rejects
-    write_rejects(rejects, run.dir / "rejects.jsonl")
-    return run
+    return run, rejects
 
 
 def disable_dropout(model: torch.nn.Module) -> None:
@@ -82,6 +85,10 @@ def load_policy(run: Run, adapter: str | Path | None = None) -> torch.nn.Module:
     else:
         model = apply_method(run.model, run.cfg.method, MethodContext(run.tokenizer))
     disable_dropout(model)
+    if run.cfg.train.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "enable_input_require_grads"):
+            model.enable_input_require_grads()
     return model
 
 

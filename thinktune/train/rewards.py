@@ -91,9 +91,7 @@ def reward_name(name: str) -> str:
     return name.rpartition(":")[2] if ":" in name else name
 
 
-def score(
-    fns: list[RewardFn], completions: list[Completion], tasks: list[dict[str, Any]]
-) -> list[list[float]]:
+def score(fns: list[RewardFn], completions: list[Completion], tasks: list[dict[str, Any]]) -> list[list[float]]:
     """rewards[i][k] = fns[k](completions[i], tasks[i]); a user function's failure names the reward."""
     out = []
     for c, t in zip(completions, tasks, strict=True):
@@ -103,8 +101,6 @@ def score(
             try:
                 row.append(float(value))
             except (TypeError, ValueError):
-                raise ConfigError(
-                    f"reward {getattr(fn, '__name__', fn)!r} returned {value!r}, not a number"
-                ) from None
+                raise ConfigError(f"reward {getattr(fn, '__name__', fn)!r} returned {value!r}, not a number") from None
         out.append(row)
     return out

@@ -10,13 +10,30 @@ from transformers import get_scheduler
 from thinktune.config import TrainConfig
 
 
+# Devices with a fused AdamW kernel in torch >= 2.4 (CPU since 2.4, CUDA since 2.0, MPS since 2.5).
+FUSED_DEVICES = ("cpu", "cuda", "mps", "xpu")
+
+
+def fused_supported(params: list[torch.nn.Parameter]) -> bool:
+    """torch's fused AdamW takes floating-point tensors on one of its devices (a mix of devices is fine)."""
+    return all(p.device.type in FUSED_DEVICES and torch.is_floating_point(p) for p in params)
+
+
+def adamw_kernel(params: list[torch.nn.Parameter], optimizer: str) -> dict[str, bool]:
+    """`fused=True` for train.optimizer=adamw_fused where the parameters allow it, else `foreach=True` (multi-tensor)."""
+    if optimizer == "adamw_fused" and fused_supported(params):
+        return {"fused": True}
+    return {"foreach": True}
+
+
 def build_optimizer(params: list[tuple[str, torch.nn.Parameter]], cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW over (name, parameter) pairs; no weight decay on biases and norms."""
+    """AdamW over (name, parameter) pairs; no weight decay on biases and norms. `cfg.optimizer` picks the kernel."""
     decay, no_decay = [], []
     for name, p in params:
         (no_decay if p.ndim < 2 or "norm" in name else decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.learning_rate, foreach=True)
+    kernel = adamw_kernel(decay + no_decay, cfg.optimizer)
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.learning_rate, **kernel)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int):

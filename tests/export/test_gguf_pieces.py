@@ -1,0 +1,91 @@
+"""Pure pieces of the GGUF export: pre-tokenizer names, Q/K permutation, tensor types, Ollama Modelfile."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType as Q
+
+from tests.tiny_models import CHATML_TEMPLATE
+from thinktune.export.gguf_file import permute_qk, tensor_type
+from thinktune.export.gguf_vocab import _LLAMA3_SPLIT, _QWEN2_SPLIT, _pre_tokenizer_name
+from thinktune.export.modelfile import default_system_prompt, is_chatml, modelfile_text
+
+
+def split(regex: str) -> dict:
+    return {
+        "type": "Sequence",
+        "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": False},
+            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False},
+        ],
+    }
+
+
+@pytest.mark.parametrize(
+    ("pre", "name"),
+    [
+        ({"type": "ByteLevel", "add_prefix_space": False, "use_regex": True}, "gpt2"),
+        (split(_QWEN2_SPLIT), "qwen2"),
+        (split(_LLAMA3_SPLIT), "llama-bpe"),
+        (split(r"\p{N}+|\s+"), "default"),
+        (None, "default"),
+    ],
+)
+def test_pre_tokenizer_names(pre, name):
+    found, notes = _pre_tokenizer_name(pre)
+    assert found == name
+    assert bool(notes) == (name == "default")  # an unknown split is reported, not silently renamed
+
+
+def test_permute_qk_is_undone_by_transformers_gguf_loader():
+    from transformers.modeling_gguf_pytorch_utils import LlamaTensorProcessor
+
+    weight = np.arange(8 * 16 * 3, dtype=np.float32).reshape(8 * 16, 3)  # 8 heads of 16 rows
+    restored = LlamaTensorProcessor(config={"num_attention_heads": 8, "num_key_value_heads": 8}).process(
+        permute_qk(weight, 8), "blk.0.attn_q.weight"
+    )
+    assert not np.array_equal(permute_qk(weight, 8), weight)
+    np.testing.assert_array_equal(restored.weights, weight)
+
+
+@pytest.mark.parametrize(
+    ("name", "shape", "target", "has_output", "expected"),
+    [
+        ("blk.0.attn_norm.weight", (64,), Q.Q4_0, True, Q.F32),
+        ("blk.0.attn_q.weight", (64, 64), Q.Q4_0, True, Q.Q4_0),
+        ("output.weight", (512, 64), Q.Q4_0, True, Q.Q8_0),
+        ("token_embd.weight", (512, 64), Q.Q4_0, False, Q.Q8_0),  # tied: the embedding is the LM head
+        ("token_embd.weight", (512, 64), Q.Q4_0, True, Q.Q4_0),
+        ("blk.0.ffn_down.weight", (64, 100), Q.Q8_0, True, Q.F16),  # 100 is not a multiple of 32
+        ("blk.0.ffn_down.weight", (64, 100), Q.BF16, True, Q.BF16),
+    ],
+)
+def test_tensor_types(name, shape, target, has_output, expected):
+    assert tensor_type(name, np.zeros(shape, np.float32), target, has_output) == expected
+
+
+SMOL_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}"
+    "{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+LLAMA3_TEMPLATE = "{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>{% endfor %}"
+
+
+@pytest.mark.parametrize(
+    ("template", "chatml", "system"),
+    [
+        (CHATML_TEMPLATE, True, None),
+        (SMOL_TEMPLATE, True, "You are a helpful AI assistant named SmolLM, trained by Hugging Face"),
+        (LLAMA3_TEMPLATE, False, None),
+        (None, False, None),
+    ],
+)
+def test_modelfile(template, chatml, system):
+    text = modelfile_text("m-q8_0.gguf", template, ["<|im_end|>", '"quoted"', "<|im_end|>"])
+    assert text.startswith("FROM ./m-q8_0.gguf\n")
+    assert is_chatml(template) is chatml and ("TEMPLATE" in text) is chatml
+    assert default_system_prompt(template) == system and (f'SYSTEM """{system}"""' in text) is bool(system)
+    assert text.count('PARAMETER stop "<|im_end|>"') == 1 and 'PARAMETER stop "\\"quoted\\""' in text

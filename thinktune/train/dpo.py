@@ -1,0 +1,422 @@
+"""Preference tuning recipe: DPO, IPO, SimPO, ORPO and KTO on pairs {prompt, chosen, rejected}.
+
+    thinktune dpo --data prefs.jsonl --loss dpo --beta 0.1
+    thinktune dpo --config my.yaml --data prefs.jsonl --loss simpo --adapter runs/sft/adapter -o runs/simpo
+
+setup → policy (method, or --adapter to continue one) → reference log-probs cached in one pass with the adapter
+disabled (or taken live, `dpo.reference: live`) → eval before → TrainLoop with the preference loss → save → eval
+after → summary.json. The losses are pure functions of summed completion log-probs (tested against TRL's).
+Log-probs are sums over the completion tokens of the last assistant turn only (an earlier turn is prompt).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from rich.console import Console
+
+from thinktune.config import RunConfig, Section
+from thinktune.data.collate import pad_batch
+from thinktune.data.formats import RecordError
+from thinktune.data.reading import Reject, check_bad_fraction, read_records, write_rejects
+from thinktune.data.render import TokenizedSample, encode_with_offsets, render_conversation, to_sample
+from thinktune.errors import ConfigError, DataError
+from thinktune.methods import count_parameters, on_optimizer_step, optimizer_parameters
+from thinktune.train.engine.loggers import MetricsLog
+from thinktune.train.engine.loop import TrainLoop
+from thinktune.train.engine.optim import build_optimizer, build_scheduler, total_optimizer_steps
+from thinktune.train.engine.sampler import batches_per_epoch
+from thinktune.train.policy import ReferencePolicy, adapter_starts_at_base, load_policy, setup_run, token_logprobs
+from thinktune.train.sft import Run, flat_params, run_eval, save
+
+LossName = Literal["dpo", "ipo", "simpo", "orpo", "kto"]
+DEFAULT_BETA = {"dpo": 0.1, "ipo": 0.1, "simpo": 2.0, "orpo": 0.1, "kto": 0.1}
+REFERENCE_FREE = {"simpo", "orpo"}
+
+
+class DPOConfig(Section):
+    loss: LossName = Field("dpo", description="Preference loss: dpo, ipo, simpo, orpo or kto.")
+    beta: float | None = Field(
+        None, gt=0, description="β (ORPO: λ); default per loss: dpo/ipo/orpo/kto 0.1, simpo 2.0."
+    )
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="DPO: conservative DPO label noise ε.")
+    simpo_gamma: float = Field(0.5, ge=0, description="SimPO: target reward margin γ.")
+    desirable_weight: float = Field(1.0, gt=0, description="KTO: weight of the chosen (desirable) answers.")
+    undesirable_weight: float = Field(1.0, gt=0, description="KTO: weight of the rejected (undesirable) answers.")
+    reference: Literal["cached", "live"] = Field(
+        "cached", description="Reference log-probs: one pass before training (cached) or every step (live)."
+    )
+
+    @property
+    def beta_value(self) -> float:
+        return self.beta if self.beta is not None else DEFAULT_BETA[self.loss]
+
+
+# ---- the losses: pure functions of per-sequence log-probs, one value per pair (or per answer for KTO) ----
+
+
+def dpo_loss(
+    chosen_logps: torch.Tensor,
+    rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor,
+    ref_rejected_logps: torch.Tensor,
+    beta: float,
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
+    """−log σ(β·h), h = [log π(y_w) − log π_ref(y_w)] − [log π(y_l) − log π_ref(y_l)] (Rafailov et al. 2023, Eq. 7).
+
+    label_smoothing ε > 0: conservative DPO, −(1−ε)·log σ(βh) − ε·log σ(−βh)."""
+    h = (chosen_logps - ref_chosen_logps) - (rejected_logps - ref_rejected_logps)
+    return -(1 - label_smoothing) * F.logsigmoid(beta * h) - label_smoothing * F.logsigmoid(-beta * h)
+
+
+def ipo_loss(
+    chosen_logps: torch.Tensor,
+    rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor,
+    ref_rejected_logps: torch.Tensor,
+    chosen_lengths: torch.Tensor,
+    rejected_lengths: torch.Tensor,
+    beta: float,
+) -> torch.Tensor:
+    """(h − 1/(2β))² (Azar et al. 2023, Eq. 17), h from per-token mean log-ratios so that β does not depend on the
+    answer length (TRL's normalisation, confirmed with the IPO authors)."""
+    h = (chosen_logps - ref_chosen_logps) / chosen_lengths.clamp(min=1) - (
+        rejected_logps - ref_rejected_logps
+    ) / rejected_lengths.clamp(min=1)
+    return (h - 1 / (2 * beta)) ** 2
+
+
+def simpo_loss(
+    chosen_logps: torch.Tensor,
+    rejected_logps: torch.Tensor,
+    chosen_lengths: torch.Tensor,
+    rejected_lengths: torch.Tensor,
+    beta: float,
+    gamma: float,
+) -> torch.Tensor:
+    """−log σ(β·log π(y_w)/|y_w| − β·log π(y_l)/|y_l| − γ) (Meng et al. 2024, Eq. 6); no reference model."""
+    margin = chosen_logps / chosen_lengths.clamp(min=1) - rejected_logps / rejected_lengths.clamp(min=1)
+    return -F.logsigmoid(beta * margin - gamma)
+
+
+def log1mexp(x: torch.Tensor) -> torch.Tensor:
+    """log(1 − eˣ) for x < 0, stable on both sides of −ln 2 (Mächler 2012)."""
+    return torch.where(x < -math.log(2), torch.log1p(-torch.exp(x)), torch.log(-torch.expm1(x)))
+
+
+def orpo_loss(
+    chosen_logps: torch.Tensor,
+    rejected_logps: torch.Tensor,
+    chosen_lengths: torch.Tensor,
+    rejected_lengths: torch.Tensor,
+    lam: float,
+) -> torch.Tensor:
+    """NLL(y_w) − λ·log σ(log odds(y_w) − log odds(y_l)) (Hong et al. 2024, Eq. 6–7), odds(y) = P(y)/(1 − P(y))
+    with P(y) = exp(mean token log-prob); the NLL is the chosen answer's mean token cross-entropy."""
+    avg_c = chosen_logps / chosen_lengths.clamp(min=1)
+    avg_r = rejected_logps / rejected_lengths.clamp(min=1)
+    log_odds = (avg_c - avg_r) - (log1mexp(avg_c) - log1mexp(avg_r))
+    return -avg_c - lam * F.logsigmoid(log_odds)
+
+
+def kto_loss(
+    chosen_logratios: torch.Tensor,
+    rejected_logratios: torch.Tensor,
+    kl: torch.Tensor,
+    beta: float,
+    desirable_weight: float = 1.0,
+    undesirable_weight: float = 1.0,
+) -> torch.Tensor:
+    """KTO (Ethayarajh et al. 2024, Eq. 8) on log-ratios r = log π(y) − log π_ref(y), per answer:
+    desirable w_D·(1 − σ(β(r − z₀))), undesirable w_U·(1 − σ(β(z₀ − r))); z₀ = max(0, kl), no gradient through z₀.
+    Returns the desirable losses followed by the undesirable ones."""
+    z0 = kl.detach().clamp(min=0)
+    chosen = desirable_weight * (1 - torch.sigmoid(beta * (chosen_logratios - z0)))
+    rejected = undesirable_weight * (1 - torch.sigmoid(beta * (z0 - rejected_logratios)))
+    return torch.cat([chosen, rejected])
+
+
+@dataclass
+class PairLogps:
+    """Summed completion log-probs of a batch of pairs (policy, and reference when the loss has one)."""
+
+    chosen: torch.Tensor
+    rejected: torch.Tensor
+    chosen_len: torch.Tensor
+    rejected_len: torch.Tensor
+    ref_chosen: torch.Tensor | None = None
+    ref_rejected: torch.Tensor | None = None
+    kl: torch.Tensor | None = None  # KTO: z₀ estimate from mismatched (prompt, answer) pairs
+
+
+LossFn = Callable[[PairLogps, DPOConfig], torch.Tensor]
+PREFERENCE_LOSSES: dict[str, LossFn] = {
+    "dpo": lambda p, c: dpo_loss(p.chosen, p.rejected, p.ref_chosen, p.ref_rejected, c.beta_value, c.label_smoothing),
+    "ipo": lambda p, c: ipo_loss(
+        p.chosen, p.rejected, p.ref_chosen, p.ref_rejected, p.chosen_len, p.rejected_len, c.beta_value
+    ),
+    "simpo": lambda p, c: simpo_loss(p.chosen, p.rejected, p.chosen_len, p.rejected_len, c.beta_value, c.simpo_gamma),
+    "orpo": lambda p, c: orpo_loss(p.chosen, p.rejected, p.chosen_len, p.rejected_len, c.beta_value),
+    "kto": lambda p, c: kto_loss(
+        p.chosen - p.ref_chosen,
+        p.rejected - p.ref_rejected,
+        p.kl,
+        c.beta_value,
+        c.desirable_weight,
+        c.undesirable_weight,
+    ),
+}
+
+
+def implicit_rewards(p: PairLogps, cfg: DPOConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """What each loss treats as the reward of an answer: β·log-ratio, or β·mean log-prob when reference-free."""
+    b = cfg.beta_value
+    if cfg.loss in REFERENCE_FREE:
+        return b * p.chosen / p.chosen_len.clamp(min=1), b * p.rejected / p.rejected_len.clamp(min=1)
+    return b * (p.chosen - p.ref_chosen), b * (p.rejected - p.ref_rejected)
+
+
+# ---- data: preference records → token ids, labels on the last answer only ----
+
+
+def tokenize_answer(
+    tokenizer, prompt: list[dict], answer: dict, system_prompt: str | None, max_length: int | None
+) -> TokenizedSample:
+    """prompt + answer rendered by the chat template; labels on the final assistant turn only."""
+    rendered = render_conversation(tokenizer, [*prompt, answer], system_prompt)
+    [(ids, offsets)] = encode_with_offsets(tokenizer, [rendered.text])
+    return to_sample(ids, offsets, rendered.spans[-1:], max_length)
+
+
+@dataclass
+class PreferenceData:
+    records: list[dict]
+    chosen: list[TokenizedSample]
+    rejected: list[TokenizedSample]
+    mismatched: list[TokenizedSample]  # KTO: prompt i with the chosen answer of pair i + 1 (for z₀)
+    rejects: list[Reject]
+
+
+def load_preferences(run: Run, files: list[str], loss: str) -> PreferenceData:
+    cfg = run.cfg.data
+    records, rejects, total = [], [], 0
+    for ref in files:
+        loaded = read_records(ref, cfg.format if cfg.format != "messages" else "auto", kind="preference")
+        total += len(loaded.records) + len(loaded.rejects)
+        check_bad_fraction(loaded, cfg.max_bad_fraction, ref)
+        records += loaded.records
+        rejects += loaded.rejects
+    data = PreferenceData([], [], [], [], rejects)
+    for rec in records:
+        try:
+            c = tokenize_answer(run.tokenizer, rec["prompt"], rec["chosen"], cfg.system_prompt, cfg.max_length)
+            r = tokenize_answer(run.tokenizer, rec["prompt"], rec["rejected"], cfg.system_prompt, cfg.max_length)
+        except RecordError as e:
+            data.rejects.append(Reject(rec["meta"].get("source", "?"), rec["meta"].get("line", 0), str(e)))
+            continue
+        data.records.append(rec)
+        data.chosen.append(c)
+        data.rejected.append(r)
+        if cfg.max_train_samples and len(data.records) >= cfg.max_train_samples:
+            break
+    if not data.records:
+        raise DataError(f"no usable preference pairs in {', '.join(files)} (see rejects.jsonl)")
+    if loss == "kto":
+        if len(data.records) < 2:
+            raise DataError("dpo.loss=kto needs at least two pairs (its KL term pairs each prompt with another answer)")
+        n = len(data.records)
+        for i, rec in enumerate(data.records):
+            other = data.records[(i + 1) % n]["chosen"]
+            try:
+                sample = tokenize_answer(run.tokenizer, rec["prompt"], other, cfg.system_prompt, None)
+            except RecordError:
+                sample = data.chosen[i]  # the template refused the mix: fall back to the pair's own answer
+            data.mismatched.append(sample)
+    return data
+
+
+def pair_batch(data: PreferenceData, indices: list[int], pad_id: int, ref: dict[str, torch.Tensor] | None):
+    """Rows [chosen…, rejected…] right-padded; KTO adds the mismatched rows under kl_*; cached ref log-probs."""
+    batch = pad_batch([data.chosen[i] for i in indices] + [data.rejected[i] for i in indices], pad_id)
+    if data.mismatched:
+        kl = pad_batch([data.mismatched[i] for i in indices], pad_id)
+        batch.update({f"kl_{k}": v for k, v in kl.items()})
+    if ref is not None:
+        idx = torch.tensor(indices)
+        batch["ref_logps"] = torch.cat([ref["chosen"][idx], ref["rejected"][idx]])
+        if "mismatched" in ref:
+            batch["ref_kl_logps"] = ref["mismatched"][idx]
+    return batch
+
+
+def kl_rows(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k.removeprefix("kl_"): v for k, v in batch.items() if k.startswith("kl_")}
+
+
+@torch.no_grad()
+def cache_reference_logps(run: Run, data: PreferenceData, reference: ReferencePolicy) -> dict[str, torch.Tensor]:
+    """One pass over the pairs with the reference policy: summed completion log-probs per answer."""
+    model, bs, dev = run.model, run.cfg.train.batch_size, run.accelerator.device
+    model.eval()
+    out: dict[str, list[torch.Tensor]] = {"chosen": [], "rejected": [], "mismatched": []}
+    for start in range(0, len(data.records), bs):
+        idx = list(range(start, min(start + bs, len(data.records))))
+        batch = {k: v.to(dev) for k, v in pair_batch(data, idx, run.tokenizer.pad_token_id, None).items()}
+        c, r = reference.logprobs(model, batch).sum(-1).chunk(2)
+        out["chosen"].append(c.cpu())
+        out["rejected"].append(r.cpu())
+        if data.mismatched:
+            out["mismatched"].append(reference.logprobs(model, kl_rows(batch)).sum(-1).cpu())
+    return {k: torch.cat(v) for k, v in out.items() if v}
+
+
+def preference_loss_fn(cfg: DPOConfig, reference: ReferencePolicy | None):
+    def loss_fn(model, batch):
+        # Live reference passes first: switching adapters must not happen between the policy forward and backward.
+        ref = ref_kl = None
+        if cfg.loss not in REFERENCE_FREE:
+            ref = batch["ref_logps"] if "ref_logps" in batch else reference.logprobs(model, batch).sum(-1)
+        if cfg.loss == "kto":
+            rows = kl_rows(batch)
+            ref_kl = batch["ref_kl_logps"] if "ref_kl_logps" in batch else reference.logprobs(model, rows).sum(-1)
+            with torch.no_grad():
+                policy_kl = token_logprobs(model, rows).sum(-1)
+        logps = token_logprobs(model, batch).sum(-1)
+        lengths = (batch["labels"][:, 1:] != -100).sum(-1)
+        p = PairLogps(*logps.chunk(2), *lengths.chunk(2))
+        if ref is not None:
+            p.ref_chosen, p.ref_rejected = ref.chunk(2)
+        if ref_kl is not None:
+            p.kl = (policy_kl - ref_kl).mean()
+        loss = PREFERENCE_LOSSES[cfg.loss](p, cfg).mean()
+        chosen_r, rejected_r = (r.detach() for r in implicit_rewards(p, cfg))
+        parts = {
+            "rewards/chosen": float(chosen_r.mean()),
+            "rewards/rejected": float(rejected_r.mean()),
+            "rewards/accuracy": float((chosen_r > rejected_r).float().mean()),
+            "rewards/margin": float((chosen_r - rejected_r).mean()),
+            "logps/chosen": float(p.chosen.detach().mean()),
+            "logps/rejected": float(p.rejected.detach().mean()),
+        }
+        if p.kl is not None:
+            parts["kl"] = float(p.kl)
+        return loss, parts
+
+    return loss_fn
+
+
+def train(run: Run, data: PreferenceData, cfg: DPOConfig, adapter: str | None) -> dict[str, Any]:
+    tcfg, acc = run.cfg.train, run.accelerator
+    needs_ref = cfg.loss not in REFERENCE_FREE
+    reference = (
+        ReferencePolicy.of(run.model, adapter_starts_at_base(run.model, adapter is not None, run.cfg))
+        if needs_ref
+        else None
+    )
+    params = optimizer_parameters(run.model, run.cfg.method)
+    trainable, total = count_parameters(run.model)
+    run.console.print(
+        f"{cfg.loss}: {trainable:,} trainable of {total:,} parameters; reference: "
+        f"{reference.kind if reference else 'none (reference-free loss)'}"
+    )
+    steps = total_optimizer_steps(tcfg, batches_per_epoch(len(data.records), tcfg.batch_size, acc.num_processes))
+    optimizer = build_optimizer(params, tcfg)
+    scheduler = build_scheduler(optimizer, tcfg, steps)
+    run.model, optimizer = acc.prepare(run.model, optimizer)
+    if reference is not None and reference.copy is not None:
+        reference.copy.to(acc.device)
+    cached = None
+    if needs_ref and cfg.reference == "cached":
+        with run.console.status("reference log-probs (one pass over the pairs)"):
+            cached = cache_reference_logps(run, data, reference)
+        if reference.kind == "copy":
+            reference.release(run.model)  # cached: the frozen copy is no longer needed
+
+    log = (
+        MetricsLog(run.dir, tcfg.loggers, tcfg.mlflow_tracking_uri, run.cfg.name, flat_params(run.cfg))
+        if acc.is_main_process
+        else None
+    )
+    loop = TrainLoop(
+        cfg=tcfg,
+        accelerator=acc,
+        model=run.model,
+        params=params,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        n_samples=len(data.records),
+        make_batch=lambda idx: pair_batch(data, idx, run.tokenizer.pad_token_id, cached),
+        loss_fn=preference_loss_fn(cfg, reference),
+        total_steps=steps,
+        run_dir=run.dir,
+        console=run.console,
+        after_step=lambda step: on_optimizer_step(acc.unwrap_model(run.model), run.cfg.method, step),
+        log=log,
+    )
+    try:
+        result = loop.run()
+    finally:
+        if log:
+            log.close()
+    if reference is not None:
+        reference.release(acc.unwrap_model(run.model))
+    return {
+        "steps": result.steps,
+        "train_seconds": result.seconds,
+        "final_loss": result.final_loss,
+        "bad_steps": result.bad_steps,
+        "train_tokens": result.tokens,
+    }
+
+
+def run_dpo(
+    cfg: RunConfig,
+    dpo: DPOConfig,
+    data_files: list[str] | None = None,
+    adapter: str | None = None,
+    console: Console | None = None,
+) -> dict[str, Any]:
+    console = console or Console()
+    wall = time.perf_counter()
+    files = data_files or list(cfg.data.train)
+    run, test_rejects = setup_run(cfg, console)
+    data = load_preferences(run, files, dpo.loss)
+    write_rejects(data.rejects + test_rejects, run.dir / "rejects.jsonl")
+    console.print(
+        f"data: {len(data.records)} preference pairs, {len(data.rejects) + len(test_rejects)} rejected "
+        f"(→ rejects.jsonl)"
+    )
+    if dpo.loss == "kto" and cfg.train.batch_size < 2:
+        raise ConfigError("dpo.loss=kto needs train.batch_size >= 2")
+    run.model = load_policy(run, adapter)
+    before = run_eval(run, "before") if cfg.eval.before else None
+    stats = train(run, data, dpo, adapter)
+    adapter_dir = save(run)
+    after = run_eval(run, "after") if cfg.eval.after else None
+    summary = {
+        "run_dir": str(run.dir),
+        "adapter_dir": str(adapter_dir),
+        "model": cfg.model.name_or_path,
+        "loss": dpo.loss,
+        "beta": dpo.beta_value,
+        "dpo": dpo.model_dump(mode="json"),
+        "start_adapter": str(adapter) if adapter else None,
+        "pairs": len(data.records),
+        "rejected_records": len(data.rejects),
+        "before": before.headline() if before else None,
+        "after": after.headline() if after else None,
+        **stats,
+        "wall_seconds": time.perf_counter() - wall,
+    }
+    if run.accelerator.is_main_process:
+        (run.dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary

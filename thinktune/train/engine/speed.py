@@ -1,0 +1,146 @@
+"""Speed levers of a training run, switched on by `TrainConfig`: packing, chunked LM-head loss, torch.compile, threads.
+
+What the SFT recipe calls (all levers off = exactly the plain padded, full-logits path):
+
+    configure_threads(cfg.num_threads)                                 # before any torch work
+    compile_model(model, cfg)                                          # after the method and gradient checkpointing
+    make_batch = build_make_batch(samples, cfg, tokenizer.pad_token_id)
+    loss_fn = build_sft_loss_fn(model, cfg, teacher, ewc, accelerator)
+
+Measured on SmolLM2-135M + LoRA, CPU: see docs/performance.md (`python bench/train_throughput.py`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from thinktune.config import TrainConfig
+from thinktune.data.collate import collate_packed, pad_batch
+from thinktune.data.packing import pack
+from thinktune.data.render import TokenizedSample
+from thinktune.train.engine.chunked_loss import HiddenAndHead, hidden_and_head, lm_loss_from_hidden, unwrap_causal_lm
+from thinktune.train.engine.losses import combined_loss
+
+Batch = dict[str, torch.Tensor]
+
+
+# --- threads ------------------------------------------------------------------------------------------------------
+def configure_threads(num_threads: int | None) -> int:
+    """Intra-op threads for torch (None: torch's default, one per core). Returns the count in effect.
+
+    OMP_NUM_THREADS / OMP_WAIT_POLICY only take effect when set before the process starts; see docs/performance.md.
+    """
+    if num_threads:
+        torch.set_num_threads(num_threads)
+        os.environ.setdefault("OMP_NUM_THREADS", str(num_threads))  # for child processes (tokenizers, dataloaders)
+    return torch.get_num_threads()
+
+
+# --- torch.compile ------------------------------------------------------------------------------------------------
+def decoder_layers(model: nn.Module) -> list[nn.Module]:
+    """The repeated decoder blocks of a transformers causal LM (through PEFT / DDP / compile wrappers)."""
+    lm = unwrap_causal_lm(model)
+    decoder = lm.get_decoder() if hasattr(lm, "get_decoder") else getattr(lm, "model", None)
+    layers = getattr(decoder, "layers", None)
+    return list(layers) if isinstance(layers, nn.ModuleList) else []
+
+
+def compile_model(model: nn.Module, cfg: TrainConfig) -> int:
+    """With `cfg.torch_compile`, compile each decoder layer in place; returns how many regions were compiled.
+
+    Regional compilation: every layer has the same code, so Dynamo traces one and reuses it (compile time of one block,
+    not of the whole model), and the module tree, parameter names, PEFT and checkpoint code stay as they are.
+    `dynamic=None` lets the first shape change mark the sequence length dynamic (packed/padded widths vary).
+    """
+    if not cfg.torch_compile:
+        return 0
+    layers = decoder_layers(model)
+    if not layers:  # an unknown layout: compile the whole forward instead
+        model.compile()
+        return 1
+    for layer in layers:
+        layer.compile(dynamic=None)
+    return len(layers)
+
+
+# --- batches ------------------------------------------------------------------------------------------------------
+def packed_batch(samples: Sequence[TokenizedSample], pad_id: int) -> Batch:
+    """The micro-batch's samples packed best-fit into rows as long as its longest sample, position ids restarting at
+    every sample (the model, called without an attention mask, keeps attention inside each sample).
+
+    `attention_mask` here is the 2-D mask of real tokens, for token counts only: a packed batch goes to the model as
+    input_ids + position_ids (see `model_inputs`); passing this mask as well would let samples attend to each other.
+    Same samples, same trained tokens, same loss as `pad_batch`, without most of the padding.
+    """
+    seqs = pack(samples, max(len(s.input_ids) for s in samples))
+    batch = collate_packed(seqs, pad_id)
+    lengths = torch.tensor([len(s.input_ids) for s in seqs])
+    batch["attention_mask"] = (torch.arange(batch["input_ids"].shape[1])[None, :] < lengths[:, None]).long()
+    return batch
+
+
+def build_make_batch(
+    samples: Sequence[TokenizedSample], cfg: TrainConfig, pad_id: int
+) -> Callable[[list[int]], Batch]:
+    """make_batch(indices) for TrainLoop: padded rows, or packed rows when `cfg.packing`."""
+    if cfg.packing:
+        return lambda idx: packed_batch([samples[i] for i in idx], pad_id)
+    return lambda idx: pad_batch([samples[i] for i in idx], pad_id)
+
+
+def model_inputs(batch: Batch) -> dict[str, Any]:
+    """What the model is called with: input_ids + attention_mask, or for packed batches input_ids + position_ids and
+    no cache (transformers reads position-id resets only when there is no mask and no cache)."""
+    if "position_ids" in batch:
+        return {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"], "use_cache": False}
+    return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+
+
+# --- loss ---------------------------------------------------------------------------------------------------------
+def chunked_loss_applies(cfg: TrainConfig, teacher: nn.Module | None) -> bool:
+    """The chunked head computes cross-entropy only; distillation and the auxiliary losses need full logits rows."""
+    return bool(cfg.loss_chunk_size) and teacher is None and not cfg.unlikelihood_weight and not cfg.contrastive_weight
+
+
+def build_sft_loss_fn(
+    model: nn.Module,
+    cfg: TrainConfig,
+    teacher: nn.Module | None = None,
+    ewc: Callable[[nn.Module], torch.Tensor] | None = None,
+    accelerator: Any = None,
+) -> Callable[[nn.Module, Batch], tuple[torch.Tensor, dict[str, float]]]:
+    """loss_fn(model, batch) -> (loss, parts) for TrainLoop.
+
+    Levers off: `model(input_ids, attention_mask).logits` → `combined_loss` (+ EWC), the recipe's original path.
+    `cfg.loss_chunk_size` (CE-only runs on models where it applies): hidden states → `lm_loss_from_hidden`.
+    Packed batches (`cfg.packing`) call the model with position ids instead of the attention mask.
+    """
+    head: HiddenAndHead | None = hidden_and_head(model) if chunked_loss_applies(cfg, teacher) else None
+    unwrap = accelerator.unwrap_model if accelerator is not None else (lambda m: m)
+
+    def loss_fn(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        inputs = model_inputs(batch)
+        if head is not None:
+            hidden = head.hidden_states(model, **inputs)
+            loss, _ = lm_loss_from_hidden(hidden, head.lm_head, batch["labels"], cfg.loss_chunk_size, cfg.label_smoothing)
+            value = loss.item()
+            parts = {"ce": value, "loss": value}
+        else:
+            logits = model(**inputs).logits
+            teacher_logits = None
+            if teacher is not None:
+                with torch.no_grad():
+                    teacher_logits = teacher(**inputs).logits
+            loss, parts = combined_loss(logits, batch, cfg, teacher_logits)
+        if ewc is not None:
+            penalty = ewc(unwrap(model))
+            loss = loss + penalty
+            parts["ewc"] = float(penalty.detach())
+        return loss, parts
+
+    return loss_fn

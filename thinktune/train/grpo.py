@@ -1,0 +1,427 @@
+"""GRPO recipe: reinforcement learning from verifiable rewards (Shao et al. 2024, DeepSeekMath §4; DeepSeek-R1).
+
+    thinktune grpo --data bundled:arithmetic/train --rewards accuracy --rewards format
+    thinktune grpo --config my.yaml --adapter runs/quickstart/adapter -o runs/grpo --set train.max_steps=30
+
+For each prompt, G completions are sampled from the current policy; every reward function scores each one; the
+advantage of a completion is its reward relative to its group, Â = (r − mean) / (std + eps); the policy maximises the
+clipped importance-weighted advantage, minus β·KL to the reference (k3 estimator, Schulman 2020):
+
+    L = −agg_t[ min(ρ_t Â, clip(ρ_t, 1−ε, 1+ε_high) Â) − β·(π_ref/π_θ − log(π_ref/π_θ) − 1) ],  ρ_t = π_θ/π_old
+
+agg: `sequence_mean` (GRPO: token mean per completion, then mean), `token` (DAPO, Yu et al. 2025: mean over all
+tokens of the batch), `dr_grpo` (Liu et al. 2025: sum / (completions × max_completion_length), and Â without the std
+division). Sampling happens inside `make_batch`, so the shared TrainLoop runs GRPO unchanged; with μ =
+grpo.num_iterations > 1 each sampled batch is reused for μ updates, with π_old recorded at sampling time (and an
+epoch then visits 1/μ of the prompts). With μ = 1, π_old is the current policy: ρ = 1 with the same gradient, and
+the extra forward pass is skipped (TRL does the same). Log-probs use the sampling temperature, so ρ compares the
+distributions the completions were actually drawn from.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any, Literal
+
+import torch
+from pydantic import Field, model_validator
+from rich.console import Console
+
+from thinktune.config import RunConfig, Section
+from thinktune.data.reading import Reject, check_bad_fraction, read_records, write_rejects
+from thinktune.data.render import render_prompt
+from thinktune.errors import DataError
+from thinktune.eval.generate import stop_token_ids
+from thinktune.methods import count_parameters, on_optimizer_step, optimizer_parameters
+from thinktune.train.engine.loggers import MetricsLog, read_metrics
+from thinktune.train.engine.loop import TrainLoop
+from thinktune.train.engine.optim import build_optimizer, build_scheduler, total_optimizer_steps
+from thinktune.train.engine.sampler import batches_per_epoch
+from thinktune.train.policy import ReferencePolicy, adapter_starts_at_base, load_policy, setup_run, token_logprobs
+from thinktune.train.rewards import Completion, resolve_reward, reward_name, score
+from thinktune.train.sft import Run, flat_params, run_eval, save
+
+Aggregation = Literal["sequence_mean", "token", "dr_grpo"]
+
+
+class GRPOConfig(Section):
+    num_generations: int = Field(4, ge=2, description="G: completions sampled per prompt (one group).")
+    max_completion_length: int = Field(128, gt=0, description="Generation budget per completion (tokens).")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature (also applied to the log-probs).")
+    rewards: list[str] = Field(
+        default_factory=lambda: ["accuracy", "format"],
+        description="Reward functions: accuracy, format, length_penalty, or `pkg.module:function`.",
+    )
+    reward_weights: list[float] | None = Field(None, description="Weight per reward (default: all 1).")
+    epsilon: float = Field(0.2, gt=0, lt=1, description="PPO clip range ε (lower side).")
+    epsilon_high: float | None = Field(None, gt=0, description="Upper clip range (DAPO clip-higher); default ε.")
+    beta: float = Field(0.04, ge=0, description="KL coefficient to the reference policy (0: no reference pass).")
+    num_iterations: int = Field(1, ge=1, description="μ: updates per sampled batch.")
+    loss_aggregation: Aggregation = Field(
+        "sequence_mean", description="sequence_mean (GRPO), token (DAPO), dr_grpo (Dr. GRPO)."
+    )
+    advantage_eps: float = Field(1e-4, gt=0, description="eps in (r − mean) / (std + eps).")
+
+    @model_validator(mode="after")
+    def _weights_match(self) -> GRPOConfig:
+        if not self.rewards:
+            raise ValueError("grpo.rewards: give at least one reward function")
+        if self.reward_weights is not None and len(self.reward_weights) != len(self.rewards):
+            raise ValueError(
+                f"grpo.reward_weights has {len(self.reward_weights)} values for {len(self.rewards)} rewards"
+            )
+        return self
+
+    @property
+    def weights(self) -> list[float]:
+        return self.reward_weights or [1.0] * len(self.rewards)
+
+
+# ---- the objective: pure functions ----
+
+
+def group_advantages(rewards: torch.Tensor, scale: bool = True, eps: float = 1e-4) -> torch.Tensor:
+    """(P, G) rewards → advantages within each group: r − mean, divided by (std + eps) when `scale` (std with
+    Bessel's correction, as TRL). A group whose rewards are all equal gets 0: it carries no learning signal."""
+    centered = rewards - rewards.mean(dim=1, keepdim=True)
+    return centered / (rewards.std(dim=1, keepdim=True) + eps) if scale else centered
+
+
+def k3_kl(logps: torch.Tensor, ref_logps: torch.Tensor) -> torch.Tensor:
+    """Per-token KL(π_θ ‖ π_ref) estimate k3 = e^d − d − 1, d = log π_ref − log π_θ: unbiased, always ≥ 0
+    (Schulman 2020, "Approximating KL divergence"; DeepSeekMath Eq. 4)."""
+    d = ref_logps - logps
+    return torch.exp(d) - d - 1
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (x * mask).sum() / mask.sum().clamp(min=1)
+
+
+def clip_fraction(
+    ratio: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, eps_low: float, eps_high: float
+) -> torch.Tensor:
+    """Share of completion tokens whose gradient the clip removes: ρ < 1−ε with Â < 0, or ρ > 1+ε_high with Â > 0."""
+    adv = advantages[:, None]
+    clipped = ((ratio < 1 - eps_low) & (adv < 0)) | ((ratio > 1 + eps_high) & (adv > 0))
+    return masked_mean(clipped.float(), mask)
+
+
+def aggregate(
+    per_token: torch.Tensor, mask: torch.Tensor, how: Aggregation, max_completion_length: int
+) -> torch.Tensor:
+    if how == "sequence_mean":
+        return ((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1)).mean()
+    if how == "token":
+        return masked_mean(per_token, mask)
+    if how == "dr_grpo":
+        return (per_token * mask).sum() / (per_token.shape[0] * max_completion_length)
+    raise ValueError(f"unknown loss aggregation {how!r}")
+
+
+def grpo_loss(
+    logps: torch.Tensor,
+    old_logps: torch.Tensor,
+    ref_logps: torch.Tensor | None,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    epsilon: float = 0.2,
+    epsilon_high: float | None = None,
+    beta: float = 0.0,
+    aggregation: Aggregation = "sequence_mean",
+    max_completion_length: int = 1,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The GRPO objective (negated, to minimise) on (N, T) per-token log-probs and (N,) advantages.
+
+    Returns the loss and detached statistics: kl (token mean of k3), clip_fraction, ratio (token mean)."""
+    eps_high = epsilon if epsilon_high is None else epsilon_high
+    mask = mask.to(logps.dtype)
+    ratio = torch.exp(logps - old_logps)
+    adv = advantages[:, None].to(logps.dtype)
+    surrogate = torch.minimum(ratio * adv, torch.clamp(ratio, 1 - epsilon, 1 + eps_high) * adv)
+    per_token = -surrogate
+    stats = {"clip_fraction": clip_fraction(ratio.detach(), advantages, mask, epsilon, eps_high)}
+    stats["ratio"] = masked_mean(ratio.detach(), mask)
+    if ref_logps is not None:
+        kl = k3_kl(logps, ref_logps)
+        if beta:
+            per_token = per_token + beta * kl
+        stats["kl"] = masked_mean(kl.detach(), mask)
+    return aggregate(per_token, mask, aggregation, max_completion_length), stats
+
+
+# ---- sampling ----
+
+
+@torch.no_grad()
+def sample_completions(
+    model, tokenizer, prompts: list[str], num_generations: int, max_new_tokens: int, temperature: float
+) -> tuple[dict[str, torch.Tensor], list[Completion]]:
+    """G samples per prompt. The batch is [left-padded prompt | completion]: labels on the completion tokens up to
+    and including the first end-of-turn token, position ids that skip the left padding (as in generate())."""
+    tokenizer.padding_side = "left"
+    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+    prompt_ids = enc["input_ids"].repeat_interleave(num_generations, 0)
+    prompt_mask = enc["attention_mask"].repeat_interleave(num_generations, 0)
+    stops = stop_token_ids(tokenizer, model)
+    out = model.generate(
+        input_ids=prompt_ids,
+        attention_mask=prompt_mask,
+        do_sample=True,
+        temperature=temperature,
+        top_p=None,
+        top_k=None,  # sample from the policy itself, not a truncated version of it
+        max_new_tokens=max_new_tokens,
+        eos_token_id=stops,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    completion = out[:, prompt_ids.shape[1] :]
+    width = completion.shape[1]
+    is_stop = torch.isin(completion, torch.tensor(stops, device=completion.device))
+    stopped = is_stop.any(dim=1)
+    lengths = torch.where(stopped, is_stop.int().argmax(dim=1) + 1, torch.full_like(stopped, width, dtype=torch.long))
+    cmask = torch.arange(width, device=completion.device)[None, :] < lengths[:, None]
+    completion = completion.masked_fill(~cmask, tokenizer.pad_token_id)
+    attention = torch.cat([prompt_mask, cmask.long()], dim=1)
+    labels = torch.cat([torch.full_like(prompt_ids, -100), completion.masked_fill(~cmask, -100)], dim=1)
+    batch = {
+        "input_ids": torch.cat([prompt_ids, completion], dim=1),
+        "attention_mask": attention,
+        "position_ids": (attention.cumsum(-1) - 1).clamp(min=0),
+        "labels": labels,
+        "completion_mask": cmask.long(),
+    }
+    completions = [
+        Completion(
+            tokenizer.decode(completion[i, : lengths[i]].tolist(), skip_special_tokens=True),
+            int(lengths[i]),
+            max_new_tokens,
+            not bool(stopped[i]),
+        )
+        for i in range(len(completion))
+    ]
+    return batch, completions
+
+
+class RolloutReuse:
+    """μ updates per sampled batch: each run of `accum` freshly sampled micro-batches (one optimizer step) is
+    replayed μ − 1 more times before sampling again."""
+
+    def __init__(self, iterations: int, accum: int):
+        self.iterations, self.accum, self.calls = iterations, accum, 0
+        self.stored: dict[int, dict[str, torch.Tensor]] = {}
+
+    def next(self, sample: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        phase, slot = (self.calls // self.accum) % self.iterations, self.calls % self.accum
+        self.calls += 1
+        if phase == 0 or slot not in self.stored:
+            self.stored[slot] = sample()
+        return self.stored[slot]
+
+
+# ---- the recipe ----
+
+
+def load_rl_tasks(run: Run, files: list[str]) -> tuple[list[dict], list[Reject]]:
+    """Prompt + answer records (any task format, or SFT records with an `answer` field), and the rejects."""
+    cfg, tasks, rejects = run.cfg.data, [], []
+    for ref in files:
+        loaded = read_records(ref, cfg.format, kind="task")
+        check_bad_fraction(loaded, cfg.max_bad_fraction, ref)
+        tasks += loaded.records
+        rejects += loaded.rejects
+    if not tasks:
+        write_rejects(rejects, run.dir / "rejects.jsonl")
+        raise DataError(f"no usable prompts with answers in {', '.join(files)} (see rejects.jsonl)")
+    return tasks[: cfg.max_train_samples] if cfg.max_train_samples else tasks, rejects
+
+
+def rollout_batch(run: Run, tasks: list[dict], g: GRPOConfig, fns: list, reference: ReferencePolicy | None):
+    """Sample, score, and attach advantages (+ reference and π_old log-probs) for one micro-batch of prompts."""
+    model = run.accelerator.unwrap_model(run.model)
+    prompts = [render_prompt(run.tokenizer, t["prompt"], run.cfg.data.system_prompt) for t in tasks]
+    was_training = model.training
+    model.eval()
+    batch, completions = sample_completions(
+        model, run.tokenizer, prompts, g.num_generations, g.max_completion_length, g.temperature
+    )
+    model.train(was_training)
+    rewards = torch.tensor(score(fns, completions, [t for t in tasks for _ in range(g.num_generations)]))
+    total = rewards @ torch.tensor(g.weights)
+    scale = g.loss_aggregation != "dr_grpo"
+    batch["advantages"] = group_advantages(total.view(-1, g.num_generations), scale, g.advantage_eps).view(-1)
+    batch["rewards"] = rewards
+    batch["reward_total"] = total
+    batch["n_tokens"] = torch.tensor([c.n_tokens for c in completions], dtype=torch.float)
+    batch["truncated"] = torch.tensor([c.truncated for c in completions], dtype=torch.float)
+    batch = {k: v.to(run.accelerator.device) for k, v in batch.items()}
+    width = batch["completion_mask"].shape[1]
+    if reference is not None:
+        batch["ref_logps"] = reference.logprobs(run.model, batch, g.temperature, keep=width)
+    if g.num_iterations > 1:
+        with torch.no_grad():
+            batch["old_logps"] = token_logprobs(run.model, batch, g.temperature, keep=width)
+    return batch
+
+
+def grpo_loss_fn(g: GRPOConfig, names: list[str]):
+    def loss_fn(model, batch):
+        width = batch["completion_mask"].shape[1]
+        logps = token_logprobs(model, batch, g.temperature, keep=width)
+        mask = batch["completion_mask"]
+        old = batch["old_logps"] if "old_logps" in batch else logps.detach()
+        loss, stats = grpo_loss(
+            logps,
+            old,
+            batch.get("ref_logps"),
+            batch["advantages"],
+            mask,
+            g.epsilon,
+            g.epsilon_high,
+            g.beta,
+            g.loss_aggregation,
+            g.max_completion_length,
+        )
+        groups = batch["reward_total"].view(-1, g.num_generations)
+        parts = {
+            "reward": float(batch["reward_total"].mean()),
+            "reward_std": float(groups.std(dim=1).mean()),
+            "zero_std_groups": float((groups.std(dim=1) == 0).float().mean()),
+            "completion_length": float(batch["n_tokens"].mean()),
+            "truncated": float(batch["truncated"].mean()),
+            **{k: float(v) for k, v in stats.items()},
+        }
+        for k, name in enumerate(names):
+            parts[f"reward/{name}"] = float(batch["rewards"][:, k].mean())
+        return loss, parts
+
+    return loss_fn
+
+
+def train(run: Run, tasks: list[dict], g: GRPOConfig, fns: list, adapter: str | None) -> dict[str, Any]:
+    tcfg, acc = run.cfg.train, run.accelerator
+    reference = (
+        ReferencePolicy.of(run.model, adapter_starts_at_base(run.model, adapter is not None, run.cfg))
+        if g.beta > 0
+        else None
+    )
+    params = optimizer_parameters(run.model, run.cfg.method)
+    trainable, total = count_parameters(run.model)
+    run.console.print(
+        f"grpo: {trainable:,} trainable of {total:,} parameters; G={g.num_generations}, "
+        f"reference: {reference.kind if reference else 'none (beta=0)'}"
+    )
+    steps = total_optimizer_steps(tcfg, batches_per_epoch(len(tasks), tcfg.batch_size, acc.num_processes))
+    optimizer = build_optimizer(params, tcfg)
+    scheduler = build_scheduler(optimizer, tcfg, steps)
+    run.model, optimizer = acc.prepare(run.model, optimizer)
+    if reference is not None and reference.copy is not None:
+        reference.copy.to(acc.device)
+    reuse = RolloutReuse(g.num_iterations, tcfg.gradient_accumulation_steps)
+    names = [reward_name(r) for r in g.rewards]
+    log = (
+        MetricsLog(run.dir, tcfg.loggers, tcfg.mlflow_tracking_uri, run.cfg.name, flat_params(run.cfg))
+        if acc.is_main_process
+        else None
+    )
+    loop = TrainLoop(
+        cfg=tcfg,
+        accelerator=acc,
+        model=run.model,
+        params=params,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        n_samples=len(tasks),
+        make_batch=lambda idx: reuse.next(lambda: rollout_batch(run, [tasks[i] for i in idx], g, fns, reference)),
+        loss_fn=grpo_loss_fn(g, names),
+        total_steps=steps,
+        run_dir=run.dir,
+        console=run.console,
+        after_step=lambda step: on_optimizer_step(acc.unwrap_model(run.model), run.cfg.method, step),
+        log=log,
+    )
+    try:
+        result = loop.run()
+    finally:
+        if log:
+            log.close()
+    if reference is not None:
+        reference.release(acc.unwrap_model(run.model))
+    return {
+        "steps": result.steps,
+        "train_seconds": result.seconds,
+        "final_loss": result.final_loss,
+        "bad_steps": result.bad_steps,
+    }
+
+
+def plot_rewards(metrics_path, out_png, names: list[str]) -> None:
+    """plots/reward.png: the mean total reward and each reward function's mean, per optimizer step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_metrics(metrics_path)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for key in ["reward", *[f"reward/{n}" for n in names]]:
+        pts = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], lw=1.5, marker=".", label=key)
+    ax.set_xlabel("optimizer step")
+    ax.set_title("GRPO reward (mean over sampled completions)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+
+
+def run_grpo(
+    cfg: RunConfig,
+    g: GRPOConfig,
+    data_files: list[str] | None = None,
+    adapter: str | None = None,
+    console: Console | None = None,
+) -> dict[str, Any]:
+    console = console or Console()
+    wall = time.perf_counter()
+    fns = [resolve_reward(r) for r in g.rewards]  # fail on a bad reward name before loading anything
+    run, test_rejects = setup_run(cfg, console)
+    tasks, rejects = load_rl_tasks(run, data_files or list(cfg.data.train))
+    write_rejects(rejects + test_rejects, run.dir / "rejects.jsonl")
+    console.print(
+        f"data: {len(tasks)} training prompts, {len(run.tasks or [])} test tasks, "
+        f"{len(rejects) + len(test_rejects)} rejected (→ rejects.jsonl)"
+    )
+    run.model = load_policy(run, adapter)
+    before = run_eval(run, "before") if cfg.eval.before else None
+    stats = train(run, tasks, g, fns, adapter)
+    adapter_dir = save(run)
+    names = [reward_name(r) for r in g.rewards]
+    if run.accelerator.is_main_process:
+        plot_rewards(run.dir / "metrics.jsonl", run.dir / "plots" / "reward.png", names)
+    after = run_eval(run, "after") if cfg.eval.after else None
+    rows = [r for r in read_metrics(run.dir / "metrics.jsonl") if "reward" in r]
+    summary = {
+        "run_dir": str(run.dir),
+        "adapter_dir": str(adapter_dir),
+        "model": cfg.model.name_or_path,
+        "method": cfg.method.name,
+        "grpo": g.model_dump(mode="json"),
+        "start_adapter": str(adapter) if adapter else None,
+        "train_prompts": len(tasks),
+        "before": before.headline() if before else None,
+        "after": after.headline() if after else None,
+        "reward_first": rows[0]["reward"] if rows else None,
+        "reward_last": rows[-1]["reward"] if rows else None,
+        "reward_plot": str(run.dir / "plots" / "reward.png"),
+        **stats,
+        "wall_seconds": time.perf_counter() - wall,
+    }
+    if run.accelerator.is_main_process:
+        (run.dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
