@@ -94,11 +94,12 @@ class Result:
 
 def drive(name: str, url: str, model: str, questions: list[str], clients: int, max_tokens: int) -> Result:
     """`clients` threads take the questions one by one from a shared list until it is empty."""
-    work, lock = list(reversed(questions)), threading.Lock()
+    work, lock, ready = list(reversed(questions)), threading.Lock(), threading.Barrier(clients + 1)
     latencies, tokens = [], [0]
 
     def client() -> None:
         with httpx.Client(base_url=url, timeout=600) as http:
+            ready.wait()  # all clients start together, as a burst of users would
             while True:
                 with lock:
                     if not work:
@@ -112,15 +113,22 @@ def drive(name: str, url: str, model: str, questions: list[str], clients: int, m
                     latencies.append(time.perf_counter() - start)
                     tokens[0] += r.json()["usage"]["completion_tokens"]
 
-    httpx.post(url + "/v1/chat/completions", json={"model": model, "messages": [{"role": "user", "content": "hi"}],
-                                                    "max_tokens": 4, "temperature": 0}, timeout=600)  # warm-up  # fmt: skip
+    warm_up = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "temperature": 0}
+    httpx.post(url + "/v1/chat/completions", json=warm_up, timeout=600)
     threads = [threading.Thread(target=client) for _ in range(clients)]
-    start = time.perf_counter()
     for t in threads:
         t.start()
+    ready.wait()
+    start = time.perf_counter()
     for t in threads:
         t.join()
     return Result(name, len(latencies), time.perf_counter() - start, tokens[0], latencies)
+
+
+def batch_sizes(metrics: str) -> tuple[float, float]:
+    """(batches, requests in them) from the server's Prometheus text; the warm-up request included."""
+    value = {line.split()[0]: float(line.split()[1]) for line in metrics.splitlines() if line[:1] != "#"}
+    return value["thinktune_batch_size_count"], value["thinktune_batch_size_sum"]
 
 
 def print_table(results: list[Result]) -> None:
@@ -163,7 +171,9 @@ def main() -> None:
     with BackgroundServer(create_app(served, cfg), request_timeout=cfg.request_timeout) as server:
         ours = drive(f"thinktune serve (batch <= {args.max_batch_size})", server.url, "bench", questions,
                      args.clients, args.max_tokens)  # fmt: skip
+        batches = batch_sizes(httpx.get(server.url + "/metrics").text)
     print_table([baseline, ours])
+    print(f"thinktune serve ran {batches[0]:.0f} batches, {batches[1] / batches[0]:.1f} requests each on average")
 
 
 if __name__ == "__main__":

@@ -56,3 +56,17 @@ def test_export_errors_are_one_line(tiny_model_dirs, tmp_path):
         result = runner.invoke(app, ["export", *args, "-o", str(tmp_path / "out")], env={"COLUMNS": "200"})
         assert result.exit_code == 2, (args, result.output)
         assert needle in result.output and "Traceback" not in result.output, result.output
+
+
+def test_several_formats_from_the_config_go_to_subdirectories(export_models, tmp_path):
+    model_dir, _ = export_models["llama"]
+    args = ["export", "--model", str(model_dir), "--set", "export.formats=[merged,gguf]", "-o", str(tmp_path)]
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "merged" / "verify.json").read_text())["format"] == "merged"
+    assert json.loads((tmp_path / "gguf" / "verify.json").read_text())["gguf_type"] == "q8_0"  # export.gguf_type
+
+
+def test_help_has_an_example():
+    result = CliRunner().invoke(app, ["export", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0 and "Example" in result.output and "thinktune export --run-dir" in result.output

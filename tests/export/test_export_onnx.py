@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
-
-import onnxruntime as ort
+import numpy as np
 import pytest
 import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
 
 from thinktune.config import ModelConfig
 from thinktune.errors import EnvironmentProblem, UserError
 from thinktune.export import ExportOptions, run_export
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("onnxscript") is None, reason="onnx extras not installed")
+ort = pytest.importorskip("onnxruntime", reason="ONNX export needs: pip install onnx onnxruntime onnxscript")
+pytest.importorskip("onnxscript")
 
 # torch.export ("dynamo") is the default exporter and is checked once; TorchScript tracing is 20x faster to run.
 FAST = ExportOptions(max_new_tokens=6, onnx_exporter="torchscript")
@@ -27,9 +28,34 @@ def test_onnx_with_kv_cache_dynamo(export_models, tmp_path):
     assert record["max_abs_logit_diff"] < 1e-4
     assert record["max_abs_decode_step_diff"] < 1e-4
     assert record["greedy"]["identical"] == 1.0
-    inputs = [i.name for i in ort.InferenceSession(str(tmp_path / "model.onnx")).get_inputs()]
+    session = ort.InferenceSession(str(tmp_path / "model.onnx"))
+    inputs = [i.name for i in session.get_inputs()]
     assert inputs[:4] == ["input_ids", "attention_mask", "position_ids", "past_key_values.0.key"]
     assert (tmp_path / "tokenizer.json").is_file() and (tmp_path / "config.json").is_file()
+    assert_left_padded_batch_matches(session, model_dir, adapter)
+
+
+def assert_left_padded_batch_matches(session, model_dir, adapter):
+    """A left-padded batch of two, prompt then one cached step, against the merged PyTorch model."""
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model_dir), adapter).merge_and_unload()
+    ids = np.array([[0, 0, 0, 10, 11, 12, 13], [20, 21, 22, 23, 24, 25, 26]])
+    mask = np.array([[0, 0, 0, 1, 1, 1, 1], [1] * 7])
+    positions = np.clip(mask.cumsum(1) - 1, 0, None)
+    past = {i.name: np.zeros((2, 2, 0, 16), np.float32) for i in session.get_inputs()[3:]}
+    out = session.run(None, {"input_ids": ids, "attention_mask": mask, "position_ids": positions, **past})
+    step = out[0][:, -1].argmax(-1)[:, None]
+    mask2, positions2 = np.concatenate([mask, [[1], [1]]], 1), positions[:, -1:] + 1
+    present = dict(zip([i.name for i in session.get_inputs()[3:]], out[1:], strict=True))
+    out2 = session.run(None, {"input_ids": step, "attention_mask": mask2, "position_ids": positions2, **present})
+    with torch.no_grad():
+        full = model(
+            input_ids=torch.tensor(np.concatenate([ids, step], 1)),
+            attention_mask=torch.tensor(mask2),
+            position_ids=torch.tensor(np.concatenate([positions, positions2], 1)),
+        ).logits.numpy()
+    real = mask.astype(bool)
+    assert np.abs(out[0] - full[:, :-1])[real].max() < 1e-4
+    assert np.abs(out2[0][:, -1] - full[:, -1]).max() < 1e-4
 
 
 @pytest.mark.parametrize(("arch", "kv_cache"), [("qwen3", True), ("qwen2", False)])

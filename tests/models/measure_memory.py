@@ -2,7 +2,8 @@
 
     python -m tests.models.measure_memory MODEL_DIR --method lora --batch 2 --seq 128 [--set r=8] [--checkpointing]
 
-Prints one JSON object: `delta_bytes` = peak RSS during forward + backward + optimizer step − RSS just before it.
+Prints one JSON object: `delta_bytes` = peak RSS during two training steps (forward + backward + AdamW step; the
+second runs with the optimizer state the first created, as every later step does) − RSS just before them.
 The model is built from its config (random weights: memory does not depend on the values, and no loading transient
 inflates the high-water mark); a tiny warm-up forward/backward first absorbs one-time allocations (thread pools,
 kernel caches) without creating optimizer state.
@@ -67,7 +68,9 @@ def random_batch(vocab: int, batch: int, seq: int) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, -100)}
 
 
-def measure(model_dir: str, method: MethodConfig, batch: int, seq: int, checkpointing: bool = False) -> dict:
+def measure(
+    model_dir: str, method: MethodConfig, batch: int, seq: int, checkpointing: bool = False, steps: int = 2
+) -> dict:
     torch.manual_seed(0)
     config = AutoConfig.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
@@ -84,7 +87,8 @@ def measure(model_dir: str, method: MethodConfig, batch: int, seq: int, checkpoi
     gc.collect()
     was_reset = reset_peak()
     before = current_rss()
-    step(model, method, data, optimizer)
+    for _ in range(steps):
+        step(model, method, data, optimizer)
     peak = peak_rss()
     return {"delta_bytes": peak - before, "rss_before": before, "peak_rss": peak, "peak_reset": was_reset}
 

@@ -8,6 +8,8 @@ through the real engine, API and OpenAI client.
 from __future__ import annotations
 
 import shutil
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, GenerationConfig
 
+from tests.tiny_models import build_tiny_tokenizer
 from thinktune.config import ServeConfig, to_yaml, validate
 from thinktune.serve.adapters import ServedModel, load_served_model
 from thinktune.serve.app import create_app
@@ -89,10 +92,26 @@ class ScriptedModel(torch.nn.Module):
         self.config = type("Config", (), {"max_position_embeddings": 512})()
         self.generation_config = GenerationConfig(eos_token_id=tokenizer.eos_token_id)
         self.device = torch.device("cpu")
+        self.active_adapter: str | None = None
+        self.calls: list[tuple[str | None, int]] = []  # (adapter, rows) per generate()
+        self.steps = 0  # decoding steps run, over all calls
+        self.step_seconds = 0.0  # pretend each step takes this long
+
+    def set_adapter(self, name: str) -> None:
+        self.active_adapter = name
+
+    @contextmanager
+    def disable_adapter(self):
+        before, self.active_adapter = self.active_adapter, None
+        yield
+        self.active_adapter = before
 
     def generate(self, input_ids, max_new_tokens, logits_processor, stopping_criteria, pad_token_id, **kwargs):
+        self.calls.append((self.active_adapter, input_ids.shape[0]))
         done = torch.zeros(input_ids.shape[0], dtype=torch.bool)
         for step in range(max_new_tokens):
+            self.steps += 1
+            time.sleep(self.step_seconds)
             token = self.script[min(step, len(self.script) - 1)]
             scores = torch.full((input_ids.shape[0], self.vocab), float("-inf"))
             scores[:, token] = 0.0
@@ -113,13 +132,21 @@ THINKING_TEMPLATE = (
 )
 
 
-@pytest.fixture(scope="module")
-def scripted_server(tiny_model_dirs):
-    from tests.tiny_models import build_tiny_tokenizer
-
+def scripted(adapters: tuple[str, ...] = ()) -> ServedModel:
+    """A ServedModel over ScriptedModel (adapter names are accepted, and only recorded)."""
     tokenizer = build_tiny_tokenizer()
     tokenizer.chat_template = THINKING_TEMPLATE
-    served = ServedModel(ScriptedModel(tokenizer, SCRIPT), tokenizer, "scripted")
+    return ServedModel(ScriptedModel(tokenizer, SCRIPT), tokenizer, "scripted", {a: Path(a) for a in adapters})
+
+
+@pytest.fixture
+def make_scripted():
+    return scripted
+
+
+@pytest.fixture(scope="module")
+def scripted_server():
+    served = scripted()
     with BackgroundServer(create_app(served, ServeConfig(max_tokens_limit=200))) as server:
         yield server
 

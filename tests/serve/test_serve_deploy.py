@@ -14,6 +14,7 @@ from thinktune.config import load_config, to_yaml, validate
 from thinktune.errors import EnvironmentProblem, UserError
 from thinktune.serve import vllm_backend
 from thinktune.serve.deploy import DeploySpec, k8s_name, write_deployment
+from thinktune.serve.run_dir import parse_adapter_options, with_adapters
 
 
 def manifests(out) -> dict[str, dict]:
@@ -121,3 +122,36 @@ def test_vllm_args(tiny_base, tiny_adapter):
     assert args[args.index("--max-lora-rank") + 1] == "8"
     assert args[args.index("--reasoning-parser") + 1] == "qwen3"
     assert "k" not in args  # the API key travels by environment (VLLM_API_KEY), never on the command line
+
+
+@pytest.mark.parametrize("command", ["serve", "deploy"])
+def test_help_has_an_example(command):
+    result = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "200", "NO_COLOR": "1"})
+    assert result.exit_code == 0 and "Example" in result.output and f"thinktune {command}" in result.output
+
+
+@pytest.mark.parametrize(
+    "items,expected",
+    [
+        (["math=runs/math/adapter"], {"math": "runs/math/adapter"}),
+        (["runs/chat/adapter"], {"adapter": "runs/chat/adapter"}),
+        (["v1.5=a", "b=c=d"], {"v1.5": "a", "b": "c=d"}),
+    ],
+)
+def test_adapter_options(items, expected):
+    assert parse_adapter_options(items) == expected
+
+
+def test_with_adapters_keeps_names_with_dots():
+    cfg = with_adapters(validate({"serve": {"adapters": {"a": "x"}}}), {"qwen3-v1.5": "y"})
+    assert cfg.serve.adapters == {"a": "x", "qwen3-v1.5": "y"}
+
+
+def test_deploy_with_a_local_wheel(run_dir, tmp_path):
+    wheel = tmp_path / "thinktune-0.1.0-py3-none-any.whl"
+    wheel.write_bytes(b"not really a wheel")
+    out = tmp_path / "wheel"
+    write_deployment(run_dir, out, DeploySpec(thinktune_requirement=str(wheel)))
+    dockerfile = (out / "Dockerfile").read_text()
+    assert (out / "wheels" / wheel.name).is_file()
+    assert "COPY wheels/ /tmp/wheels/" in dockerfile and f'pip install "/tmp/wheels/{wheel.name}"' in dockerfile

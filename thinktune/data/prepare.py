@@ -14,7 +14,7 @@ import contextlib
 import json
 import shutil
 import tempfile
-from collections import Counter
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +33,7 @@ from thinktune.data.render import TokenizedSample, tokenize_conversations
 from thinktune.data.spec import CleaningConfig, DataOptions, DatasetSpec, as_spec
 
 WRITE_BATCH = 1000
+STALE_BUILD_S = 24 * 3600
 
 
 @dataclass
@@ -213,6 +214,15 @@ def dataset_key(
     return make_key(parts)
 
 
+def remove_stale_builds(root: Path, older_than_s: float = STALE_BUILD_S) -> None:
+    """Builds of runs that were killed leave `.build-*` folders; remove those nobody touched for a day."""
+    now = time.time()
+    for p in root.glob(".build-*"):
+        with contextlib.suppress(OSError):
+            if now - p.stat().st_mtime > older_than_s:
+                shutil.rmtree(p, ignore_errors=True)
+
+
 def load_or_build(
     cfg: DataConfig, tokenizer: PreTrainedTokenizerBase, opts: DataOptions, quiet: bool = True
 ) -> tuple[Any, list[DatasetSpec], bool, dict | None]:
@@ -222,6 +232,7 @@ def load_or_build(
     specs = [as_spec(item, cfg.format) for item in cfg.train]
     root = data_cache_dir(opts.cache_dir)
     root.mkdir(parents=True, exist_ok=True)
+    remove_stale_builds(root)
     with _quiet_datasets(quiet):
         if opts.cache:
             final = root / dataset_key(specs, tokenizer, cfg, opts.cleaning)
@@ -282,10 +293,6 @@ def prepare_training_data(
         cache_hit=hit,
         cleaning=report,
     )
-
-
-def rejects_by_rule(rejects: list[Reject]) -> Counter:
-    return Counter(r.rule or "unusable" for r in rejects)
 
 
 class _Overlay(Sequence):

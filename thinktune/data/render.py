@@ -7,6 +7,7 @@ templates that drop old reasoning (Qwen3) or add headers still mask correctly.
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 from typing import Any
 
@@ -149,14 +150,16 @@ def encode_with_offsets(tokenizer: PreTrainedTokenizerBase, texts: list[str]) ->
 
 
 def mask_labels(ids: list[int], offsets: list, spans: list[tuple[int, int]]) -> list[int]:
-    """Token k is trained iff its characters lie inside an assistant span."""
+    """Token k is trained iff its characters lie inside an assistant span (offsets never decrease)."""
     labels = [IGNORE] * len(ids)
-    j = 0
-    for k, (s, e) in enumerate(offsets):
-        while j < len(spans) and spans[j][1] <= s:
-            j += 1
-        if j < len(spans) and s >= spans[j][0] and e <= spans[j][1] and e > s:
-            labels[k] = ids[k]
+    starts = [s for s, _ in offsets]
+    for a, b in spans:
+        k = bisect.bisect_left(starts, a)
+        while k < len(ids) and offsets[k][0] < b:
+            s, e = offsets[k]
+            if e <= b and e > s:
+                labels[k] = ids[k]
+            k += 1
     return labels
 
 

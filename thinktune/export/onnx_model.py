@@ -48,11 +48,11 @@ def require_onnx() -> None:
 
 
 def check(model_type: str, options: ExportOptions) -> None:
-    require_onnx()
     facts = arch_facts(model_type)
     if facts is not None and facts.moe:
         # Both exporters fail on transformers' routed-expert dispatch (aten::histc, data-dependent expert batches).
         raise UserError(f"ONNX export does not support mixture-of-experts models yet ({model_type})")
+    require_onnx()
     if options.onnx_exporter not in EXPORTERS:
         raise UserError(f"unknown ONNX exporter '{options.onnx_exporter}'; choose one of: {', '.join(EXPORTERS)}")
 

@@ -137,20 +137,22 @@ def select_experts(share: torch.Tensor, threshold: float) -> list[list[int]]:
 def plot_expert_usage(usage: ExpertUsage, path: Path, score: str = "gate") -> Path:
     """Heatmap PNG: MoE layers × experts, colour = share."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     share = usage.share(score).numpy()
     L, E = share.shape
-    fig, ax = plt.subplots(figsize=(min(18, 2 + 0.25 * E), min(14, 1.5 + 0.35 * L)))
+    fig, ax = plt.subplots(figsize=(max(6, min(18, 2 + 0.25 * E)), max(3, min(14, 1.5 + 0.35 * L))))
     im = ax.imshow(share, aspect="auto", cmap="viridis", interpolation="nearest")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_xlabel("expert")
     ax.set_ylabel("layer")
     ax.set_yticks(range(L), [str(x) for x in usage.layers], fontsize=7)
     label = "gate-score share" if score == "gate" else "token-selection ratio"
     fig.colorbar(im, ax=ax, label=label)
-    ax.set_title(f"expert usage ({label}, {usage.samples} samples, {usage.tokens} tokens)")
+    ax.set_title(f"expert usage: {label}\n{usage.samples} samples, {usage.tokens} tokens", fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

@@ -456,3 +456,13 @@ def _largest_fitting(shape: ModelShape, setup: TrainSetup, device_bytes: int) ->
             return candidate
         seq //= 2
     return None
+
+
+def model_shape(name_or_path: str, gguf_file: str | None = None) -> ModelShape:
+    """ModelShape of a model reference (bundled name, directory, .gguf); reads its config only."""
+    from transformers import AutoConfig
+
+    from thinktune.models.loading import resolve_model
+
+    source = resolve_model(name_or_path, gguf_file)
+    return shape_from_config(AutoConfig.from_pretrained(source.path, gguf_file=source.gguf_file))

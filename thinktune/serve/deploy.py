@@ -45,7 +45,7 @@ class DeploySpec:
     cpu: str = "2"
     memory: str = "16Gi"
     target_cpu_utilization: int = 70
-    thinktune_requirement: str = f"thinktune[serve]=={thinktune.__version__}"  # or a path to a wheel
+    thinktune_requirement: str = f"thinktune=={thinktune.__version__}"  # or a path to a wheel
     torch_version: str = torch.__version__.split("+")[0]
 
 
@@ -107,7 +107,7 @@ def write_deployment(run_dir: Path, out: Path, spec: DeploySpec = DeploySpec()) 
     if wheel.suffix == ".whl" and wheel.is_file():
         (out / "wheels").mkdir(exist_ok=True)
         shutil.copy2(wheel, out / "wheels" / wheel.name)
-        requirement = f"/tmp/wheels/{wheel.name}[serve]"
+        requirement = f"/tmp/wheels/{wheel.name}"
         copies.append("wheels/")
     dockerfile = dockerfile_text(cfg, spec, requirement, copies, served_name, run.dir)
     (out / "Dockerfile").write_text(dockerfile)

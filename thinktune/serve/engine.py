@@ -1,11 +1,11 @@
 """The batching engine: one worker thread owns the model; requests wait in a bounded queue and run in batches.
 
-A batch is the first waiting request plus the next ones for the same adapter, up to `max_batch_size`, gathered for a
-few milliseconds. Prompts are left-padded and run through one `generate()` call; `RowSampler` samples each row with
-its own parameters and `BatchProgress` follows each row after every step — it turns the new token into text, sends it
-to the request, and stops the row at its end-of-turn token, a stop string, its `max_tokens`, or when its client is
-gone. A finished row answers at once; the batch runs until its last row is done (static batching: no request joins a
-running batch).
+A batch is the first waiting request plus the next ones for the same adapter, up to `max_batch_size`, gathered while
+they keep arriving (see BATCH_GAP_S). Prompts are left-padded and run through one `generate()` call: `RowSampler`
+samples each row with its own parameters, and `BatchProgress` follows each row after every step — it turns the new
+token into text, sends it to the request, and stops the row at its end-of-turn token, a stop string, its
+`max_tokens`, or when its client is gone. A finished row answers at once; the batch runs until its last row is done
+(static batching: no request joins a running batch).
 """
 
 from __future__ import annotations
@@ -29,7 +29,11 @@ from thinktune.serve.sampling import RowSampler, SamplingParams
 
 log = logging.getLogger("thinktune.serve")
 
-BATCH_WAIT_S = 0.005  # how long a new batch waits for companions; short next to one decoding step
+# A new batch waits for companions while they keep coming: until BATCH_GAP_S passes without an arrival, and never
+# longer than BATCH_WAIT_SHARE of a recent batch's duration. Clients that all got their answers at the end of one
+# batch come back within milliseconds of each other, so the next batch is full again instead of split in two.
+BATCH_GAP_S = 0.02
+BATCH_WAIT_SHARE = 0.1
 
 
 class QueueFull(Exception):
@@ -163,20 +167,21 @@ class Engine:
         served: ServedModel,
         max_batch_size: int = 8,
         max_queue: int = 64,
-        batch_wait: float = BATCH_WAIT_S,
+        batch_gap: float = BATCH_GAP_S,
         on_batch: Callable[[int], None] | None = None,
     ):
         self.served = served
         self.tokenizer = copy.deepcopy(served.tokenizer)  # the worker's own: a fast tokenizer is not thread-safe
         self.stop_ids = stop_token_ids(served.tokenizer, served.model)
         self.pad_id = served.tokenizer.pad_token_id if served.tokenizer.pad_token_id is not None else self.stop_ids[0]
-        self.max_batch_size, self.max_queue, self.batch_wait = max_batch_size, max_queue, batch_wait
+        self.max_batch_size, self.max_queue, self.batch_gap = max_batch_size, max_queue, batch_gap
         self.on_batch = on_batch
         self.running = 0  # rows in the batch being generated
         self.batch_seconds = 1.0  # moving average of a batch's duration, for Retry-After
         self._queue: deque[GenerationRequest] = deque()
         self._cond = threading.Condition()
         self._closing = False
+        self._arrivals = 0
         self._thread: threading.Thread | None = None
 
     @property
@@ -209,6 +214,7 @@ class Engine:
             if len(self._queue) >= self.max_queue:
                 raise QueueFull()
             self._queue.append(request)
+            self._arrivals += 1
             self._cond.notify()
 
     def _run(self) -> None:
@@ -225,17 +231,28 @@ class Engine:
                     return None
                 self._cond.wait()
             batch = [self._queue.popleft()]
-            until = time.monotonic() + self.batch_wait
+            start = last_arrival = time.monotonic()
+            until = start + BATCH_WAIT_SHARE * self.batch_seconds
             while True:
                 for request in [r for r in self._queue if r.adapter == batch[0].adapter]:
                     if len(batch) >= self.max_batch_size:
                         break
-                    self._queue.remove(request)
-                    batch.append(request)
-                left = until - time.monotonic()
+                    if self._fits(batch, request):
+                        self._queue.remove(request)
+                        batch.append(request)
+                left = min(last_arrival + self.batch_gap, until) - time.monotonic()
                 if len(batch) >= self.max_batch_size or left <= 0 or self._closing:
                     return batch
+                seen = self._arrivals
                 self._cond.wait(left)
+                if self._arrivals != seen:
+                    last_arrival = time.monotonic()
+
+    def _fits(self, batch: list[GenerationRequest], request: GenerationRequest) -> bool:
+        """Padded to the longest prompt and run to the longest max_tokens, the batch must stay within the context."""
+        width = max(len(r.prompt_ids) for r in [*batch, request])
+        steps = max(r.params.max_tokens for r in [*batch, request])
+        return width + steps <= self.served.max_context
 
     def _drop_abandoned(self) -> None:
         """Requests whose client already got a timeout (or left) never reach the model."""

@@ -26,7 +26,7 @@ from rich.console import Console
 from thinktune.config import RunConfig, Section
 from thinktune.data.collate import pad_batch
 from thinktune.data.formats import RecordError
-from thinktune.data.reading import Reject, check_bad_fraction, read_records, write_rejects
+from thinktune.data.reading import Reject, check_bad_fraction, read_records, resolve_path, write_rejects
 from thinktune.data.render import TokenizedSample, encode_with_offsets, render_conversation, to_sample
 from thinktune.errors import ConfigError, DataError
 from thinktune.methods import count_parameters, on_optimizer_step, optimizer_parameters
@@ -388,6 +388,8 @@ def run_dpo(
     console = console or Console()
     wall = time.perf_counter()
     files = data_files or list(cfg.data.train)
+    for ref in files:
+        resolve_path(ref)  # a missing file fails before the model loads
     run, test_rejects = setup_run(cfg, console)
     data = load_preferences(run, files, dpo.loss)
     write_rejects(data.rejects + test_rejects, run.dir / "rejects.jsonl")

@@ -29,7 +29,7 @@ import torch
 from pydantic import Field, model_validator
 from rich.console import Console
 
-from thinktune.config import RunConfig, Section
+from thinktune.config import DataConfig, RunConfig, Section
 from thinktune.data.reading import Reject, check_bad_fraction, read_records, write_rejects
 from thinktune.data.render import render_prompt
 from thinktune.errors import DataError
@@ -224,17 +224,16 @@ class RolloutReuse:
 # ---- the recipe ----
 
 
-def load_rl_tasks(run: Run, files: list[str]) -> tuple[list[dict], list[Reject]]:
+def load_rl_tasks(cfg: DataConfig, files: list[str]) -> tuple[list[dict], list[Reject]]:
     """Prompt + answer records (any task format, or SFT records with an `answer` field), and the rejects."""
-    cfg, tasks, rejects = run.cfg.data, [], []
+    tasks, rejects = [], []
     for ref in files:
         loaded = read_records(ref, cfg.format, kind="task")
         check_bad_fraction(loaded, cfg.max_bad_fraction, ref)
         tasks += loaded.records
         rejects += loaded.rejects
     if not tasks:
-        write_rejects(rejects, run.dir / "rejects.jsonl")
-        raise DataError(f"no usable prompts with answers in {', '.join(files)} (see rejects.jsonl)")
+        raise DataError(f"no usable prompts with answers in {', '.join(files)}")
     return tasks[: cfg.max_train_samples] if cfg.max_train_samples else tasks, rejects
 
 
@@ -390,8 +389,8 @@ def run_grpo(
     console = console or Console()
     wall = time.perf_counter()
     fns = [resolve_reward(r) for r in g.rewards]  # fail on a bad reward name before loading anything
+    tasks, rejects = load_rl_tasks(cfg.data, data_files or list(cfg.data.train))  # data errors before the model loads
     run, test_rejects = setup_run(cfg, console)
-    tasks, rejects = load_rl_tasks(run, data_files or list(cfg.data.train))
     write_rejects(rejects + test_rejects, run.dir / "rejects.jsonl")
     console.print(
         f"data: {len(tasks)} training prompts, {len(run.tasks or [])} test tasks, "

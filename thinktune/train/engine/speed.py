@@ -78,15 +78,14 @@ def packed_batch(samples: Sequence[TokenizedSample], pad_id: int) -> Batch:
     Same samples, same trained tokens, same loss as `pad_batch`, without most of the padding.
     """
     seqs = pack(samples, max(len(s.input_ids) for s in samples))
-    batch = collate_packed(seqs, pad_id)
+    # Tensors only (TrainLoop moves every value to the device); `model_inputs` adds use_cache=False itself.
+    batch = {k: v for k, v in collate_packed(seqs, pad_id).items() if isinstance(v, torch.Tensor)}
     lengths = torch.tensor([len(s.input_ids) for s in seqs])
     batch["attention_mask"] = (torch.arange(batch["input_ids"].shape[1])[None, :] < lengths[:, None]).long()
     return batch
 
 
-def build_make_batch(
-    samples: Sequence[TokenizedSample], cfg: TrainConfig, pad_id: int
-) -> Callable[[list[int]], Batch]:
+def build_make_batch(samples: Sequence[TokenizedSample], cfg: TrainConfig, pad_id: int) -> Callable[[list[int]], Batch]:
     """make_batch(indices) for TrainLoop: padded rows, or packed rows when `cfg.packing`."""
     if cfg.packing:
         return lambda idx: packed_batch([samples[i] for i in idx], pad_id)

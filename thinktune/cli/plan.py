@@ -1,0 +1,82 @@
+"""`thinktune plan`: predict peak GPU memory of a training run, and settings that fit a device.
+
+    thinktune plan --model smollm2-135m-instruct --method lora --batch-size 8 --seq-len 512 --device 24GB
+    thinktune plan -c my.yaml --device 80GB --gpus 4
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from thinktune.cli.app import ConfigOpt, SetOpt, app, build_config, console, user_errors
+from thinktune.errors import UserError
+
+
+@app.command()
+@user_errors
+def plan(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    model: Annotated[str | None, typer.Option(help="Model: bundled name, HF directory or .gguf (default: config).")] = None,
+    method: Annotated[str | None, typer.Option(help="Tuning method (default: config's method.name).")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Samples per device per micro-batch.")] = None,
+    seq_len: Annotated[int | None, typer.Option(help="Tokens per sample (default: data.max_length).")] = None,
+    precision: Annotated[str, typer.Option(help="bf16 or fp32 weights and activations.")] = "bf16",
+    gradient_checkpointing: Annotated[
+        bool | None, typer.Option("--gradient-checkpointing/--no-gradient-checkpointing", help="Recompute activations.")
+    ] = None,
+    gpus: Annotated[int, typer.Option(help="Data-parallel devices (each holds a full copy).")] = 1,
+    device: Annotated[str | None, typer.Option(help="Device memory to fit, e.g. 24GB; recommends settings.")] = None,
+) -> None:
+    """Predict peak memory per device — weights, gradients, optimizer state, activations — and, with --device,
+    the largest batch / sequence that fits (gradient checkpointing on, QLoRA when nothing else fits).
+
+    Example: `thinktune plan --model smollm2-135m-instruct --method full --batch-size 16 --seq-len 1024 --device 24GB`
+    """
+    from thinktune.models.memory import GiB, TrainSetup, estimate, model_shape, parse_size, recommend
+
+    sets = list(set_ or []) + ([f"model.name_or_path={model}"] if model else []) + ([f"method.name={method}"] if method else [])
+    cfg = build_config(config, sets)
+    if precision not in ("bf16", "fp32"):
+        raise UserError(f"--precision {precision}: choose bf16 or fp32")
+    if gpus < 1:
+        raise UserError("--gpus must be at least 1")
+    try:
+        device_bytes = parse_size(device) if device else None
+    except ValueError as e:
+        raise UserError(f"--device: {e}") from None
+    setup = TrainSetup(
+        method=cfg.method,
+        batch_size=batch_size or cfg.train.batch_size,
+        seq_len=seq_len or cfg.data.max_length,
+        precision=precision,
+        gradient_checkpointing=cfg.train.gradient_checkpointing if gradient_checkpointing is None else gradient_checkpointing,
+        gpus=gpus,
+    )
+    with console.status(f"reading {cfg.model.name_or_path}"):
+        shape = model_shape(cfg.model.name_or_path, cfg.model.gguf_file)
+    est = estimate(shape, setup)
+
+    def row_of(s, e) -> list[str]:
+        gc = "on" if s.gradient_checkpointing else "off"
+        return [s.method.name, str(s.batch_size), str(s.seq_len), gc] + [f"{v / GiB:.2f}" for v in e.parts().values()]
+
+    table = Table(title=f"peak memory per device (GiB): {cfg.model.name_or_path}, {precision}, {gpus} GPU(s)")
+    for col in ("method", "batch", "seq", "ckpt", "weights", "grads", "optim", "activ", "total"):
+        table.add_column(col, justify="right" if col != "method" else "left")
+    table.add_row(*row_of(setup, est))
+    rec = recommend(shape, setup, device_bytes) if device_bytes else None
+    if rec and rec.setup != setup:
+        table.add_row(*row_of(rec.setup, rec.estimate), style="green" if rec.fits else "red")
+    console.print(table)
+    console.print("grads = gradients, optim = AdamW state, activ = activations kept for backward + logits", style="dim")
+    console.print(
+        f"trainable {est.trainable:,} of {est.total_params:,} parameters ({est.trainable / est.total_params:.2%})"
+        + (f"; the optimizer holds {est.updated:,}" if est.updated != est.trainable else "")
+    )
+    if rec:
+        verdict = "[green]fits[/]" if rec.fits else "[red]does not fit[/]"
+        console.print(f"{device}: {verdict} — {rec.note}", highlight=False)
