@@ -22,6 +22,7 @@ import math
 import os
 import random
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -194,6 +195,13 @@ def peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
+def cpu_seconds() -> float:
+    """User + system CPU time of this process (all its threads): less sensitive than wall time to other jobs on a
+    shared machine (torch.compile's worker processes are not included)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def rss_now_mb() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
@@ -270,14 +278,16 @@ def child_hf(spec: dict) -> dict:
     trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator)
     rss_before = rss_now_mb()
     peak_flops = matmul_peak()
-    load_start = os.getloadavg()[0]
+    load_start, cpu_start = os.getloadavg()[0], cpu_seconds()
     t = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - t
+    cpu = cpu_seconds() - cpu_start
     peak = peak_memory_mb()
     losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
     return {
         "seconds": seconds,
+        "cpu_seconds": cpu,
         "peak_mb": peak,
         "rss_before_train_mb": rss_before,
         "matmul_peak_flops": peak_flops,
@@ -335,8 +345,9 @@ def child_thinktune(spec: dict) -> dict:
     _wire_speed_levers_if_missing(sft, run)
     rss_before = rss_now_mb()
     peak_flops = matmul_peak()
-    load_start = os.getloadavg()[0]
+    load_start, cpu_start = os.getloadavg()[0], cpu_seconds()
     stats = sft.train(run)
+    cpu = cpu_seconds() - cpu_start
     peak = peak_memory_mb()
     from thinktune.train.engine.loggers import read_metrics
 
@@ -344,6 +355,7 @@ def child_thinktune(spec: dict) -> dict:
     model = run.accelerator.unwrap_model(run.model)
     return {
         "seconds": stats["train_seconds"],
+        "cpu_seconds": cpu,
         "peak_mb": peak,
         "rss_before_train_mb": rss_before,
         "matmul_peak_flops": peak_flops,
@@ -447,6 +459,7 @@ def run_variant(name: str, model: str, data: dict, max_length: int, workdir: Pat
     result.update(name=name, sets=spec["sets"], env=spec_def.get("env", {}), process_seconds=time.perf_counter() - t)
     tokens = data["tokens"]
     result["tokens_per_s"] = tokens / result["seconds"]
+    result["tokens_per_cpu_s"] = tokens / result["cpu_seconds"]
     result["flops_per_s"] = result["flops"] / result["seconds"]
     result["mfu"] = result["flops_per_s"] / result["matmul_peak_flops"]
     losses = result["step_losses"]
@@ -456,33 +469,65 @@ def run_variant(name: str, model: str, data: dict, max_length: int, workdir: Pat
     return result
 
 
-def summarise(results: list[dict], baseline: str = "hf_trainer") -> None:
-    base = next((r for r in results if r["name"] == baseline and "error" not in r), None)
-    for r in results:
-        if "error" in r or base is None:
-            continue
-        r["speedup_vs_hf"] = r["tokens_per_s"] / base["tokens_per_s"]
-        r["memory_vs_hf"] = r["peak_mb"] / base["peak_mb"]
-        r["heldout_loss_diff_vs_hf"] = r["heldout_loss"] - base["heldout_loss"]
+METRICS = ("tokens_per_s", "tokens_per_cpu_s", "peak_mb", "mfu", "matmul_peak_flops", "final_loss_last_quarter")
 
 
-def table(results: list[dict]) -> str:
-    head = (
-        "| variant | tok/s | × HF | peak MB | × HF | MFU (of matmul peak) | matmul GFLOP/s | final loss (last ¼) "
-        "| held-out loss | load |"
-    )
-    lines = [head, "|" + "---|" * 10]
-    for r in results:
+def aggregate(runs: list[dict], baseline: str = "hf_trainer") -> list[dict]:
+    """One row per variant: the median of its repeats for every metric, then ratios to the baseline's medians."""
+    rows: dict[str, dict] = {}
+    for r in runs:
         if "error" in r:
-            lines.append(f"| {r['name']} | error: {r['error']} |" + " |" * 8)
+            rows.setdefault(r["name"], {"name": r["name"], "error": r["error"]})
             continue
+        row = rows.setdefault(r["name"], {"name": r["name"], "runs": []})
+        row.pop("error", None)
+        row.setdefault("runs", []).append(r)
+    for row in rows.values():
+        done = row.get("runs", [])
+        if not done:
+            continue
+        for key in (*METRICS, "heldout_loss", "load_start", "load_end", "threads"):
+            row[key] = statistics.median(r[key] for r in done)
+        row["tokens_per_s_all"] = [round(r["tokens_per_s"], 1) for r in done]
+        row["load_max"] = max(max(r["load_start"], r["load_end"]) for r in done)
+    base = rows.get(baseline)
+    for row in rows.values():
+        if base is not None and "tokens_per_s" in base and "tokens_per_s" in row:
+            row["speedup_vs_hf"] = row["tokens_per_s"] / base["tokens_per_s"]
+            row["cpu_speedup_vs_hf"] = row["tokens_per_cpu_s"] / base["tokens_per_cpu_s"]
+            row["memory_vs_hf"] = row["peak_mb"] / base["peak_mb"]
+            row["heldout_loss_diff_vs_hf"] = row["heldout_loss"] - base["heldout_loss"]
+    return list(rows.values())
+
+
+def table(rows: list[dict]) -> str:
+    nan = float("nan")
+    head = (
+        "| variant | tok/s (runs) | × HF | tok/CPU-s | × HF | peak MB | × HF | of matmul peak | matmul GFLOP/s "
+        "| train loss (last ¼) | held-out loss | load (1-min avg) |"
+    )
+    lines = [head, "|" + "---|" * 12]
+    for r in rows:
+        if "tokens_per_s" not in r:
+            lines.append(f"| {r['name']} | error: {r.get('error')} |" + " |" * 10)
+            continue
+        runs = ", ".join(f"{v:.0f}" for v in r["tokens_per_s_all"])
         lines.append(
-            f"| {r['name']} | {r['tokens_per_s']:.0f} | {r.get('speedup_vs_hf', float('nan')):.2f} "
-            f"| {r['peak_mb']:.0f} | {r.get('memory_vs_hf', float('nan')):.2f} | {r['mfu']:.0%} "
+            f"| {r['name']} | {r['tokens_per_s']:.1f} ({runs}) | {r.get('speedup_vs_hf', nan):.2f} "
+            f"| {r['tokens_per_cpu_s']:.1f} | {r.get('cpu_speedup_vs_hf', nan):.2f} "
+            f"| {r['peak_mb']:.0f} | {r.get('memory_vs_hf', nan):.2f} | {r['mfu']:.0%} "
             f"| {r['matmul_peak_flops'] / 1e9:.0f} | {r['final_loss_last_quarter']:.3f} | {r['heldout_loss']:.4f} "
-            f"| {r['load_start']:.1f}→{r['load_end']:.1f} |"
+            f"| {r['load_start']:.1f}→{r['load_end']:.1f} (max {r['load_max']:.1f}) |"
         )
     return "\n".join(lines)
+
+
+def wait_for_load(below: float | None, max_wait: float = 1800) -> float:
+    """Sleep until the 1-minute load average drops below `below` (or `max_wait` passes); returns the load."""
+    start = time.time()
+    while below is not None and os.getloadavg()[0] >= below and time.time() - start < max_wait:
+        time.sleep(15)
+    return os.getloadavg()[0]
 
 
 def plot(results: list[dict], path: Path) -> None:
@@ -491,7 +536,7 @@ def plot(results: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ok = [r for r in results if "error" not in r]
+    ok = [r for r in results if "tokens_per_s" in r]
     names = [r["name"] for r in ok]
     fig, axes = plt.subplots(1, 3, figsize=(15, 0.45 * len(ok) + 1.5), sharey=True)
     for ax, key, title in (
@@ -518,8 +563,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--min-length", type=int, default=30)
     parser.add_argument("--max-length", type=int, default=500)
     parser.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, choices=list(VARIANTS))
+    parser.add_argument("--repeat", type=int, default=1, help="rounds over the variants; the table shows medians")
+    parser.add_argument("--wait-load", type=float, default=None, help="start each run when the load is below this")
     parser.add_argument("--out", type=Path, default=RESULTS / "train_throughput.json")
-    parser.add_argument("--timeout", type=float, default=3600, help="seconds per variant")
+    parser.add_argument("--timeout", type=float, default=3600, help="seconds per run")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -530,7 +577,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         from thinktune.models.loading import resolve_model
 
         model = str(resolve_model("smollm2-135m-instruct").path)
-    results: list[dict] = []
+    runs: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="train_throughput.") as tmp:
         workdir = Path(tmp)
         data = prepare_data(model, args.samples, args.min_length, args.max_length, workdir)
@@ -540,19 +587,23 @@ def main(argv: list[str] | None = None) -> list[dict]:
             f"load {os.getloadavg()[0]:.1f}",
             flush=True,
         )
-        for name in args.variants:
-            r = run_variant(name, model, data, args.max_length, workdir, args.timeout)
-            results.append(r)
-            if "error" in r:
-                print(f"{name}: FAILED {r['error']}\n{r['log_tail']}", flush=True)
-            else:
-                print(
-                    f"{name}: {r['tokens_per_s']:.0f} tok/s, peak {r['peak_mb']:.0f} MB, MFU {r['mfu']:.0%}, "
-                    f"held-out loss {r['heldout_loss']:.4f}, load {r['load_start']:.1f}→{r['load_end']:.1f}",
-                    flush=True,
-                )
-    summarise(results)
-    print(table(results))
+        for round_ in range(args.repeat):
+            for name in args.variants:
+                wait_for_load(args.wait_load)
+                r = run_variant(name, model, data, args.max_length, workdir, args.timeout)
+                r["round"] = round_
+                runs.append(r)
+                if "error" in r:
+                    print(f"{name}: FAILED {r['error']}\n{r['log_tail']}", flush=True)
+                else:
+                    print(
+                        f"[{round_}] {name}: {r['tokens_per_s']:.1f} tok/s, {r['tokens_per_cpu_s']:.1f} tok/CPU-s, "
+                        f"peak {r['peak_mb']:.0f} MB, {r['mfu']:.0%} of matmul peak, "
+                        f"held-out loss {r['heldout_loss']:.4f}, load {r['load_start']:.1f}→{r['load_end']:.1f}",
+                        flush=True,
+                    )
+    rows = aggregate(runs)
+    print(table(rows))
     meta = {
         "command": "python bench/train_throughput.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "model": model,
@@ -562,10 +613,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "flops_formula": model_flops.__doc__,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"meta": meta, "results": results}, indent=2))
-    plot(results, args.out.with_suffix(".png"))
+    args.out.write_text(json.dumps({"meta": meta, "table": table(rows), "variants": rows}, indent=2))
+    plot(rows, args.out.with_suffix(".png"))
     print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
-    return results
+    return rows
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from thinktune.data.spec import AugmentConfig, CleaningConfig, DatasetSpec
 from thinktune.errors import ConfigError
 
 QUICKSTART = "quickstart.yaml"
@@ -38,14 +39,17 @@ class ModelConfig(Section):
 
 
 class DataConfig(Section):
-    train: list[str] = Field(
+    train: list[str | DatasetSpec] = Field(
         default_factory=lambda: ["bundled:arithmetic/train"],
-        description="Training files (JSON/JSONL) or bundled sets such as `bundled:arithmetic/train`.",
+        description="Training files (JSON/JSONL/CSV/Parquet/datasets dir), bundled sets such as "
+        "`bundled:arithmetic/train`, or specs {path, format, columns, weight, split} to mix several.",
     )
     test: str | None = Field(
         "bundled:arithmetic/test", description="Held-out set for evaluation before and after training."
     )
-    format: Literal["auto", "messages", "alpaca", "sharegpt"] = Field(
+    format: Literal[
+        "auto", "messages", "alpaca", "sharegpt", "question_answer", "query_response", "text_context"
+    ] = Field(
         "auto", description="Record format; `auto` detects it per record."
     )
     system_prompt: str | None = Field(
@@ -58,11 +62,18 @@ class DataConfig(Section):
     max_train_samples: int | None = Field(None, gt=0, description="Use only the first N usable training samples.")
     validation: str | None = Field(None, description="Validation file for in-training evaluation (eval_steps).")
     balance_by: str | None = Field(None, description="Meta field to balance sampling on (inverse frequency).")
+    balance_weights: dict[str, float] | None = Field(None, description="Share per balance_by value.")
+    cleaning: CleaningConfig | None = Field(None, description="Cleaning stage (dedup, quality filters, PII).")
+    augment: AugmentConfig | None = Field(None, description="Instruction-template variation each epoch.")
+    num_proc: int = Field(1, gt=0, description="Processes for tokenisation.")
+    cache: bool = Field(True, description="Cache tokenised datasets by content hash.")
+    cache_dir: str | None = Field(None, description="Cache folder (default <THINKTUNE_HOME>/data).")
+    seed: int = Field(42, description="Seed for fractional dataset weights and augmentation.")
 
     @field_validator("train", mode="before")
     @classmethod
     def _one_or_many(cls, v: Any) -> Any:
-        return [v] if isinstance(v, str) else v
+        return [v] if isinstance(v, (str, dict)) else v
 
 
 class MethodConfig(Section):

@@ -66,6 +66,14 @@ def test_inspect_plain_markers_and_no_thinking(tiny_model_dirs, tmp_path):
     assert "[[2<|im_end|>]]" in r.output and "1+1=2" not in r.output and f"{path}:3" not in r.output
 
 
+def test_inspect_color_on_request(tiny_model_dirs, tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", [GOOD])
+    args = ["data", "inspect", path, "--model", str(tiny_model_dirs["llama"]), "--color"]
+    r = runner.invoke(app, args, env={"COLUMNS": "200"})
+    assert r.exit_code == 0, r.output
+    assert "\x1b[1;32m" in r.output and "[[" not in r.output  # bold green ANSI even into a pipe
+
+
 def test_inspect_preference_shows_both_sides(tiny_model_dirs, tmp_path):
     path = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "2+2?", "chosen": "four", "rejected": "five"}])
     r = cli("inspect", path, "--kind", "preference", "--model", tiny_model_dirs["llama"])

@@ -82,6 +82,15 @@ def test_int8_cpu_is_smaller_and_close(export_models, tmp_path):
         assert record[key] > 0
 
 
+def test_int8_weight_only(export_models, tmp_path):
+    model_dir, adapter = export_models["qwen3"]
+    options = FAST.but(int8_scheme="weight-only")
+    record = run_export(ModelConfig(name_or_path=str(model_dir)), "int8", tmp_path, options, adapter)
+    assert record["scheme"] == "weight-only" and record["quantized_matmuls"] == 2 * 7 + 1
+    assert record["bytes_after"] < 0.8 * record["bytes_before"]  # the embedding stays float32
+    assert record["max_abs_logit_diff"] < 0.5 and record["top1_agreement"] > 0.8  # tiny random logits are flat
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
 def test_int8_on_gpu_without_cuda_is_one_line(export_models, tmp_path):
     model_dir, _ = export_models["llama"]

@@ -318,3 +318,14 @@ def test_ewc_and_distillation_through_the_recipe(tiny_model_dirs, tmp_path):
                                         "train.label_smoothing=0.1")), QUIET)
     row = read_metrics(tmp_path / "c" / "metrics.jsonl")[0]
     assert {"kl", "ce", "unlikelihood", "contrastive"} <= set(row)
+
+
+def test_class_balanced_sampling_runs_from_the_data_stage(tiny_model_dirs, tmp_path):
+    data = tmp_path / "d.jsonl"
+    rows = [{"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}],
+             "category": "rare" if i == 0 else "common"} for i in range(20)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summary = run_sft(load_config(None, base_sets(tiny_model_dirs["llama"], tmp_path / "r", 3, "eval.before=false",
+                                                  "eval.after=false", f"data.train=[{data}]",
+                                                  "data.balance_by=category")), QUIET)
+    assert summary["steps"] == 3

@@ -208,6 +208,11 @@ def data_inspect(
     sources = _sources(files, format_, kind, columns, split)
     tokenizer = load_tokenizer_only(model)
     use_color = console.is_terminal if color is None else color
+    out = console
+    if use_color and not console.is_terminal:  # --color into a pipe or file: ANSI codes on request
+        from rich.console import Console
+
+        out = Console(force_terminal=True, soft_wrap=True)
     shown = 0
     records = (x for x in _items(sources, kind) if not isinstance(x, Reject))
     for rec in islice(records, skip, skip + num):
@@ -220,18 +225,18 @@ def data_inspect(
             try:
                 view = masked_view(tokenizer, conversation(rec, side), system_prompt)
             except RecordError as e:
-                console.print(f"── {where}{label}: cannot be trained on: {e}", highlight=False)
+                out.print(f"── {where}{label}: cannot be trained on: {e}", highlight=False, soft_wrap=True)
                 continue
-            console.print(
+            out.print(
                 f"── {where}{label} · {view.tokens} tokens · {view.trained_tokens} trained ──",
                 highlight=False,
                 soft_wrap=True,
                 style="bold" if use_color else None,
             )
             if use_color:
-                console.print(view.rich(), highlight=False, markup=False, soft_wrap=True)
+                out.print(view.rich(), highlight=False, markup=False, soft_wrap=True)
             else:
-                console.out(view.plain(), highlight=False)
+                out.out(view.plain(), highlight=False)
         shown += 1
     if not shown:
         raise DataError(f"no usable records to show in {', '.join(files)} (skip={skip})")

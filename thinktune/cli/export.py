@@ -44,6 +44,9 @@ def export(
         str, typer.Option(help="int8: cpu (onnxruntime dynamic int8) or cuda (bitsandbytes).")
     ] = "cpu",
     bits: Annotated[int, typer.Option(help="int8 on cuda: 8 (LLM.int8) or 4 (NF4).")] = 8,
+    int8_scheme: Annotated[
+        str, typer.Option(help="int8 on cpu: dynamic (fastest) or weight-only (closest to the source).")
+    ] = "dynamic",
     output_dir: Annotated[
         Path | None, typer.Option("--output-dir", "-o", help="Artefact directory (default: RUN/export/FORMAT).")
     ] = None,
@@ -75,6 +78,7 @@ def export(
         merged_dtype=dtype,
         quant_device=quant_device,
         quant_bits=bits,
+        int8_scheme=int8_scheme,
     )
     formats = cfg.export.formats
     for fmt in formats:

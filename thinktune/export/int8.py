@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from thinktune.errors import EnvironmentProblem, UserError
-from thinktune.export.onnx_model import OnnxRunner, graph_bytes, save_side_files, write_onnx
+from thinktune.export.onnx_model import OnnxRunner, graph_bytes, quiet_loggers, save_side_files, write_onnx
 from thinktune.export.onnx_model import check as check_onnx
 from thinktune.export.parity import (
     greedy_agreement,
@@ -49,6 +49,8 @@ def check(model_type: str, options: ExportOptions) -> None:
         if importlib.util.find_spec("bitsandbytes") is None:
             raise EnvironmentProblem("GPU 4/8-bit quantisation needs bitsandbytes: pip install bitsandbytes")
     elif options.quant_device == "cpu":
+        if options.int8_scheme not in SCHEMES:
+            raise UserError(f"int8 scheme '{options.int8_scheme}': choose one of {', '.join(SCHEMES)}")
         if options.quant_bits != 8:
             raise UserError("int8 on the CPU is 8-bit only; 4-bit needs --quant-device cuda (bitsandbytes NF4)")
         check_onnx(model_type, options)  # the CPU path quantises the ONNX graph
@@ -60,25 +62,13 @@ def export_int8(source: ExportSource, out: Path, options: ExportOptions) -> dict
     check(source.model.config.model_type, options)
     if options.quant_device == "cuda":
         return export_bitsandbytes(source, out, options)
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
     model = source.merge()
     ids = source.chat_ids(options.prompts)
     stops = stop_ids(source.tokenizer, model)
     n = options.max_new_tokens
     with tempfile.TemporaryDirectory(prefix="thinktune-onnx-") as tmp:
         fp32_path, exporter, kv_note = write_onnx(model, Path(tmp) / "model.onnx", options)
-        # onnxruntime's recommended preparation: shape inference + graph optimisation, so more MatMuls quantise
-        prepared = Path(tmp) / "prepared.onnx"
-        quant_pre_process(fp32_path, prepared, save_as_external_data=True)
-        quantize_dynamic(
-            prepared,
-            out / GRAPH,
-            weight_type=QuantType.QInt8,
-            per_channel=True,
-            use_external_data_format=graph_bytes(fp32_path) > 2**31 - 2**27,  # protobuf's 2 GB limit, with room
-        )
+        method, quantized_op = SCHEMES[options.int8_scheme](fp32_path, out / GRAPH)
         fp32, int8 = OnnxRunner(fp32_path), OnnxRunner(out / GRAPH)
         before = _measure(fp32, ids, n, stops)
         after = _measure(int8, ids, n, stops)
@@ -89,8 +79,9 @@ def export_int8(source: ExportSource, out: Path, options: ExportOptions) -> dict
     reference_greedy = [torch_greedy(model, x, n, stops) for x in ids]
     return {
         "artefact": str(out / GRAPH),
-        "method": "onnxruntime quantize_dynamic: int8 weights per channel (MatMul), int8 embedding (Gather)",
-        "quantized_matmuls": _count_ops(out / GRAPH, "MatMulInteger"),
+        "scheme": options.int8_scheme,
+        "method": method,
+        "quantized_matmuls": _count_ops(out / GRAPH, quantized_op),
         "exporter": exporter,
         "kv_cache": bool(int8.past),
         **({"kv_cache_note": kv_note} if kv_note else {}),
@@ -108,6 +99,44 @@ def export_int8(source: ExportSource, out: Path, options: ExportOptions) -> dict
         "top1_agreement": top1_agreement(reference, after["logits"]),
         "greedy": greedy_agreement(reference_greedy, after["greedy"]),
     }
+
+
+def quantize_dynamic_int8(src: Path, dst: Path) -> tuple[str, str]:
+    """int8 weights per output channel; activations quantised per tensor on the fly (MatMulInteger). Fastest, but
+    per-tensor activation scales suffer from LLMs' outlier features (LLM.int8, Dettmers et al. 2022, §3)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    # onnxruntime's recommended preparation: shape inference + graph optimisation
+    prepared = src.with_name("prepared.onnx")
+    quant_pre_process(src, prepared, save_as_external_data=True)
+    quantize_dynamic(
+        prepared,
+        dst,
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+        use_external_data_format=graph_bytes(src) > PROTOBUF_LIMIT,
+    )
+    return "onnxruntime quantize_dynamic: int8 weights per channel, int8 activations per tensor", "MatMulInteger"
+
+
+def quantize_weight_only_int8(src: Path, dst: Path) -> tuple[str, str]:
+    """int8 weights in blocks of 32 (MatMulNBits); activations quantised per block inside the kernel
+    (accuracy_level 4), so an outlier only coarsens its own block."""
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    quantizer = MatMulNBitsQuantizer(onnx.load(str(src)), bits=8, block_size=32, is_symmetric=True, accuracy_level=4)
+    with quiet_loggers("onnxruntime.quantization.matmul_nbits_quantizer"):
+        quantizer.process()
+    quantizer.model.save_model_to_file(str(dst), use_external_data_format=graph_bytes(src) > PROTOBUF_LIMIT)
+    return "onnxruntime MatMulNBits: int8 weights in blocks of 32, int8 compute with per-block activations", (
+        "MatMulNBits"
+    )
+
+
+PROTOBUF_LIMIT = 2**31 - 2**27  # a graph above ~2 GB must keep its weights as external data
+SCHEMES = {"dynamic": quantize_dynamic_int8, "weight-only": quantize_weight_only_int8}
 
 
 def _measure(runner: OnnxRunner, ids: list[list[int]], n: int, stops: list[int]) -> dict[str, Any]:

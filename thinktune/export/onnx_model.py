@@ -130,7 +130,7 @@ def export_graph(model: PreTrainedModel, path: Path, with_past: bool, exporter: 
         for stale in path.parent.glob(path.name + "*"):  # a failed attempt may leave half a graph
             stale.unlink()
         try:
-            with warnings.catch_warnings(), _quiet("torch.onnx", "torch.export", "torch._dynamo"):
+            with warnings.catch_warnings(), quiet_loggers("torch.onnx", "torch.export", "torch._dynamo"):
                 warnings.simplefilter("ignore")
                 _export(module, args, path, inputs, outputs, kind == "dynamo", with_past, layers)
             return kind
@@ -141,8 +141,8 @@ def export_graph(model: PreTrainedModel, path: Path, with_past: bool, exporter: 
 
 
 @contextlib.contextmanager
-def _quiet(*loggers: str):
-    """The exporters log progress and optional-dependency notices (torchvision) at WARNING; keep the CLI readable."""
+def quiet_loggers(*loggers: str):
+    """Exporters and quantizers log progress (and notices such as torchvision's absence); keep the CLI readable."""
     saved = {name: logging.getLogger(name).level for name in loggers}
     for name in loggers:
         logging.getLogger(name).setLevel(logging.ERROR)

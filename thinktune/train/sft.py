@@ -190,7 +190,7 @@ def train(run: Run, resume: str | None = None) -> dict[str, Any]:
         total_steps=steps,
         run_dir=run.dir,
         console=run.console,
-        sample_weights=getattr(run.data, "weights", None),
+        sample_weights=balanced_weights(run),
         validate=(lambda: validate(run)) if (cfg.eval_steps and run.validation) else None,
         after_step=lambda step: on_optimizer_step(acc.unwrap_model(run.model), run.cfg.method, step),
         log=log,
@@ -213,6 +213,15 @@ def train(run: Run, resume: str | None = None) -> dict[str, Any]:
         "resumed_from": result.resumed_from,
         "validations": result.validations,
     }
+
+
+def balanced_weights(run: Run) -> list[float] | None:
+    """Class-weighted sampling (data.balance_by): inverse frequency, or data.balance_weights shares."""
+    if not run.cfg.data.balance_by:
+        return None
+    from thinktune.data.balance import sample_weights
+
+    return sample_weights(run.data.records, run.cfg.data.balance_by, run.cfg.data.balance_weights)
 
 
 def load_teacher(run: Run):

@@ -9,18 +9,17 @@ from transformers import get_scheduler
 
 from thinktune.config import TrainConfig
 
-
 # Devices with a fused AdamW kernel in torch >= 2.4 (CPU since 2.4, CUDA since 2.0, MPS since 2.5).
 FUSED_DEVICES = ("cpu", "cuda", "mps", "xpu")
 
 
 def fused_supported(params: list[torch.nn.Parameter]) -> bool:
-    """torch's fused AdamW takes floating-point tensors on one of its devices (a mix of devices is fine)."""
+    """torch's fused AdamW kernel exists for floating-point tensors on these devices (meta, for one, has none)."""
     return all(p.device.type in FUSED_DEVICES and torch.is_floating_point(p) for p in params)
 
 
 def adamw_kernel(params: list[torch.nn.Parameter], optimizer: str) -> dict[str, bool]:
-    """`fused=True` for train.optimizer=adamw_fused where the parameters allow it, else `foreach=True` (multi-tensor)."""
+    """`fused=True` for train.optimizer=adamw_fused where the parameters allow it, else `foreach=True`."""
     if optimizer == "adamw_fused" and fused_supported(params):
         return {"fused": True}
     return {"foreach": True}

@@ -12,7 +12,6 @@ Measured on SmolLM2-135M + LoRA, CPU: see docs/performance.md (`python bench/tra
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -31,13 +30,14 @@ Batch = dict[str, torch.Tensor]
 
 # --- threads ------------------------------------------------------------------------------------------------------
 def configure_threads(num_threads: int | None) -> int:
-    """Intra-op threads for torch (None: torch's default, one per core). Returns the count in effect.
+    """Intra-op threads for torch (None: torch's default, one per core); returns the count in effect.
 
-    OMP_NUM_THREADS / OMP_WAIT_POLICY only take effect when set before the process starts; see docs/performance.md.
+    On a CPU shared with other jobs, fewer threads than cores can be faster: an OpenMP parallel region waits for its
+    slowest thread, and a descheduled thread stalls all of them (measured in docs/performance.md). OMP_NUM_THREADS and
+    OMP_WAIT_POLICY only take effect when set before the process starts.
     """
     if num_threads:
         torch.set_num_threads(num_threads)
-        os.environ.setdefault("OMP_NUM_THREADS", str(num_threads))  # for child processes (tokenizers, dataloaders)
     return torch.get_num_threads()
 
 
@@ -126,7 +126,9 @@ def build_sft_loss_fn(
         inputs = model_inputs(batch)
         if head is not None:
             hidden = head.hidden_states(model, **inputs)
-            loss, _ = lm_loss_from_hidden(hidden, head.lm_head, batch["labels"], cfg.loss_chunk_size, cfg.label_smoothing)
+            loss, _ = lm_loss_from_hidden(
+                hidden, head.lm_head, batch["labels"], cfg.loss_chunk_size, cfg.label_smoothing
+            )
             value = loss.item()
             parts = {"ce": value, "loss": value}
         else:

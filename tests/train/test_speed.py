@@ -1,0 +1,234 @@
+"""Speed levers: packed batches train exactly like padded ones, the loss function reproduces the recipe's plain path
+when the levers are off, fused AdamW steps like foreach AdamW, compile and thread settings do what they say."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from accelerate import Accelerator
+from peft import LoraConfig, get_peft_model
+from rich.console import Console
+from transformers import AutoModelForCausalLM
+
+from thinktune.config import TrainConfig
+from thinktune.data.collate import pad_batch
+from thinktune.data.render import IGNORE, TokenizedSample
+from thinktune.train.engine.loop import TrainLoop
+from thinktune.train.engine.losses import combined_loss
+from thinktune.train.engine.optim import adamw_kernel, build_optimizer, build_scheduler
+from thinktune.train.engine.speed import (
+    build_make_batch,
+    build_sft_loss_fn,
+    chunked_loss_applies,
+    compile_model,
+    configure_threads,
+    decoder_layers,
+    model_inputs,
+    packed_batch,
+)
+
+
+def samples(vocab: int, lengths=(7, 19, 4, 12, 9, 3, 15, 6), seed: int = 0) -> list[TokenizedSample]:
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for n in lengths:
+        ids = torch.randint(3, vocab, (n,), generator=g).tolist()
+        prompt = max(1, n // 3)
+        out.append(TokenizedSample(ids, [IGNORE] * prompt + ids[prompt:]))
+    return out
+
+
+def lora_model(tiny_model_dirs, arch="llama", seed=0):
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dirs[arch])
+    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear"))
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            p.data.normal_(0, 0.05)
+    return model.train()
+
+
+def grads(model) -> dict[str, torch.Tensor]:
+    out = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    return out
+
+
+# --- batches ------------------------------------------------------------------------------------------------------
+def test_packed_batch_keeps_every_token_in_fewer_rows():
+    data = samples(500)
+    padded, packed = pad_batch(data, 0), packed_batch(data, 0)
+    assert all(isinstance(v, torch.Tensor) for v in packed.values())  # TrainLoop calls .to() on every value
+    assert packed["input_ids"].shape[1] == max(len(s.input_ids) for s in data)  # rows no longer than the longest
+    assert packed["input_ids"].numel() < padded["input_ids"].numel()
+    assert (
+        int(packed["attention_mask"].sum())
+        == int(padded["attention_mask"].sum())
+        == sum(len(s.input_ids) for s in data)
+    )
+    trained = lambda b: int((b["labels"][:, 1:] != IGNORE).sum())  # noqa: E731 — what TrainLoop counts
+    assert trained(packed) == trained(padded)
+    assert (packed["labels"][packed["attention_mask"] == 0] == IGNORE).all()
+
+
+def test_make_batch_follows_the_config():
+    data = samples(500)
+    plain = build_make_batch(data, TrainConfig(), 0)([0, 2, 5])
+    assert set(plain) == {"input_ids", "labels", "attention_mask"}
+    for key, value in pad_batch([data[0], data[2], data[5]], 0).items():
+        assert torch.equal(plain[key], value)
+    packed = build_make_batch(data, TrainConfig(packing=True), 0)([0, 2, 5])
+    assert "position_ids" in packed
+    assert model_inputs(packed).keys() == {"input_ids", "position_ids", "use_cache"}  # never the 2-D mask
+    assert model_inputs(plain).keys() == {"input_ids", "attention_mask"}
+
+
+# --- loss function ------------------------------------------------------------------------------------------------
+def recipe_loss_fn(cfg, teacher=None, ewc=None):
+    """sft.py's loss_fn before the levers, verbatim."""
+
+    def loss_fn(model, batch):
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        teacher_logits = None
+        if teacher is not None:
+            with torch.no_grad():
+                teacher_logits = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        loss, parts = combined_loss(logits, batch, cfg, teacher_logits)
+        if ewc is not None:
+            penalty = ewc(model)
+            loss = loss + penalty
+            parts["ewc"] = float(penalty.detach())
+        return loss, parts
+
+    return loss_fn
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [{}, {"label_smoothing": 0.1, "unlikelihood_weight": 0.5}, {"teacher": "t", "distill_alpha": 0.3}],
+    ids=["ce", "aux_losses", "distill"],
+)
+def test_levers_off_reproduce_the_recipe_exactly(tiny_model_dirs, extra):
+    model = lora_model(tiny_model_dirs)
+    teacher = AutoModelForCausalLM.from_pretrained(tiny_model_dirs["llama"]).eval() if "teacher" in extra else None
+    cfg = TrainConfig(**extra)
+
+    def ewc(m):
+        return sum((p**2).sum() for n, p in m.named_parameters() if "lora_A" in n) * 1e-3
+
+    batch = pad_batch(samples(model.config.vocab_size), 0)
+    want_loss, want_parts = recipe_loss_fn(cfg, teacher, ewc)(model, batch)
+    want_loss.backward()
+    want = grads(model)
+    got_loss, got_parts = build_sft_loss_fn(model, cfg, teacher, ewc)(model, batch)
+    got_loss.backward()
+    assert torch.equal(got_loss, want_loss) and got_parts == want_parts
+    for name, g in grads(model).items():
+        assert torch.equal(g, want[name]), name
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+def test_packed_chunked_loss_equals_padded_full_logits(tiny_model_dirs, arch):
+    model = lora_model(tiny_model_dirs, arch)
+    data = samples(model.config.vocab_size)
+    plain_cfg, fast_cfg = TrainConfig(), TrainConfig(packing=True, loss_chunk_size=5)
+    idx = list(range(len(data)))
+    want_loss, want_parts = build_sft_loss_fn(model, plain_cfg)(model, build_make_batch(data, plain_cfg, 0)(idx))
+    want_loss.backward()
+    want = grads(model)
+    got_loss, got_parts = build_sft_loss_fn(model, fast_cfg)(model, build_make_batch(data, fast_cfg, 0)(idx))
+    got_loss.backward()
+    torch.testing.assert_close(got_loss, want_loss, atol=1e-5, rtol=0)
+    assert got_parts.keys() == want_parts.keys() == {"ce", "loss"}
+    got = grads(model)
+    assert got.keys() == want.keys() and got
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], atol=1e-5, rtol=0, msg=name)
+
+
+def test_chunked_loss_only_for_plain_cross_entropy():
+    assert chunked_loss_applies(TrainConfig(loss_chunk_size=8), None)
+    assert chunked_loss_applies(TrainConfig(loss_chunk_size=8, label_smoothing=0.1), None)
+    assert not chunked_loss_applies(TrainConfig(), None)
+    assert not chunked_loss_applies(TrainConfig(loss_chunk_size=8), teacher=torch.nn.Linear(1, 1))
+    assert not chunked_loss_applies(TrainConfig(loss_chunk_size=8, unlikelihood_weight=0.1), None)
+    assert not chunked_loss_applies(TrainConfig(loss_chunk_size=8, contrastive_weight=0.1), None)
+
+
+def train_steps(tiny_model_dirs, tmp_path, **levers) -> list[float]:
+    """A few TrainLoop steps on a tiny LoRA model (real loop: accumulation, clipping, schedule, token counts)."""
+    cfg = TrainConfig(batch_size=4, max_steps=4, learning_rate=1e-2, loggers=[], seed=0, warmup_ratio=0.0, **levers)
+    model = lora_model(tiny_model_dirs)
+    data = samples(model.config.vocab_size, lengths=(7, 19, 4, 12, 9, 3, 15, 6, 11, 5, 17, 8, 2, 14, 10, 13))
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    optimizer = build_optimizer(params, cfg)
+    scheduler = build_scheduler(optimizer, cfg, 4)
+    acc = Accelerator(cpu=True)
+    model, optimizer = acc.prepare(model, optimizer)
+    loop = TrainLoop(
+        cfg=cfg,
+        accelerator=acc,
+        model=model,
+        params=params,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        n_samples=len(data),
+        make_batch=build_make_batch(data, cfg, 0),
+        loss_fn=build_sft_loss_fn(model, cfg, accelerator=acc),
+        total_steps=4,
+        run_dir=tmp_path / ("fast" if levers else "plain"),
+        console=Console(quiet=True),
+    )
+    result = loop.run()
+    assert result.steps == 4 and result.tokens == sum(len(s.input_ids) for s in data)
+    return [p.detach().clone() for _, p in params] + [torch.tensor(result.final_loss)]
+
+
+def test_train_loop_with_levers_trains_like_the_plain_path(tiny_model_dirs, tmp_path):
+    plain = train_steps(tiny_model_dirs, tmp_path)
+    fast = train_steps(tiny_model_dirs, tmp_path, packing=True, loss_chunk_size=7, optimizer="adamw_fused")
+    for a, b in zip(plain, fast, strict=True):
+        torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4)
+
+
+# --- optimizer, compile, threads ----------------------------------------------------------------------------------
+def test_adamw_fused_is_fused_on_cpu_and_steps_like_foreach():
+    torch.manual_seed(0)
+    weights = [torch.randn(8, 4), torch.randn(4)]
+    results = {}
+    for name in ("adamw", "adamw_fused"):
+        params = [(f"p{i}", torch.nn.Parameter(w.clone())) for i, w in enumerate(weights)]
+        opt = build_optimizer(params, TrainConfig(optimizer=name, weight_decay=0.1, learning_rate=1e-2))
+        assert all(g.get("fused" if name == "adamw_fused" else "foreach") for g in opt.param_groups)
+        for step in range(3):
+            for i, (_, p) in enumerate(params):
+                p.grad = torch.full_like(p, 0.1 * (step + 1) + i)
+            opt.step()
+        results[name] = [p.detach() for _, p in params]
+    for a, b in zip(results["adamw"], results["adamw_fused"], strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
+
+
+def test_adamw_fused_falls_back_to_foreach_where_unsupported():
+    assert adamw_kernel([torch.nn.Parameter(torch.zeros(2))], "adamw_fused") == {"fused": True}
+    assert adamw_kernel([torch.nn.Parameter(torch.zeros(2, device="meta"))], "adamw_fused") == {"foreach": True}
+    assert adamw_kernel([torch.nn.Parameter(torch.zeros(2))], "adamw") == {"foreach": True}
+
+
+def test_compile_model_compiles_each_decoder_layer_in_place(tiny_model_dirs):
+    model = lora_model(tiny_model_dirs, "qwen3")
+    names = [n for n, _ in model.named_parameters()]
+    assert compile_model(model, TrainConfig()) == 0
+    assert all(layer._compiled_call_impl is None for layer in decoder_layers(model))
+    assert compile_model(model, TrainConfig(torch_compile=True)) == model.config.num_hidden_layers
+    assert all(layer._compiled_call_impl is not None for layer in decoder_layers(model))
+    assert [n for n, _ in model.named_parameters()] == names  # checkpoints and EWC names unchanged
+
+
+def test_configure_threads():
+    before = torch.get_num_threads()
+    try:
+        assert configure_threads(None) == before
+        assert configure_threads(1) == 1 == torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
