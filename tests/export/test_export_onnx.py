@@ -69,9 +69,10 @@ def test_onnx_torchscript(export_models, tmp_path, arch, kv_cache):
     assert record["greedy"]["identical"] == 1.0
 
 
-def test_int8_cpu_is_smaller_and_close(export_models, tmp_path):
+def test_int8_per_tensor(export_models, tmp_path):
     model_dir, adapter = export_models["llama"]
-    record = run_export(ModelConfig(name_or_path=str(model_dir)), "int8", tmp_path, FAST, adapter)
+    options = FAST.but(int8_scheme="per-tensor")
+    record = run_export(ModelConfig(name_or_path=str(model_dir)), "int8", tmp_path, options, adapter)
 
     assert (tmp_path / "model.int8.onnx").is_file()
     assert record["quantized_matmuls"] == 2 * 7 + 1  # every linear of both layers, and the LM head
@@ -82,11 +83,11 @@ def test_int8_cpu_is_smaller_and_close(export_models, tmp_path):
         assert record[key] > 0
 
 
-def test_int8_weight_only(export_models, tmp_path):
+def test_int8_blockwise(export_models, tmp_path):
     model_dir, adapter = export_models["qwen3"]
-    options = FAST.but(int8_scheme="weight-only")
-    record = run_export(ModelConfig(name_or_path=str(model_dir)), "int8", tmp_path, options, adapter)
-    assert record["scheme"] == "weight-only" and record["quantized_matmuls"] == 2 * 7 + 1
+    record = run_export(ModelConfig(name_or_path=str(model_dir)), "int8", tmp_path, FAST, adapter)
+    assert record["scheme"] == "blockwise" and record["quantized_matmuls"] == 2 * 7 + 1
+    assert record["max_abs_logit_diff_fp32_onnx"] < 1e-4
     assert record["bytes_after"] < 0.8 * record["bytes_before"]  # the embedding stays float32
     assert record["max_abs_logit_diff"] < 0.5 and record["top1_agreement"] > 0.8  # tiny random logits are flat
 

@@ -57,6 +57,7 @@ def test_permute_qk_is_undone_by_transformers_gguf_loader():
         ("output.weight", (512, 64), Q.Q4_0, True, Q.Q8_0),
         ("token_embd.weight", (512, 64), Q.Q4_0, False, Q.Q8_0),  # tied: the embedding is the LM head
         ("token_embd.weight", (512, 64), Q.Q4_0, True, Q.Q4_0),
+        ("output.weight", (512, 64), Q.Q4_1, True, Q.Q8_0),
         ("blk.0.ffn_down.weight", (64, 100), Q.Q8_0, True, Q.F16),  # 100 is not a multiple of 32
         ("blk.0.ffn_down.weight", (64, 100), Q.BF16, True, Q.BF16),
     ],

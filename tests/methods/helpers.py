@@ -70,7 +70,9 @@ def train_steps(model, cfg: MethodConfig, batch, steps: int = 3, lr: float | Non
     with torch.no_grad():
         before = float(lm_loss(model.eval(), batch))
     params = optimizer_parameters(model, cfg)
-    optimizer = build_optimizer(params, TrainConfig(learning_rate=lr or LR.get(cfg.name, 1e-2), weight_decay=weight_decay))
+    optimizer = build_optimizer(
+        params, TrainConfig(learning_rate=lr or LR.get(cfg.name, 1e-2), weight_decay=weight_decay)
+    )
     model.train()
     for step in range(1, steps + 1):
         loss = lm_loss(model, batch)

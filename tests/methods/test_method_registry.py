@@ -69,3 +69,11 @@ def test_defaults_for_methods_without_hooks():
     cfg = MethodConfig(name="lora")
     assert [n for n, _ in optimizer_parameters(model, cfg)] == ["bias"]
     assert method_loss(model, cfg) is None
+
+
+def test_esft_with_weight_decay_fails_before_loading():
+    from thinktune.config import TrainConfig
+
+    with pytest.raises(ConfigError, match="train.weight_decay=0"):
+        check_method_environment(MethodConfig(name="esft"), TrainConfig(weight_decay=0.01))
+    check_method_environment(MethodConfig(name="esft"), TrainConfig(weight_decay=0.0))

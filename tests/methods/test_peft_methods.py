@@ -62,7 +62,9 @@ def test_three_steps_then_save_and_reload(name, fields, arch, tiny_model_dirs, b
     tuned = eval_logits(model, batch)
     reloaded = load_trained(load(tiny_model_dirs[arch]), out)
     exact = fields.get("init") != "pissa" and name != "adalora"  # both re-shape the adapter on save
-    torch.testing.assert_close(eval_logits(reloaded, batch), tuned, rtol=0 if exact else 1e-5, atol=0 if exact else 1e-5)
+    torch.testing.assert_close(
+        eval_logits(reloaded, batch), tuned, rtol=0 if exact else 1e-5, atol=0 if exact else 1e-5
+    )
 
 
 def test_router_trains_only_as_a_saved_copy(tiny_model_dirs, batch):
@@ -76,7 +78,9 @@ def test_router_trains_only_as_a_saved_copy(tiny_model_dirs, batch):
 
 
 def test_expert_lora_adapts_fused_experts_and_shared_experts(tiny_model_dirs, batch):
-    model, _, _ = train_steps(load(tiny_model_dirs["deepseek_v3"]), method("lora", expert_lora=True, dropout=0.0), batch)
+    model, _, _ = train_steps(
+        load(tiny_model_dirs["deepseek_v3"]), method("lora", expert_lora=True, dropout=0.0), batch
+    )
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     assert any("mlp.experts" in n and "lora_A" in n for n in names)
     assert any("shared_experts.down_proj.lora_A" in n for n in names)

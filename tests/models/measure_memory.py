@@ -1,20 +1,25 @@
 """Measure what one training step adds to a process's peak memory on CPU, in a fresh process.
 
-    python -m tests.models.measure_memory MODEL_DIR --method lora --batch 2 --seq 128 [--set r=8] [--checkpointing]
+    MALLOC_MMAP_THRESHOLD_=4096 python -m tests.models.measure_memory \
+        '[{"model_dir": "DIR", "method": {"name": "lora"}, "batch": 2, "seq": 128, "checkpointing": false}]'
 
-Prints one JSON object: `delta_bytes` = peak RSS during two training steps (forward + backward + AdamW step; the
+Prints, per case, `delta_bytes` = peak RSS during two training steps (forward + backward + AdamW step; the
 second runs with the optimizer state the first created, as every later step does) − RSS just before them.
 The model is built from its config (random weights: memory does not depend on the values, and no loading transient
 inflates the high-water mark); a tiny warm-up forward/backward first absorbs one-time allocations (thread pools,
 kernel caches) without creating optimizer state.
+
+MALLOC_MMAP_THRESHOLD_=4096 makes glibc hand every tensor-sized block back to the kernel when it is freed, so RSS
+follows the bytes tensors hold (as a GPU allocator's `max_memory_allocated` does); with glibc's default, freed heap
+blocks stay resident and fragmentation adds 10-50% on top, varying run to run.
 """
 
 from __future__ import annotations
 
-import argparse
 import gc
 import json
 import resource
+import sys
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
@@ -94,19 +99,23 @@ def measure(
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("model_dir")
-    ap.add_argument("--method", default="lora")
-    ap.add_argument("--batch", type=int, default=2)
-    ap.add_argument("--seq", type=int, default=128)
-    ap.add_argument("--set", action="append", default=[], help="method field=value (YAML value)")
-    ap.add_argument("--checkpointing", action="store_true")
-    args = ap.parse_args()
-    import yaml
-
-    fields = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
-    cfg = MethodConfig(name=args.method, **fields)
-    print(json.dumps(measure(args.model_dir, cfg, args.batch, args.seq, args.checkpointing)))
+    torch.set_num_threads(1)  # a busy 2-core machine thrashes with two; memory does not depend on it
+    """argv[1]: a JSON list of cases {model_dir, method: {MethodConfig fields}, batch, seq, checkpointing};
+    prints a JSON list of results. Cases run one after another in this process: each frees its model and resets the
+    peak mark, so one interpreter start serves them all (`peak_reset` false → only the first case is trustworthy)."""
+    results = []
+    for case in json.loads(sys.argv[1]):
+        results.append(
+            measure(
+                case["model_dir"],
+                MethodConfig(**case["method"]),
+                case["batch"],
+                case["seq"],
+                case.get("checkpointing", False),
+            )
+        )
+        gc.collect()
+    print(json.dumps(results))
 
 
 if __name__ == "__main__":

@@ -6,13 +6,14 @@ from __future__ import annotations
 import pytest
 import torch
 from accelerate import Accelerator
-from peft import LoraConfig, get_peft_model
+from peft import LoraConfig, PromptTuningConfig, get_peft_model
 from rich.console import Console
 from transformers import AutoModelForCausalLM
 
 from thinktune.config import TrainConfig
 from thinktune.data.collate import pad_batch
 from thinktune.data.render import IGNORE, TokenizedSample
+from thinktune.errors import ConfigError
 from thinktune.train.engine.loop import TrainLoop
 from thinktune.train.engine.losses import combined_loss
 from thinktune.train.engine.optim import adamw_kernel, build_optimizer, build_scheduler
@@ -144,6 +145,16 @@ def test_packed_chunked_loss_equals_padded_full_logits(tiny_model_dirs, arch):
     assert got.keys() == want.keys() and got
     for name in want:
         torch.testing.assert_close(got[name], want[name], atol=1e-5, rtol=0, msg=name)
+
+
+def test_packing_is_refused_for_virtual_token_methods(tiny_model_dirs):
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tiny_model_dirs["llama"]),
+        PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4),
+    )
+    with pytest.raises(ConfigError, match="train.packing"):
+        build_sft_loss_fn(model, TrainConfig(packing=True))
+    build_sft_loss_fn(model, TrainConfig(loss_chunk_size=8))  # the chunked head quietly keeps the logits path
 
 
 def test_chunked_loss_only_for_plain_cross_entropy():

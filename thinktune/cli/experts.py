@@ -1,6 +1,6 @@
 """`thinktune experts profile`: how a mixture-of-experts model routes a dataset (ESFT's expert usage).
 
-    thinktune experts profile --model path/to/qwen3-moe --data my_train.jsonl -o runs/experts
+thinktune experts profile --model path/to/qwen3-moe --data my_train.jsonl -o runs/experts
 """
 
 from __future__ import annotations

@@ -45,8 +45,8 @@ def export(
     ] = "cpu",
     bits: Annotated[int, typer.Option(help="int8 on cuda: 8 (LLM.int8) or 4 (NF4).")] = 8,
     int8_scheme: Annotated[
-        str, typer.Option(help="int8 on cpu: dynamic (fastest) or weight-only (closest to the source).")
-    ] = "dynamic",
+        str, typer.Option(help="int8 on cpu: blockwise (MatMulNBits) or per-tensor (quantize_dynamic).")
+    ] = "blockwise",
     output_dir: Annotated[
         Path | None, typer.Option("--output-dir", "-o", help="Artefact directory (default: RUN/export/FORMAT).")
     ] = None,

@@ -1,7 +1,7 @@
 """`thinktune plan`: predict peak GPU memory of a training run, and settings that fit a device.
 
-    thinktune plan --model smollm2-135m-instruct --method lora --batch-size 8 --seq-len 512 --device 24GB
-    thinktune plan -c my.yaml --device 80GB --gpus 4
+thinktune plan --model smollm2-135m-instruct --method lora --batch-size 8 --seq-len 512 --device 24GB
+thinktune plan -c my.yaml --device 80GB --gpus 4
 """
 
 from __future__ import annotations
@@ -20,7 +20,9 @@ from thinktune.errors import UserError
 def plan(
     config: ConfigOpt = None,
     set_: SetOpt = None,
-    model: Annotated[str | None, typer.Option(help="Model: bundled name, HF directory or .gguf (default: config).")] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Model: bundled name, HF directory or .gguf (default: config).")
+    ] = None,
     method: Annotated[str | None, typer.Option(help="Tuning method (default: config's method.name).")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Samples per device per micro-batch.")] = None,
     seq_len: Annotated[int | None, typer.Option(help="Tokens per sample (default: data.max_length).")] = None,
@@ -38,7 +40,11 @@ def plan(
     """
     from thinktune.models.memory import GiB, TrainSetup, estimate, model_shape, parse_size, recommend
 
-    sets = list(set_ or []) + ([f"model.name_or_path={model}"] if model else []) + ([f"method.name={method}"] if method else [])
+    sets = (
+        list(set_ or [])
+        + ([f"model.name_or_path={model}"] if model else [])
+        + ([f"method.name={method}"] if method else [])
+    )
     cfg = build_config(config, sets)
     if precision not in ("bf16", "fp32"):
         raise UserError(f"--precision {precision}: choose bf16 or fp32")
@@ -53,7 +59,9 @@ def plan(
         batch_size=batch_size or cfg.train.batch_size,
         seq_len=seq_len or cfg.data.max_length,
         precision=precision,
-        gradient_checkpointing=cfg.train.gradient_checkpointing if gradient_checkpointing is None else gradient_checkpointing,
+        gradient_checkpointing=cfg.train.gradient_checkpointing
+        if gradient_checkpointing is None
+        else gradient_checkpointing,
         gpus=gpus,
     )
     with console.status(f"reading {cfg.model.name_or_path}"):

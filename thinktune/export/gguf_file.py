@@ -44,14 +44,16 @@ ARCHS: dict[str, GgufArch] = {
     "qwen3": GgufArch(gguf.MODEL_ARCH.QWEN3, permute_qk=False),
 }
 
-# f32 is lossless (for checking the layout); `export.gguf_type` offers the four llama.cpp users pick from.
-TYPES = {"f32": Q.F32, "f16": Q.F16, "bf16": Q.BF16, "q8_0": Q.Q8_0, "q4_0": Q.Q4_0}
+# `export.gguf_type` offers f16 / bf16 / q8_0 / q4_0. f32 is lossless (it checks the layout); q4_1 re-exports a model
+# that came from a Q4_1 GGUF, like the bundled SmolLM2, without moving its weights off their grid.
+TYPES = {"f32": Q.F32, "f16": Q.F16, "bf16": Q.BF16, "q8_0": Q.Q8_0, "q4_0": Q.Q4_0, "q4_1": Q.Q4_1}
 FILE_TYPES = {
     "f32": gguf.LlamaFileType.ALL_F32,
     "f16": gguf.LlamaFileType.MOSTLY_F16,
     "bf16": gguf.LlamaFileType.MOSTLY_BF16,
     "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
     "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0,
+    "q4_1": gguf.LlamaFileType.MOSTLY_Q4_1,
 }
 
 
@@ -71,11 +73,12 @@ def permute_qk(weight: np.ndarray, n_head: int) -> np.ndarray:
 
 
 def tensor_type(gguf_name: str, data: np.ndarray, target: Q, has_output: bool) -> Q:
-    """Norms and biases stay F32. For q4_0 the output projection (or the tied embedding acting as it) gets Q8_0, as
+    """Norms and biases stay F32. At 4 bits the output projection (or the tied embedding acting as it) gets Q8_0, as
     llama.cpp keeps it above 4 bits; rows that do not split into 32-value blocks fall back to F16, as in llama.cpp."""
     if data.ndim < 2:
         return Q.F32
-    if target == Q.Q4_0 and (gguf_name == "output.weight" or (gguf_name == "token_embd.weight" and not has_output)):
+    is_output = gguf_name == "output.weight" or (gguf_name == "token_embd.weight" and not has_output)
+    if target in (Q.Q4_0, Q.Q4_1) and is_output:
         target = Q.Q8_0
     block = gguf.GGML_QUANT_SIZES[target][0]
     return target if data.shape[-1] % block == 0 else Q.F16

@@ -1,11 +1,12 @@
-"""Int8 export. CPU (default): dynamic int8 quantisation of the ONNX graph's MatMul weights with onnxruntime.
-GPU: bitsandbytes 8-bit or 4-bit (NF4) weights saved as a transformers checkpoint.
+"""Int8 export. CPU (default): dynamic int8 quantisation of the ONNX graph's matmuls with onnxruntime, `blockwise`
+(default, MatMulNBits) or `per-tensor` (quantize_dynamic). GPU: bitsandbytes 8-bit or 4-bit (NF4), saved as a
+transformers checkpoint.
 
     thinktune export --model runs/x/merged --format int8 -o exports/int8
     thinktune export --model runs/x/merged --format int8 --quant-device cuda --bits 4 -o exports/nf4
 
 CPU out: `model.int8.onnx` (+ tokenizer, config). "Dynamic" means activations are quantised on the fly per call, so
-no calibration data is needed; weights are int8 per output channel. Verified against the float32 ONNX graph it came
+no calibration data is needed. Verified against the float32 ONNX graph it came
 from and the PyTorch model: size before/after, prompt latency and greedy tokens/s before/after, logit difference,
 teacher-forced top-1 agreement and greedy agreement.
 """
@@ -101,9 +102,10 @@ def export_int8(source: ExportSource, out: Path, options: ExportOptions) -> dict
     }
 
 
-def quantize_dynamic_int8(src: Path, dst: Path) -> tuple[str, str]:
-    """int8 weights per output channel; activations quantised per tensor on the fly (MatMulInteger). Fastest, but
-    per-tensor activation scales suffer from LLMs' outlier features (LLM.int8, Dettmers et al. 2022, §3)."""
+def quantize_per_tensor(src: Path, dst: Path) -> tuple[str, str]:
+    """`quantize_dynamic`: int8 weights per output channel, activations quantised per tensor on the fly
+    (MatMulInteger). One scale per activation tensor is coarse where LLM activations have outlier features
+    (LLM.int8, Dettmers et al. 2022, §3): fast, but it can move the next token."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -120,9 +122,9 @@ def quantize_dynamic_int8(src: Path, dst: Path) -> tuple[str, str]:
     return "onnxruntime quantize_dynamic: int8 weights per channel, int8 activations per tensor", "MatMulInteger"
 
 
-def quantize_weight_only_int8(src: Path, dst: Path) -> tuple[str, str]:
-    """int8 weights in blocks of 32 (MatMulNBits); activations quantised per block inside the kernel
-    (accuracy_level 4), so an outlier only coarsens its own block."""
+def quantize_blockwise(src: Path, dst: Path) -> tuple[str, str]:
+    """MatMulNBits: int8 weights in blocks of 32; activations quantised to int8 on the fly per block inside the
+    kernel (accuracy_level 4), so an outlier only coarsens its own block of 32 values."""
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
@@ -130,13 +132,11 @@ def quantize_weight_only_int8(src: Path, dst: Path) -> tuple[str, str]:
     with quiet_loggers("onnxruntime.quantization.matmul_nbits_quantizer"):
         quantizer.process()
     quantizer.model.save_model_to_file(str(dst), use_external_data_format=graph_bytes(src) > PROTOBUF_LIMIT)
-    return "onnxruntime MatMulNBits: int8 weights in blocks of 32, int8 compute with per-block activations", (
-        "MatMulNBits"
-    )
+    return "onnxruntime MatMulNBits: int8 weights and int8 activations, both in blocks of 32", "MatMulNBits"
 
 
 PROTOBUF_LIMIT = 2**31 - 2**27  # a graph above ~2 GB must keep its weights as external data
-SCHEMES = {"dynamic": quantize_dynamic_int8, "weight-only": quantize_weight_only_int8}
+SCHEMES = {"blockwise": quantize_blockwise, "per-tensor": quantize_per_tensor}
 
 
 def _measure(runner: OnnxRunner, ids: list[list[int]], n: int, stops: list[int]) -> dict[str, Any]:

@@ -37,7 +37,7 @@ class ExportOptions:
     merged_dtype: str = "auto"  # "auto" = the base checkpoint's dtype; float32 | bfloat16 | float16
     quant_device: str = "cpu"  # int8: "cpu" = onnxruntime dynamic int8; "cuda" = bitsandbytes
     quant_bits: int = 8  # int8 on cuda: 8 or 4
-    int8_scheme: str = "dynamic"  # int8 on cpu: "dynamic" (int8 activations too) or "weight-only" (MatMulNBits)
+    int8_scheme: str = "blockwise"  # int8 on cpu: "blockwise" (MatMulNBits) or "per-tensor" (quantize_dynamic)
     prompts: tuple[str, ...] = TEST_PROMPTS
     max_new_tokens: int = 16  # greedy tokens compared per prompt
 

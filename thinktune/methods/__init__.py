@@ -1,7 +1,7 @@
 """Tuning methods by name: each turns a loaded model into a trainable one. Add a method = one file + one line.
 
 What a recipe calls, in order:
-    check_method_environment(cfg)                      # before loading the model: config + machine (qlora: CUDA)
+    check_method_environment(cfg, train_cfg)           # before loading the model: config + machine (qlora: CUDA)
     model = apply_method(model, cfg, context)          # wrap / freeze; may profile data (ESFT)
     params = optimizer_parameters(model, cfg)          # every parameter the optimizer may ever update
     loss = loss + method_loss(model, cfg)              # when not None: a method's own penalty (AdaLoRA)
@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel
 
-from thinktune.config import MethodConfig
+from thinktune.config import MethodConfig, TrainConfig
 from thinktune.errors import ConfigError
 from thinktune.methods.adalora import adalora_loss, adalora_ranks, adalora_step, apply_adalora, save_adalora
 from thinktune.methods.base import Method, MethodContext, method_state
@@ -72,13 +72,16 @@ def method_of(cfg: MethodConfig) -> Method:
     return METHODS[cfg.name]
 
 
-def check_method_environment(cfg: MethodConfig) -> None:
+def check_method_environment(cfg: MethodConfig, train: TrainConfig | None = None) -> None:
     """Fail in one line, before any weights load, when the config or this machine cannot run the method."""
     method = method_of(cfg)
-    if cfg.progressive_unfreeze_step and cfg.name not in PROGRESSIVE:
+    if cfg.name == "esft" and train is not None and train.weight_decay > 0:
         raise ConfigError(
-            f"method.progressive_unfreeze_step applies to method.name freeze or full, not '{cfg.name}'"
+            "method.name=esft needs train.weight_decay=0: AdamW's decoupled decay scales whole fused expert tensors, "
+            f"unselected experts included (got {train.weight_decay})"
         )
+    if cfg.progressive_unfreeze_step and cfg.name not in PROGRESSIVE:
+        raise ConfigError(f"method.progressive_unfreeze_step applies to method.name freeze or full, not '{cfg.name}'")
     if cfg.expert_lora and cfg.name not in ("lora", "qlora"):
         raise ConfigError(f"method.expert_lora applies to method.name lora or qlora, not '{cfg.name}'")
     if method.check:

@@ -2,9 +2,9 @@
 
     method: {name: lora, r: 16, alpha: 32, use_dora: false, use_rslora: false, init: default|gaussian|pissa}
 
-MoE models: attention by default; `expert_lora: true` also adapts the fused routed experts (PEFT `target_parameters`,
-which cannot apply dropout, so it needs `dropout: 0`), the shared experts and the dense MLP layers. The router stays
-frozen unless `train_router` (then PEFT trains a full copy of it: `modules_to_save`).
+MoE models: attention by default; `expert_lora: true` also adapts the fused routed experts, the shared experts and
+the dense MLP layers, all as PEFT `target_parameters` (which cannot apply dropout, so it needs `dropout: 0`). The
+router stays frozen unless `train_router` (then PEFT trains a full copy of it: `modules_to_save`).
 
 PiSSA (Meng et al. 2024) starts the adapter from the top singular vectors and moves them *out of* the base weights.
 An adapter saved that way only fits the modified base, so at save time it is converted (PEFT
@@ -13,7 +13,6 @@ An adapter saved that way only fits the modified base, so at save time it is con
 
 from __future__ import annotations
 
-import re
 import tempfile
 from pathlib import Path
 
@@ -53,20 +52,27 @@ def lora_targets(model: PreTrainedModel, cfg: MethodConfig) -> list[str] | str:
     return [t for t in facts.lora_targets if t in present]
 
 
-def expert_targets(model: PreTrainedModel, cfg: MethodConfig, facts: ArchFacts | None) -> tuple[list[str] | str, list]:
+def expert_targets(model: PreTrainedModel, cfg: MethodConfig, facts: ArchFacts | None) -> tuple[list[str], list[str]]:
     """(target_modules, target_parameters) with the routed experts, shared experts and dense MLPs added.
 
-    A regex keeps PEFT from re-mapping MLP names onto the fused experts (we target those explicitly)."""
+    All MLP weights go in as `target_parameters`: on MoE architectures PEFT re-maps the module names
+    gate/up/down_proj onto the fused routed experts (transformers v4 compatibility), so naming them as modules would
+    never reach the shared experts or the dense layers."""
     if facts is None or not facts.moe:
         model_type = getattr(model.config, "model_type", "?")
-        raise ConfigError(f"method.expert_lora needs a mixture-of-experts model with a known layout; got '{model_type}'")
-    base = lora_targets(model, cfg)
-    if base == "all-linear":
+        raise ConfigError(
+            f"method.expert_lora needs a mixture-of-experts model with a known layout; got '{model_type}'"
+        )
+    modules = lora_targets(model, cfg)
+    if modules == "all-linear":
         raise ConfigError("method.expert_lora: use target_modules 'auto' or a list, not 'all-linear'")
-    names = sorted(set(base) | set(facts.mlp_linears))
-    regex = rf".*\.({'|'.join(map(re.escape, names))})"
-    params = [f"{facts.mlp}.{facts.experts}.{p}" for p in facts.expert_params]
-    return regex, params
+    modules = [m for m in modules if m not in facts.mlp_linears]
+    wanted = [f"{facts.mlp}.{facts.experts}.{p}" for p in facts.expert_params]
+    blocks = [f"{facts.mlp}.{facts.shared_experts}"] if facts.shared_experts else []
+    wanted += [f"{block}.{lin}.weight" for block in [facts.mlp, *blocks] for lin in facts.mlp_linears]
+    names = [n for n, _ in model.named_parameters()]
+    params = [w for w in wanted if any(n == w or n.endswith("." + w) for n in names)]
+    return modules, params
 
 
 def router_modules(facts: ArchFacts | None, cfg: MethodConfig) -> list[str] | None:
@@ -78,7 +84,7 @@ def router_modules(facts: ArchFacts | None, cfg: MethodConfig) -> list[str] | No
 def lora_config(model: PreTrainedModel, cfg: MethodConfig) -> LoraConfig:
     check_lora(cfg)
     facts = facts_of(model)
-    targets, params = (expert_targets(model, cfg, facts) if cfg.expert_lora else (lora_targets(model, cfg), None))
+    targets, params = expert_targets(model, cfg, facts) if cfg.expert_lora else (lora_targets(model, cfg), None)
     return LoraConfig(
         r=cfg.r,
         lora_alpha=cfg.alpha,

@@ -9,22 +9,29 @@ Four parts, in bytes per device:
 - optimizer: AdamW's two moments per updated parameter, in the parameter's dtype (torch keeps state in param dtype).
 - activations: what autograd keeps for backward, per decoder layer (below), plus the logits and the working set
   of the backward pass.
+The peak is not their sum: gradients appear as activations are released. Peak = weights + optimizer (+ DDP buckets)
++ max(activations, 2 × gradients) — the second term is the optimizer step, where AdamW's foreach implementation
+holds one gradient-sized temporary besides the gradients.
 
 Activation formula per decoder layer, T = batch × sequence tokens, e = bytes per element (2 bf16, 4 fp32), h hidden,
-a/g query/kv heads of width d, i MLP width (Korthikanti et al. 2022 do the same bookkeeping for GPT; this one
-follows transformers' Llama/Qwen/DeepSeek code and was checked tensor by tensor with saved-tensor hooks):
-- each RMSNorm keeps its input upcast to float32: T·h·4 (two per layer; + its output T·h·e when its weight trains);
-- attention keeps q, k, v after RoPE and the output for SDPA (flash / memory-efficient kernels, no T×T matrix):
-  T·d·(a + 2a + a)·e, k and v repeated to a heads when a padding mask is present, + log-sum-exp b·a·s·4;
+a/g query/kv heads of width d, i MLP width. Korthikanti et al. (2022) do the same bookkeeping for GPT; this one
+follows transformers' Llama/Qwen/DeepSeek code and was checked tensor by tensor with saved-tensor hooks:
+- each RMSNorm keeps its input upcast to float32: T·h·4 (+ its output T·h·e when its own weight trains);
+- attention keeps q, k, v after RoPE and the output for SDPA (flash / memory-efficient kernels, no T×T scores):
+  T·d·(2a + 2g)·e, k and v repeated to all a heads when a padding mask is present, + log-sum-exp b·a·s·4; with a
+  padding mask SDPA also keeps, per layer, the mask turned into a float bias: b·s²·e;
 - a SwiGLU MLP keeps gate, SiLU(gate) and up: 3·T·i·e; MoE blocks do this for each of the k experts a token is routed
   to (T·k·(3·i_e + h)·e, the h for the routing-weight product) plus router probabilities T·E·4 and the shared experts;
-- a Linear keeps its input only when its weight trains (frozen bases keep nothing there); a LoRA adapter with
-  dropout keeps its own dropped-out copy of the input (T·in·e) plus a 1-byte mask, without dropout the shared input;
-  and the rank-r intermediate T·r·e.
-Layers below the lowest trained layer keep nothing (no gradient has to reach them: freeze top_layers).
-With gradient checkpointing each layer keeps only its input (T·h·e) and one layer is recomputed at a time.
-Logits: the loss upcasts them to float32 and keeps the log-probabilities; the backward adds their gradient and the
-gradient of the bf16/fp32 logits: b·s·V·(4 + 4 + e) at the start of the backward pass.
+- a Linear keeps its input only when its weight trains (q/k/v and gate/up share theirs; o_proj reads a view of the
+  attention output); a LoRA adapter with dropout keeps its dropped-out copy of the input (T·in·e) and the dropout
+  mask (1 byte per element on CUDA, e on CPU), without dropout the shared input; and the rank-r intermediate T·r·e.
+Layers below the lowest trained one keep nothing (freeze top_layers), and the lowest keeps nothing before the first
+thing that trains (frozen embeddings need no gradient: no input norm, and no attention when only the MLP trains).
+Head: the final norm's float32 input and the lm_head input, 2·T·h·4. Logits: the loss keeps float32 log-probabilities;
+the backward adds their gradient and the logits' gradient: b·s·V·(8 + e) at its start, which the backward working
+set of one layer, T·(2h + 2i)·e, rarely exceeds.
+With gradient checkpointing each layer keeps only its input (T·h·e) and one layer at a time is recomputed, so the
+second term becomes max(logits, one layer + its backward working set).
 """
 
 from __future__ import annotations
@@ -105,16 +112,21 @@ class TrainSetup:
 @dataclass(frozen=True)
 class MemoryEstimate:
     weights: int
-    gradients: int
+    gradients: int  # the parameters' own gradients (+ DDP's bucket copy, `ddp_buckets`)
     optimizer: int
     activations: int
     trainable: int  # parameters the method trains
     updated: int  # parameters the optimizer holds state for (ESFT: whole fused expert tensors)
     total_params: int
+    ddp_buckets: int = 0
 
     @property
     def total(self) -> int:
-        return self.weights + self.gradients + self.optimizer + self.activations
+        """Peak: weights, optimizer state and DDP buckets stay resident; on top, either the activations (at the
+        start of the backward pass, before gradients exist) or, at the optimizer step, the gradients plus AdamW's
+        gradient-sized temporary (foreach implementation) — whichever is larger."""
+        own_grads = self.gradients - self.ddp_buckets
+        return self.weights + self.optimizer + self.ddp_buckets + max(self.activations, 2 * own_grads)
 
     def parts(self) -> dict[str, int]:
         return {
@@ -168,7 +180,8 @@ def shape_from_config(config) -> ModelShape:
         num_experts=num_experts,
         experts_per_token=getattr(text, "num_experts_per_tok", 0) or 0,
         expert_intermediate=getattr(text, "moe_intermediate_size", 0) or 0,
-        shared_intermediate=(getattr(text, "moe_intermediate_size", 0) or 0) * (getattr(text, "n_shared_experts", 0) or 0),
+        shared_intermediate=(getattr(text, "moe_intermediate_size", 0) or 0)
+        * (getattr(text, "n_shared_experts", 0) or 0),
         dense_layers=dense,
         q_lora_rank=getattr(text, "q_lora_rank", 0) or 0,
         kv_lora_rank=getattr(text, "kv_lora_rank", 0) or 0,
@@ -208,7 +221,9 @@ def trained_param_names(shape: ModelShape, method: MethodConfig) -> list[str]:
     """freeze / full / esft: names of base parameters that train (the methods' own rules, on names only)."""
     names = [n for n, _ in shape.params]
     if method.name == "esft":
-        return [n for n, *_ in shape.experts] + ([n for n in names if is_router(shape.facts, n)] if method.train_router else [])
+        return [n for n, *_ in shape.experts] + (
+            [n for n in names if is_router(shape.facts, n)] if method.train_router else []
+        )
     return select_trained(names, shape.facts, method)
 
 
@@ -389,10 +404,12 @@ def estimate(shape: ModelShape, setup: TrainSetup) -> MemoryEstimate:
     trainable, updated = trainable_counts(shape, setup.method)
     peft = setup.method.name in PEFT_METHODS
     param_bytes = 4 if peft else _bytes(setup.precision)
-    grads = updated * param_bytes * (2 if setup.gpus > 1 else 1)  # DDP all-reduces through a bucket copy
+    grads = updated * param_bytes
+    buckets = grads if setup.gpus > 1 else 0  # DDP all-reduces through a persistent gradient-sized bucket copy
     return MemoryEstimate(
         weights=weight_bytes(shape, setup, trainable),
-        gradients=grads,
+        gradients=grads + buckets,
+        ddp_buckets=buckets,
         optimizer=2 * updated * param_bytes,
         activations=activation_bytes(shape, setup),
         trainable=trainable,

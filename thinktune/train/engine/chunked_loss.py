@@ -153,7 +153,7 @@ def unwrap_causal_lm(model: nn.Module) -> nn.Module:
             return model
 
 
-def _prompt_learning(model: nn.Module) -> bool:
+def is_prompt_learning(model: nn.Module) -> bool:
     """PEFT prompt/prefix/p-tuning prepend virtual tokens in PeftModel.forward: hidden states no longer line up with
     the labels, so those methods keep the logits path."""
     while not hasattr(model, "peft_config"):
@@ -212,7 +212,7 @@ class HiddenAndHead:
 def hidden_and_head(model: nn.Module) -> HiddenAndHead | None:
     """Decoder + LM head of a transformers causal LM (Llama, Qwen3, Qwen3-MoE, DeepSeek-V3, ...), or None when
     the chunked loss cannot apply (PEFT prompt learning, no `logits_to_keep` argument, no output embeddings)."""
-    if _prompt_learning(model):
+    if is_prompt_learning(model):
         return None
     lm = unwrap_causal_lm(model)
     head = lm.get_output_embeddings() if hasattr(lm, "get_output_embeddings") else None

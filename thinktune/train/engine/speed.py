@@ -22,7 +22,14 @@ from thinktune.config import TrainConfig
 from thinktune.data.collate import collate_packed, pad_batch
 from thinktune.data.packing import pack
 from thinktune.data.render import TokenizedSample
-from thinktune.train.engine.chunked_loss import HiddenAndHead, hidden_and_head, lm_loss_from_hidden, unwrap_causal_lm
+from thinktune.errors import ConfigError
+from thinktune.train.engine.chunked_loss import (
+    HiddenAndHead,
+    hidden_and_head,
+    is_prompt_learning,
+    lm_loss_from_hidden,
+    unwrap_causal_lm,
+)
 from thinktune.train.engine.losses import combined_loss
 
 Batch = dict[str, torch.Tensor]
@@ -64,7 +71,7 @@ def compile_model(model: nn.Module, cfg: TrainConfig) -> int:
         model.compile()
         return 1
     for layer in layers:
-        layer.compile(dynamic=None)
+        layer.compile(dynamic=True)
     return len(layers)
 
 
@@ -119,6 +126,9 @@ def build_sft_loss_fn(
     `cfg.loss_chunk_size` (CE-only runs on models where it applies): hidden states → `lm_loss_from_hidden`.
     Packed batches (`cfg.packing`) call the model with position ids instead of the attention mask.
     """
+    if cfg.packing and is_prompt_learning(model):
+        # PEFT drops position_ids for virtual-token methods, and without them packed samples would see each other.
+        raise ConfigError("train.packing does not work with prompt_tuning / p_tuning / prefix_tuning; set it false")
     head: HiddenAndHead | None = hidden_and_head(model) if chunked_loss_applies(cfg, teacher) else None
     unwrap = accelerator.unwrap_model if accelerator is not None else (lambda m: m)
 
