@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import gguf
 import pytest
 
@@ -81,7 +83,7 @@ def test_types_metadata_and_parity(export_models, tmp_path, arch, gguf_type, exp
 def test_modelfile_for_chatml(export_models, tmp_path):
     record = export(export_models, "llama", tmp_path, "q8_0")
     text = (tmp_path / "Modelfile").read_text()
-    assert text.startswith(f"FROM ./{tmp_path.joinpath(record['artefact']).name}\n")
+    assert text.startswith(f"FROM ./{Path(record['artefact']).name}\n")
     assert "{{ .Role }}" in text and "<|im_start|>assistant" in text
     assert 'PARAMETER stop "<|im_end|>"' in text
 

@@ -13,7 +13,7 @@ import typer
 from rich.table import Table
 
 from thinktune.cli.app import ConfigOpt, SetOpt, app, build_config, console, user_errors
-from thinktune.errors import ModelNotFoundError, UserError
+from thinktune.errors import ModelNotFoundError
 
 
 @app.command()
@@ -24,7 +24,8 @@ def export(
     model: Annotated[str | None, typer.Option(help="Model: bundled name, HF directory or .gguf.")] = None,
     adapter: Annotated[Path | None, typer.Option(help="PEFT adapter directory to merge in.")] = None,
     run_dir: Annotated[
-        Path | None, typer.Option(help="A training run: model from RUN/config.yaml, adapter from RUN/adapter.")
+        Path | None,
+        typer.Option(help="A training run: model from RUN/config.yaml plus RUN/adapter (or RUN/model if saved)."),
     ] = None,
     format_: Annotated[
         str | None, typer.Option("--format", "-f", help="merged | onnx | int8 | gguf (default: export.formats).")
@@ -61,8 +62,11 @@ def export(
         if not run_config.is_file():
             raise ModelNotFoundError(f"{run_dir}: not a run directory (no config.yaml)")
         config = config or run_config
-        adapter = adapter or _run_adapter(run_dir)
         sets.append(f"output_dir={run_dir}")
+        if (run_dir / "adapter" / "adapter_config.json").is_file():
+            adapter = adapter or run_dir / "adapter"
+        elif (run_dir / "model" / "config.json").is_file() and not model:
+            model = str(run_dir / "model")  # a full or freeze fine-tune saves weights, not an adapter
     sets += [f"model.name_or_path={model}"] if model else []
     sets += [f"export.formats=[{format_}]"] if format_ else []
     sets += [f"export.gguf_type={gguf_type}"] if gguf_type else []
@@ -88,17 +92,6 @@ def export(
             record = run_export(cfg.model, fmt, out, options, adapter)
         console.print(verification_table(record))
         console.print(f"artefact: [bold]{record['artefact']}[/] · numbers: {out / 'verify.json'}")
-
-
-def _run_adapter(run_dir: Path) -> Path | None:
-    adapter = run_dir / "adapter"
-    if (adapter / "adapter_config.json").is_file():
-        return adapter
-    if (run_dir / "model").is_dir():
-        raise UserError(
-            f"{run_dir}: the run saved full weights (model/), not an adapter: export --model {run_dir}/model"
-        )
-    return None
 
 
 def verification_table(record: dict[str, Any]) -> Table:

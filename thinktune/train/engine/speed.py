@@ -62,7 +62,8 @@ def compile_model(model: nn.Module, cfg: TrainConfig) -> int:
 
     Regional compilation: every layer has the same code, so Dynamo traces one and reuses it (compile time of one block,
     not of the whole model), and the module tree, parameter names, PEFT and checkpoint code stay as they are.
-    `dynamic=None` lets the first shape change mark the sequence length dynamic (packed/padded widths vary).
+    `dynamic=True`: batch rows and widths change every step (padded or packed), so one graph with symbolic shapes
+    is compiled once, instead of a static graph and then recompiles (measured: 3 compiles with the default).
     """
     if not cfg.torch_compile:
         return 0
