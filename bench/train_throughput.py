@@ -568,7 +568,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--model", default=None, help="HF model dir (default: bundled SmolLM2-135M-Instruct)")
     parser.add_argument("--samples", type=int, default=256)
     parser.add_argument("--min-length", type=int, default=30)
-    parser.add_argument("--max-length", type=int, default=500)
+    parser.add_argument("--max-length", type=int, default=400)
     parser.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, choices=list(VARIANTS))
     parser.add_argument("--repeat", type=int, default=1, help="rounds over the variants; the table shows medians")
     parser.add_argument("--wait-load", type=float, default=None, help="start each run when the load is below this")

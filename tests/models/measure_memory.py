@@ -38,13 +38,12 @@ def current_rss() -> int:
 
 
 def file_rss() -> int:
-    """Resident pages of mapped files (libtorch's code): they grow when new code paths run, by 2 MiB at a time where
-    the page cache holds them as huge pages, and are no training memory."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("RssFile:"):
-                return int(line.split()[1]) * 1024
-    return 0
+    """Resident pages of mapped files (libtorch's code): they grow when new code paths run, and are no training
+    memory."""
+    try:
+        return _status_kib("RssFile")
+    except (OSError, KeyError):
+        return 0
 
 
 def reset_peak() -> bool:
@@ -57,8 +56,23 @@ def reset_peak() -> bool:
         return False
 
 
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise KeyError(field)
+
+
 def peak_rss() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    """The kernel's peak-RSS mark of this process (VmHWM), which `reset_peak` resets.
+
+    Not `resource.getrusage(RUSAGE_SELF).ru_maxrss`: that also counts the RSS the process had before exec, i.e. the
+    forked copy of the parent (a pytest process of 500+ MiB), and then reports the parent's size, not ours."""
+    try:
+        return _status_kib("VmHWM")
+    except (OSError, KeyError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
 def step(model, cfg, batch, optimizer=None) -> None:

@@ -175,7 +175,6 @@ def test_qlora_is_the_last_resort(tiny_model_dirs):
     assert rec.fits and rec.setup.method.name == "qlora"
 
 
-@pytest.mark.xfail(strict=False, reason="planner misses the fixed CPU RSS overhead of a process (~170 MiB); see issue 4")
 def test_prediction_matches_measured_peak_on_tiny_models(tiny_model_dirs):
     d = tiny_model_dirs
     cases = [

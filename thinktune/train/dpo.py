@@ -208,10 +208,9 @@ class PreferenceData:
 
 def load_preferences(run: Run, files: list[str], loss: str) -> PreferenceData:
     cfg = run.cfg.data
-    records, rejects, total = [], [], 0
+    records, rejects = [], []
     for ref in files:
         loaded = read_records(ref, cfg.format if cfg.format != "messages" else "auto", kind="preference")
-        total += len(loaded.records) + len(loaded.rejects)
         check_bad_fraction(loaded, cfg.max_bad_fraction, ref)
         records += loaded.records
         rejects += loaded.rejects
