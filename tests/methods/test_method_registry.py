@@ -29,6 +29,7 @@ def test_unknown_method_is_a_config_error():
         ({"name": "lora", "expert_lora": True, "dropout": 0.05}, "needs method.dropout=0"),
         ({"name": "lora", "progressive_unfreeze_step": 3}, "applies to method.name freeze or full"),
         ({"name": "ia3", "expert_lora": True, "dropout": 0.0}, "expert_lora applies to method.name lora"),
+        ({"name": "prompt_tuning", "train_router": True}, "soft prompts leave the model frozen"),
         ({"name": "freeze", "trainable": "regex"}, "needs method.trainable_regex"),
         ({"name": "freeze", "trainable": "regex", "trainable_regex": "("}, "invalid regular expression"),
         ({"name": "freeze", "trainable": "mlp", "progressive_unfreeze_step": 2}, "trainable=mlp has none"),

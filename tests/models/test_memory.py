@@ -110,6 +110,8 @@ METHOD_CASES = [
     ("llama", {"name": "adalora"}),
     ("qwen3", {"name": "ia3"}),
     ("deepseek_v3", {"name": "ia3"}),
+    ("qwen3_moe", {"name": "ia3", "train_router": True}),
+    ("deepseek_v3", {"name": "adalora", "train_router": True}),
     ("llama", {"name": "prompt_tuning"}),
     ("qwen3", {"name": "p_tuning"}),
     ("qwen3_moe", {"name": "prefix_tuning"}),
@@ -208,10 +210,12 @@ def test_plan_command(tiny_model_dirs):
     args = ["plan", "--model", str(tiny_model_dirs["llama"]), "--method", "full", "--batch-size", "64"]
     r = CliRunner().invoke(app, [*args, "--seq-len", "512", "--device", "64MB"], env={"COLUMNS": "200"})
     assert r.exit_code == 0, r.output
-    assert "weights" in r.output and "activ" in r.output and "64MB" in r.output
+    assert "weights" in r.output and "activ" in r.output and "peak" in r.output and "64MB" in r.output
     assert "gradient checkpointing on" in r.output
     bad = CliRunner().invoke(app, [*args, "--device", "lots"])
     assert bad.exit_code == 2
+    dense = CliRunner().invoke(app, ["plan", "--model", str(tiny_model_dirs["llama"]), "--method", "esft"])
+    assert dense.exit_code == 2
 
 
 def test_experts_profile_command(tiny_model_dirs, tmp_path):

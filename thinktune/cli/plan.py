@@ -38,7 +38,7 @@ def plan(
 
     Example: `thinktune plan --model smollm2-135m-instruct --method full --batch-size 16 --seq-len 1024 --device 24GB`
     """
-    from thinktune.models.memory import GiB, TrainSetup, estimate, model_shape, parse_size, recommend
+    from thinktune.models.memory import GiB, TrainSetup, estimate, model_shape, parse_size, recommend, unsupported
 
     sets = (
         list(set_ or [])
@@ -66,6 +66,9 @@ def plan(
     )
     with console.status(f"reading {cfg.model.name_or_path}"):
         shape = model_shape(cfg.model.name_or_path, cfg.model.gguf_file)
+    problem = unsupported(shape, cfg.method)
+    if problem:
+        raise UserError(f"{cfg.model.name_or_path}: {problem}")
     est = estimate(shape, setup)
 
     def row_of(s, e) -> list[str]:
@@ -73,14 +76,18 @@ def plan(
         return [s.method.name, str(s.batch_size), str(s.seq_len), gc] + [f"{v / GiB:.2f}" for v in e.parts().values()]
 
     table = Table(title=f"peak memory per device (GiB): {cfg.model.name_or_path}, {precision}, {gpus} GPU(s)")
-    for col in ("method", "batch", "seq", "ckpt", "weights", "grads", "optim", "activ", "total"):
+    for col in ("method", "batch", "seq", "ckpt", "weights", "grads", "optim", "activ", "peak"):
         table.add_column(col, justify="right" if col != "method" else "left")
     table.add_row(*row_of(setup, est))
     rec = recommend(shape, setup, device_bytes) if device_bytes else None
     if rec and rec.setup != setup:
         table.add_row(*row_of(rec.setup, rec.estimate), style="green" if rec.fits else "red")
     console.print(table)
-    console.print("grads = gradients, optim = AdamW state, activ = activations kept for backward + logits", style="dim")
+    console.print(
+        "grads = gradients, optim = AdamW state, activ = activations kept for backward + logits; "
+        "peak = weights + optim + max(activ, 2 × grads)",
+        style="dim",
+    )
     console.print(
         f"trainable {est.trainable:,} of {est.total_params:,} parameters ({est.trainable / est.total_params:.2%})"
         + (f"; the optimizer holds {est.updated:,}" if est.updated != est.trainable else "")

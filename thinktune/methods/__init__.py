@@ -48,7 +48,9 @@ __all__ = [
     "save_trained",
 ]
 
-_freeze = Method(apply_freeze, check_freeze, freeze_parameters, progressive_step, save=save_freeze)
+_freeze = Method(
+    apply_freeze, check=check_freeze, parameters=freeze_parameters, on_step=progressive_step, save=save_freeze
+)
 
 METHODS: dict[str, Method] = {
     "lora": Method(apply_lora, check=check_lora, save=save_lora),
@@ -64,6 +66,7 @@ METHODS: dict[str, Method] = {
 }
 
 PROGRESSIVE = ("freeze", "full")
+SOFT_PROMPTS = ("prompt_tuning", "p_tuning", "prefix_tuning")
 
 
 def method_of(cfg: MethodConfig) -> Method:
@@ -84,6 +87,8 @@ def check_method_environment(cfg: MethodConfig, train: TrainConfig | None = None
         raise ConfigError(f"method.progressive_unfreeze_step applies to method.name freeze or full, not '{cfg.name}'")
     if cfg.expert_lora and cfg.name not in ("lora", "qlora"):
         raise ConfigError(f"method.expert_lora applies to method.name lora or qlora, not '{cfg.name}'")
+    if cfg.train_router and cfg.name in SOFT_PROMPTS:
+        raise ConfigError(f"method.train_router does not apply to '{cfg.name}' (soft prompts leave the model frozen)")
     if method.check:
         method.check(cfg)
 

@@ -20,8 +20,8 @@ from peft import AdaLoraConfig, PeftModel
 from transformers import PreTrainedModel
 
 from thinktune.config import MethodConfig
-from thinktune.methods.base import ADAPTER_DIR, MethodContext, method_state
-from thinktune.methods.lora import lora_targets, wrap
+from thinktune.methods.base import ADAPTER_DIR, MethodContext, facts_of, method_state
+from thinktune.methods.lora import lora_targets, router_modules, wrap
 
 ORTH_REG_WEIGHT = 0.5  # PEFT's default γ for ‖PᵀP − I‖ + ‖QQᵀ − I‖
 
@@ -45,6 +45,7 @@ def apply_adalora(model: PreTrainedModel, cfg: MethodConfig, ctx: MethodContext)
         lora_dropout=cfg.dropout,
         target_modules=lora_targets(model, cfg),
         orth_reg_weight=ORTH_REG_WEIGHT,
+        modules_to_save=router_modules(facts_of(model), cfg),
         task_type="CAUSAL_LM",
         **schedule(total),
     )

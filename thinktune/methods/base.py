@@ -80,11 +80,3 @@ def require_moe(model: torch.nn.Module, what: str) -> ArchFacts:
     if facts is None or not facts.moe:
         raise ConfigError(f"{what} needs a mixture-of-experts model with a known expert layout; got '{model_type}'")
     return facts
-
-
-def set_router_trainable(model: torch.nn.Module, facts: ArchFacts | None, trainable: bool) -> None:
-    from thinktune.models.registry import is_router
-
-    for name, p in model.named_parameters():
-        if is_router(facts, name):
-            p.requires_grad_(trainable)

@@ -34,7 +34,8 @@ FINGERPRINT_ELEMENTS = 32  # per unselected expert row: any decay or update chan
 
 
 def _fingerprint(p: torch.Tensor, frozen_rows: list[int]) -> torch.Tensor:
-    return torch.stack([p.detach()[e].reshape(-1)[:FINGERPRINT_ELEMENTS] for e in frozen_rows]).clone()
+    """A few elements of each frozen expert row, on the CPU (the model moves to its device after apply)."""
+    return torch.stack([p.detach()[e].reshape(-1)[:FINGERPRINT_ELEMENTS] for e in frozen_rows]).cpu().clone()
 
 
 def apply_esft(model: PreTrainedModel, cfg: MethodConfig, ctx: MethodContext) -> PreTrainedModel:
@@ -56,8 +57,8 @@ def apply_esft(model: PreTrainedModel, cfg: MethodConfig, ctx: MethodContext) ->
             name = prefix + pname
             p = params[name]
             p.requires_grad_(True)
-            drop = (~keep).to(p.device).view(-1, *([1] * (p.ndim - 1)))
-            p.register_hook(lambda g, drop=drop: g.masked_fill(drop, 0))
+            drop = (~keep).view(-1, *([1] * (p.ndim - 1)))
+            p.register_hook(lambda g, drop=drop: g.masked_fill(drop.to(g.device), 0))
             rows[name] = sorted(chosen)
             frozen[name] = [e for e in range(moe.num_experts) if not keep[e]]
     routers = [n for n in params if is_router(facts, n)] if cfg.train_router else []

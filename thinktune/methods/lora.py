@@ -111,7 +111,7 @@ def apply_lora(model: PreTrainedModel, cfg: MethodConfig, ctx: MethodContext | N
     if cfg.init == "pissa":
         # The initial adapter, kept to convert the trained one into a plain LoRA at save time.
         initial = get_peft_model_state_dict(peft_model)
-        method_state(peft_model)["pissa_initial"] = {k: v.detach().clone().contiguous() for k, v in initial.items()}
+        method_state(peft_model)["pissa_initial"] = {k: v.detach().cpu().clone() for k, v in initial.items()}
     return peft_model
 
 

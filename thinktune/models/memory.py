@@ -134,7 +134,7 @@ class MemoryEstimate:
             "gradients": self.gradients,
             "optimizer": self.optimizer,
             "activations": self.activations,
-            "total": self.total,
+            "peak": self.total,
         }
 
 
@@ -249,6 +249,8 @@ def trainable_counts(shape: ModelShape, method: MethodConfig) -> tuple[int, int]
         ff = set(facts.ia3_feedforward if facts else ("down_proj",))
         mods = [m for m in shape.linears if _leaf(m.name) in targets and layer_index(m.name + ".") is not None]
         n = sum(m.inputs if _leaf(m.name) in ff else m.outputs for m in mods)
+        if method.train_router:
+            n += sum(c for p, c in shape.params if is_router(shape.facts, p))
         return n, n
     v = method.num_virtual_tokens
     if name == "prompt_tuning":
@@ -267,6 +269,16 @@ def trainable_counts(shape: ModelShape, method: MethodConfig) -> tuple[int, int]
         expert_total = sum(sizes[n] for n, *_ in shape.experts)
         return int(updated - expert_total * (1 - frac)), updated
     return updated, updated
+
+
+def unsupported(shape: ModelShape, method: MethodConfig) -> str | None:
+    """Why the method cannot run on this model (what apply_method would refuse), or None."""
+    if (method.name == "esft" or method.expert_lora) and not shape.moe:
+        what = "expert_lora" if method.expert_lora else method.name
+        return f"{what} needs a mixture-of-experts model"
+    if method.name == "prefix_tuning" and shape.facts is not None and not shape.facts.prefix_tuning:
+        return f"prefix_tuning does not support '{shape.model_type}'"
+    return None
 
 
 # --- the estimate --------------------------------------------------------------------------------------------------
