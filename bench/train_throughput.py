@@ -16,7 +16,6 @@ Writes bench/results/train_throughput.json and .png (or --out).
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import math
 import os
@@ -343,7 +342,6 @@ def child_thinktune(spec: dict) -> dict:
     want = [len(s.input_ids) for s in train_samples]
     if got != want:
         raise SystemExit(f"thinktune tokenised the data differently ({sum(got)} vs {sum(want)} tokens)")
-    _wire_speed_levers_if_missing(sft, run)
     rss_before = rss_now_mb()
     peak_flops = matmul_peak()
     load_start, cpu_start = os.getloadavg()[0], cpu_seconds()
@@ -364,35 +362,8 @@ def child_thinktune(spec: dict) -> dict:
         "heldout_loss": heldout_loss(model, heldout, run.tokenizer.pad_token_id),
         "load_start": load_start,
         "threads": torch.get_num_threads(),
-        "wired": getattr(sft, "_bench_shim", None) is None,
         **model_flops(model, train_samples),
     }
-
-
-# ==== TEMPORARY SHIM — remove once thinktune/train/sft.py's train() calls the speed levers ==========================
-# Until then sft.train() builds its own padded make_batch and full-logits loss_fn, so train.packing,
-# train.loss_chunk_size and train.torch_compile would be ignored. This swaps in exactly the functions the wiring in
-# docs/performance.md hands to TrainLoop (thinktune.train.engine.speed), nothing else. It switches itself off as soon
-# as sft.train() uses build_sft_loss_fn.
-def _wire_speed_levers_if_missing(sft, run) -> None:
-    if "build_sft_loss_fn" in inspect.getsource(sft.train):
-        return
-    from thinktune.train.engine import speed
-
-    original = sft.TrainLoop
-
-    def train_loop(**kw):
-        cfg = kw["cfg"]
-        speed.compile_model(kw["model"], cfg)
-        kw["make_batch"] = speed.build_make_batch(run.data.samples, cfg, run.tokenizer.pad_token_id)
-        kw["loss_fn"] = speed.build_sft_loss_fn(kw["model"], cfg, None, None, kw["accelerator"])
-        return original(**kw)
-
-    sft.TrainLoop = train_loop
-    sft._bench_shim = True
-
-
-# ==== END TEMPORARY SHIM ===========================================================================================
 
 
 def child_main(spec_path: str) -> None:

@@ -47,10 +47,8 @@ class DataConfig(Section):
     test: str | None = Field(
         "bundled:arithmetic/test", description="Held-out set for evaluation before and after training."
     )
-    format: Literal[
-        "auto", "messages", "alpaca", "sharegpt", "question_answer", "query_response", "text_context"
-    ] = Field(
-        "auto", description="Record format; `auto` detects it per record."
+    format: Literal["auto", "messages", "alpaca", "sharegpt", "question_answer", "query_response", "text_context"] = (
+        Field("auto", description="Record format; `auto` detects it per record.")
     )
     system_prompt: str | None = Field(
         None, description="System message added to every conversation that has none (training and evaluation)."
@@ -158,6 +156,7 @@ class TrainConfig(Section):
         if self.ewc_lambda and not self.ewc_fisher:
             raise ValueError("ewc_lambda > 0 needs train.ewc_fisher (a fisher.pt from a run with train.save_fisher)")
         return self
+
     teacher: str | None = Field(None, description="Logit distillation: teacher model reference.")
     distill_alpha: float = Field(0.5, ge=0, le=1, description="Weight of the KL term vs cross-entropy.")
     distill_temperature: float = Field(2.0, gt=0, description="Distillation temperature.")

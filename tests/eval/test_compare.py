@@ -50,9 +50,28 @@ def test_compare_needs_two_candidates(tiny_model_dirs, tmp_path):
 
 def test_cli_compare_prints_table(tiny_model_dirs, adapter_dir, tmp_path):
     r = subprocess.run(
-        [sys.executable, "-m", "thinktune", "eval", "--model", str(tiny_model_dirs["llama"]), "--compare", "base",
-         "--compare", str(adapter_dir), "--max-samples", "2", "--set", "eval.max_new_tokens=4", "-o", str(tmp_path)],
-        capture_output=True, text=True, cwd=Path(__file__).parents[2], env={"COLUMNS": "200", **__import__("os").environ},
+        [
+            sys.executable,
+            "-m",
+            "thinktune",
+            "eval",
+            "--model",
+            str(tiny_model_dirs["llama"]),
+            "--compare",
+            "base",
+            "--compare",
+            str(adapter_dir),
+            "--max-samples",
+            "2",
+            "--set",
+            "eval.max_new_tokens=4",
+            "-o",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).parents[2],
+        env={"COLUMNS": "200", **__import__("os").environ},
     )
     assert r.returncode == 0, r.stderr[-2000:]
     assert "comparison" in r.stdout and "adapter" in r.stdout
@@ -60,10 +79,28 @@ def test_cli_compare_prints_table(tiny_model_dirs, adapter_dir, tmp_path):
 
 def test_cli_eval_with_robustness_efficiency_and_metrics(tiny_model_dirs, tmp_path):
     r = subprocess.run(
-        [sys.executable, "-m", "thinktune", "eval", "--model", str(tiny_model_dirs["llama"]), "--max-samples", "3",
-         "--set", "eval.max_new_tokens=3", "--metrics", "exact_match,token_f1", "--robustness", "--efficiency",
-         "-o", str(tmp_path)],
-        capture_output=True, text=True, cwd=Path(__file__).parents[2], env={"COLUMNS": "200", **__import__("os").environ},
+        [
+            sys.executable,
+            "-m",
+            "thinktune",
+            "eval",
+            "--model",
+            str(tiny_model_dirs["llama"]),
+            "--max-samples",
+            "3",
+            "--set",
+            "eval.max_new_tokens=3",
+            "--metrics",
+            "exact_match,token_f1",
+            "--robustness",
+            "--efficiency",
+            "-o",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).parents[2],
+        env={"COLUMNS": "200", **__import__("os").environ},
     )
     assert r.returncode == 0, r.stderr[-2000:]
     report = json.loads((tmp_path / "report.json").read_text())

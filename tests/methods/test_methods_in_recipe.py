@@ -59,3 +59,98 @@ def test_method_through_the_recipe(name, arch, sets, files, tiny_model_dirs, tmp
     assert logits.shape == reference.shape and not torch.allclose(logits, reference)
     if name == "adalora":
         assert json.loads((saved / "ranks.json").read_text())
+
+
+def _cfg(tiny_model_dirs, tmp_path, arch: str, *sets: str):
+    return load_config(
+        None,
+        [
+            f"model.name_or_path={tiny_model_dirs[arch]}",
+            f"output_dir={tmp_path / 'run'}",
+            "data.max_train_samples=8",
+            "data.max_length=512",
+            "train.batch_size=4",
+            "eval.before=false",
+            "eval.after=false",
+            *sets,
+        ],
+    )
+
+
+def test_recipe_checks_the_method_before_loading_weights(tiny_model_dirs, tmp_path, monkeypatch):
+    """qlora without CUDA and esft with weight decay fail in one line before any weights are read."""
+    import thinktune.train.sft as sft
+    from thinktune.errors import ConfigError, EnvironmentProblem
+
+    def no_load(*a, **k):
+        raise AssertionError("weights were loaded before the method check")
+
+    monkeypatch.setattr(sft, "load_pretrained", no_load)
+    if not torch.cuda.is_available():
+        with pytest.raises(EnvironmentProblem, match="qlora needs a CUDA GPU"):
+            run_sft(_cfg(tiny_model_dirs, tmp_path, "llama", "method.name=qlora"), Console(quiet=True))
+    with pytest.raises(ConfigError, match="esft needs train.weight_decay=0"):
+        run_sft(
+            _cfg(tiny_model_dirs, tmp_path, "qwen3_moe", "method.name=esft", "train.weight_decay=0.1"),
+            Console(quiet=True),
+        )
+
+
+def test_adalora_in_the_recipe_schedules_over_the_run_and_adds_its_penalty(tiny_model_dirs, tmp_path, monkeypatch):
+    """The recipe gives AdaLoRA the run's optimizer-step count (its rank schedule) and adds its orthogonality loss."""
+    import thinktune.methods as methods
+    import thinktune.train.sft as sft
+
+    seen: dict = {}
+    real_apply, real_loss = methods.apply_method, methods.method_loss
+
+    def spy_apply(model, cfg, context=None):
+        seen["total_steps"] = context.total_steps
+        return real_apply(model, cfg, context)
+
+    def spy_loss(model, cfg):
+        value = real_loss(model, cfg)
+        seen.setdefault("penalties", []).append(None if value is None else float(value.detach()))
+        return value
+
+    monkeypatch.setattr(sft, "apply_method", spy_apply)
+    monkeypatch.setattr(sft, "method_loss", spy_loss)
+    cfg = _cfg(
+        tiny_model_dirs,
+        tmp_path,
+        "llama",
+        "method.name=adalora",
+        "method.r=4",
+        "method.target_r=2",
+        "train.max_steps=5",
+    )
+    summary = run_sft(cfg, Console(quiet=True))
+    peft_cfg = json.loads((Path(summary["adapter_dir"]) / "adapter_config.json").read_text())
+    assert seen["total_steps"] == 5 and peft_cfg["total_step"] == 5
+    assert len(seen["penalties"]) == 5 and all(p is not None and p > 0 for p in seen["penalties"])
+
+
+def test_eval_job_loads_any_method_output_from_the_run_dir(tiny_model_dirs, tmp_path):
+    """`thinktune eval --adapter RUN_DIR` and chat accept a freeze/full/ESFT run as well as a PEFT adapter."""
+    from thinktune.eval.job import load_adapter
+
+    cfg = _cfg(
+        tiny_model_dirs,
+        tmp_path,
+        "qwen3",
+        "method.name=freeze",
+        "method.top_layers=1",
+        "train.max_steps=2",
+        "train.learning_rate=1e-2",
+    )
+    summary = run_sft(cfg, Console(quiet=True))
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dirs["qwen3"])
+    ids = torch.tensor([[1, 5, 9, 2]])
+    with torch.no_grad():
+        reference = base(input_ids=ids).logits.clone()
+        tuned = load_adapter(base, summary["run_dir"])(input_ids=ids).logits
+    assert not torch.allclose(tuned, reference)
+    from thinktune.errors import ModelNotFoundError
+
+    with pytest.raises(ModelNotFoundError, match="not a trained adapter"):
+        load_adapter(base, tmp_path)

@@ -95,6 +95,7 @@ def test_checkpoint_is_atomic_and_keeps_last_k(tmp_path):
 
 def test_sigkill_then_resume_gives_the_uninterrupted_curve(tiny_model_dirs, tmp_path):
     model = tiny_model_dirs["llama"]
+
     def sets(out):
         extra = ("train.save_steps=5", "eval.before=false", "eval.after=false")
         return [x for s in base_sets(model, out, 40, *extra) for x in ("--set", s)]
@@ -306,26 +307,69 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tiny_model_d
 
 def test_ewc_and_distillation_through_the_recipe(tiny_model_dirs, tmp_path):
     off = ["eval.before=false", "eval.after=false"]
-    run_sft(load_config(None, base_sets(tiny_model_dirs["llama"], tmp_path / "a", 2, *off,
-                                        "train.save_fisher=true")), QUIET)
+    run_sft(
+        load_config(None, base_sets(tiny_model_dirs["llama"], tmp_path / "a", 2, *off, "train.save_fisher=true")), QUIET
+    )
     assert (tmp_path / "a" / "fisher.pt").is_file()
-    run_sft(load_config(None, base_sets(tiny_model_dirs["llama"], tmp_path / "b", 2, *off, "train.ewc_lambda=1e6",
-                                        f"train.ewc_fisher={tmp_path / 'a' / 'fisher.pt'}")), QUIET)
+    run_sft(
+        load_config(
+            None,
+            base_sets(
+                tiny_model_dirs["llama"],
+                tmp_path / "b",
+                2,
+                *off,
+                "train.ewc_lambda=1e6",
+                f"train.ewc_fisher={tmp_path / 'a' / 'fisher.pt'}",
+            ),
+        ),
+        QUIET,
+    )
     assert all("ewc" in r for r in read_metrics(tmp_path / "b" / "metrics.jsonl"))
-    run_sft(load_config(None, base_sets(tiny_model_dirs["llama"], tmp_path / "c", 2, *off,
-                                        f"train.teacher={tiny_model_dirs['llama']}", "train.distill_alpha=0.5",
-                                        "train.unlikelihood_weight=0.1", "train.contrastive_weight=0.1",
-                                        "train.label_smoothing=0.1")), QUIET)
+    run_sft(
+        load_config(
+            None,
+            base_sets(
+                tiny_model_dirs["llama"],
+                tmp_path / "c",
+                2,
+                *off,
+                f"train.teacher={tiny_model_dirs['llama']}",
+                "train.distill_alpha=0.5",
+                "train.unlikelihood_weight=0.1",
+                "train.contrastive_weight=0.1",
+                "train.label_smoothing=0.1",
+            ),
+        ),
+        QUIET,
+    )
     row = read_metrics(tmp_path / "c" / "metrics.jsonl")[0]
     assert {"kl", "ce", "unlikelihood", "contrastive"} <= set(row)
 
 
 def test_class_balanced_sampling_runs_from_the_data_stage(tiny_model_dirs, tmp_path):
     data = tmp_path / "d.jsonl"
-    rows = [{"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}],
-             "category": "rare" if i == 0 else "common"} for i in range(20)]
+    rows = [
+        {
+            "messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}],
+            "category": "rare" if i == 0 else "common",
+        }
+        for i in range(20)
+    ]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    summary = run_sft(load_config(None, base_sets(tiny_model_dirs["llama"], tmp_path / "r", 3, "eval.before=false",
-                                                  "eval.after=false", f"data.train=[{data}]",
-                                                  "data.balance_by=category")), QUIET)
+    summary = run_sft(
+        load_config(
+            None,
+            base_sets(
+                tiny_model_dirs["llama"],
+                tmp_path / "r",
+                3,
+                "eval.before=false",
+                "eval.after=false",
+                f"data.train=[{data}]",
+                "data.balance_by=category",
+            ),
+        ),
+        QUIET,
+    )
     assert summary["steps"] == 3

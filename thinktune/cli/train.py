@@ -52,8 +52,20 @@ def launch_distributed(n: int, config, sets, output_dir, resume) -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(n), "--master_addr", "127.0.0.1",
-           "--master_port", str(port), "-m", "thinktune", "train"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(n),
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(port),
+        "-m",
+        "thinktune",
+        "train",
+    ]
     cmd += ["--config", str(config)] if config else []
     for item in sets or []:
         cmd += ["--set", item]

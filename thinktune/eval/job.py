@@ -23,12 +23,19 @@ from thinktune.train.engine.progress import task_progress
 
 
 def load_adapter(model, adapter: str | Path):
-    from peft import PeftModel
+    """What a run trained, put back on `model`: a PEFT adapter dir, a thinktune `model/` dir (freeze, full, ESFT),
+    or a run directory holding either."""
+    from thinktune.methods import load_trained
+    from thinktune.methods.base import ADAPTER_DIR, MODEL_DIR
+    from thinktune.methods.trained import METHOD_FILE
 
     path = Path(adapter)
-    if not (path / "adapter_config.json").is_file():
-        raise ModelNotFoundError(f"{path}: not a PEFT adapter directory (no adapter_config.json)")
-    return PeftModel.from_pretrained(model, path)
+    for candidate in (path, path / ADAPTER_DIR, path / MODEL_DIR):
+        if (candidate / "adapter_config.json").is_file() or (candidate / METHOD_FILE).is_file():
+            return load_trained(model, candidate)
+    raise ModelNotFoundError(
+        f"{path}: not a trained adapter (no adapter_config.json or {METHOD_FILE}, nor a run dir holding one)"
+    )
 
 
 @dataclass

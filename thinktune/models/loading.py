@@ -110,10 +110,16 @@ def pick_dtype(dtype: str) -> torch.dtype:
     return torch.float32
 
 
-def load_model(source: ModelSource, dtype: str = "auto", trust_remote_code: bool = False) -> PreTrainedModel:
+def load_model(
+    source: ModelSource, dtype: str = "auto", trust_remote_code: bool = False, quantization_config=None
+) -> PreTrainedModel:
+    """`quantization_config` (QLoRA's 4-bit NF4) loads the weights quantised straight away, onto the current GPU."""
     _needs_gguf_package(source)
+    extra = {}
+    if quantization_config is not None:
+        extra = {"quantization_config": quantization_config, "device_map": {"": torch.cuda.current_device()}}
     model = AutoModelForCausalLM.from_pretrained(
-        source.path, gguf_file=source.gguf_file, dtype=pick_dtype(dtype), trust_remote_code=trust_remote_code
+        source.path, gguf_file=source.gguf_file, dtype=pick_dtype(dtype), trust_remote_code=trust_remote_code, **extra
     )
     if source.gguf_file:
         _forget_gguf_quantization(model)
@@ -146,11 +152,11 @@ def convert_gguf(source: ModelSource, dest: Path) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def load_pretrained(cfg) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, ModelSource]:
-    """Model + tokenizer for a `ModelConfig`."""
+def load_pretrained(cfg, quantization_config=None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, ModelSource]:
+    """Model + tokenizer for a `ModelConfig` (optionally quantised on load, see `load_model`)."""
     source = resolve_model(cfg.name_or_path, cfg.gguf_file)
     tokenizer = load_tokenizer(source, cfg.chat_template)
-    model = load_model(source, cfg.dtype, cfg.trust_remote_code)
+    model = load_model(source, cfg.dtype, cfg.trust_remote_code, quantization_config)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer, source

@@ -29,13 +29,17 @@ from thinktune.data.formats import RecordError
 from thinktune.data.reading import Reject, check_bad_fraction, read_records, resolve_path, write_rejects
 from thinktune.data.render import TokenizedSample, encode_with_offsets, render_conversation, to_sample
 from thinktune.errors import ConfigError, DataError
-from thinktune.methods import count_parameters, on_optimizer_step, optimizer_parameters
-from thinktune.train.engine.loggers import MetricsLog
-from thinktune.train.engine.loop import TrainLoop
-from thinktune.train.engine.optim import build_optimizer, build_scheduler, total_optimizer_steps
-from thinktune.train.engine.sampler import batches_per_epoch
-from thinktune.train.policy import ReferencePolicy, adapter_starts_at_base, load_policy, setup_run, token_logprobs
-from thinktune.train.sft import Run, flat_params, run_eval, save
+from thinktune.methods import count_parameters
+from thinktune.train.policy import (
+    ReferencePolicy,
+    adapter_starts_at_base,
+    load_policy,
+    prepare_optimization,
+    run_policy_loop,
+    setup_run,
+    token_logprobs,
+)
+from thinktune.train.sft import Run, run_eval, save
 
 LossName = Literal["dpo", "ipo", "simpo", "orpo", "kto"]
 DEFAULT_BETA = {"dpo": 0.1, "ipo": 0.1, "simpo": 2.0, "orpo": 0.1, "kto": 0.1}
@@ -314,67 +318,32 @@ def preference_loss_fn(cfg: DPOConfig, reference: ReferencePolicy | None):
 
 
 def train(run: Run, data: PreferenceData, cfg: DPOConfig, adapter: str | None) -> dict[str, Any]:
-    tcfg, acc = run.cfg.train, run.accelerator
     needs_ref = cfg.loss not in REFERENCE_FREE
     reference = (
         ReferencePolicy.of(run.model, adapter_starts_at_base(run.model, adapter is not None, run.cfg))
         if needs_ref
         else None
     )
-    params = optimizer_parameters(run.model, run.cfg.method)
     trainable, total = count_parameters(run.model)
     run.console.print(
         f"{cfg.loss}: {trainable:,} trainable of {total:,} parameters; reference: "
         f"{reference.kind if reference else 'none (reference-free loss)'}"
     )
-    steps = total_optimizer_steps(tcfg, batches_per_epoch(len(data.records), tcfg.batch_size, acc.num_processes))
-    optimizer = build_optimizer(params, tcfg)
-    scheduler = build_scheduler(optimizer, tcfg, steps)
-    run.model, optimizer = acc.prepare(run.model, optimizer)
-    if reference is not None and reference.copy is not None:
-        reference.copy.to(acc.device)
+    opt = prepare_optimization(run, len(data.records), reference)
     cached = None
     if needs_ref and cfg.reference == "cached":
         with run.console.status("reference log-probs (one pass over the pairs)"):
             cached = cache_reference_logps(run, data, reference)
         if reference.kind == "copy":
             reference.release(run.model)  # cached: the frozen copy is no longer needed
-
-    log = (
-        MetricsLog(run.dir, tcfg.loggers, tcfg.mlflow_tracking_uri, run.cfg.name, flat_params(run.cfg))
-        if acc.is_main_process
-        else None
+    return run_policy_loop(
+        run,
+        opt,
+        len(data.records),
+        lambda idx: pair_batch(data, idx, run.tokenizer.pad_token_id, cached),
+        preference_loss_fn(cfg, reference),
+        reference,
     )
-    loop = TrainLoop(
-        cfg=tcfg,
-        accelerator=acc,
-        model=run.model,
-        params=params,
-        optimizer=optimizer,
-        scheduler=scheduler,
-        n_samples=len(data.records),
-        make_batch=lambda idx: pair_batch(data, idx, run.tokenizer.pad_token_id, cached),
-        loss_fn=preference_loss_fn(cfg, reference),
-        total_steps=steps,
-        run_dir=run.dir,
-        console=run.console,
-        after_step=lambda step: on_optimizer_step(acc.unwrap_model(run.model), run.cfg.method, step),
-        log=log,
-    )
-    try:
-        result = loop.run()
-    finally:
-        if log:
-            log.close()
-    if reference is not None:
-        reference.release(acc.unwrap_model(run.model))
-    return {
-        "steps": result.steps,
-        "train_seconds": result.seconds,
-        "final_loss": result.final_loss,
-        "bad_steps": result.bad_steps,
-        "train_tokens": result.tokens,
-    }
 
 
 def run_dpo(

@@ -34,14 +34,19 @@ from thinktune.data.reading import Reject, check_bad_fraction, read_records, wri
 from thinktune.data.render import render_prompt
 from thinktune.errors import DataError
 from thinktune.eval.generate import stop_token_ids
-from thinktune.methods import count_parameters, on_optimizer_step, optimizer_parameters
-from thinktune.train.engine.loggers import MetricsLog, read_metrics
-from thinktune.train.engine.loop import TrainLoop
-from thinktune.train.engine.optim import build_optimizer, build_scheduler, total_optimizer_steps
-from thinktune.train.engine.sampler import batches_per_epoch
-from thinktune.train.policy import ReferencePolicy, adapter_starts_at_base, load_policy, setup_run, token_logprobs
+from thinktune.methods import count_parameters
+from thinktune.train.engine.loggers import read_metrics
+from thinktune.train.policy import (
+    ReferencePolicy,
+    adapter_starts_at_base,
+    load_policy,
+    prepare_optimization,
+    run_policy_loop,
+    setup_run,
+    token_logprobs,
+)
 from thinktune.train.rewards import Completion, resolve_reward, reward_name, score
-from thinktune.train.sft import Run, flat_params, run_eval, save
+from thinktune.train.sft import Run, run_eval, save
 
 Aggregation = Literal["sequence_mean", "token", "dr_grpo"]
 
@@ -300,60 +305,28 @@ def grpo_loss_fn(g: GRPOConfig, names: list[str]):
 
 
 def train(run: Run, tasks: list[dict], g: GRPOConfig, fns: list, adapter: str | None) -> dict[str, Any]:
-    tcfg, acc = run.cfg.train, run.accelerator
+    tcfg = run.cfg.train
     reference = (
         ReferencePolicy.of(run.model, adapter_starts_at_base(run.model, adapter is not None, run.cfg))
         if g.beta > 0
         else None
     )
-    params = optimizer_parameters(run.model, run.cfg.method)
     trainable, total = count_parameters(run.model)
     run.console.print(
         f"grpo: {trainable:,} trainable of {total:,} parameters; G={g.num_generations}, "
         f"reference: {reference.kind if reference else 'none (beta=0)'}"
     )
-    steps = total_optimizer_steps(tcfg, batches_per_epoch(len(tasks), tcfg.batch_size, acc.num_processes))
-    optimizer = build_optimizer(params, tcfg)
-    scheduler = build_scheduler(optimizer, tcfg, steps)
-    run.model, optimizer = acc.prepare(run.model, optimizer)
-    if reference is not None and reference.copy is not None:
-        reference.copy.to(acc.device)
+    opt = prepare_optimization(run, len(tasks), reference)
     reuse = RolloutReuse(g.num_iterations, tcfg.gradient_accumulation_steps)
     names = [reward_name(r) for r in g.rewards]
-    log = (
-        MetricsLog(run.dir, tcfg.loggers, tcfg.mlflow_tracking_uri, run.cfg.name, flat_params(run.cfg))
-        if acc.is_main_process
-        else None
+    return run_policy_loop(
+        run,
+        opt,
+        len(tasks),
+        lambda idx: reuse.next(lambda: rollout_batch(run, [tasks[i] for i in idx], g, fns, reference)),
+        grpo_loss_fn(g, names),
+        reference,
     )
-    loop = TrainLoop(
-        cfg=tcfg,
-        accelerator=acc,
-        model=run.model,
-        params=params,
-        optimizer=optimizer,
-        scheduler=scheduler,
-        n_samples=len(tasks),
-        make_batch=lambda idx: reuse.next(lambda: rollout_batch(run, [tasks[i] for i in idx], g, fns, reference)),
-        loss_fn=grpo_loss_fn(g, names),
-        total_steps=steps,
-        run_dir=run.dir,
-        console=run.console,
-        after_step=lambda step: on_optimizer_step(acc.unwrap_model(run.model), run.cfg.method, step),
-        log=log,
-    )
-    try:
-        result = loop.run()
-    finally:
-        if log:
-            log.close()
-    if reference is not None:
-        reference.release(acc.unwrap_model(run.model))
-    return {
-        "steps": result.steps,
-        "train_seconds": result.seconds,
-        "final_loss": result.final_loss,
-        "bad_steps": result.bad_steps,
-    }
 
 
 def plot_rewards(metrics_path, out_png, names: list[str]) -> None:

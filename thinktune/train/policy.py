@@ -7,6 +7,7 @@
   PiSSA): a frozen copy of the starting adapter next to the trained one, as TRL does (megabytes, not a model).
   Methods that change base weights (full, freeze, esft): a frozen copy of the model.
 - `token_logprobs`: log π(token | prefix) at every labelled position.
+- `prepare_optimization` + `run_policy_loop`: optimizer, schedule and the shared TrainLoop, as DPO and GRPO run them.
 
 Dropout is switched off in the policy: the importance ratio π_θ/π_old must be exactly 1 before the first update,
 and the log-probs of chosen vs rejected must not depend on a dropout draw (TRL does the same).
@@ -16,10 +17,11 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from accelerate import Accelerator
@@ -30,10 +32,14 @@ from thinktune.config import RunConfig, to_yaml
 from thinktune.data.reading import Reject, check_bad_fraction
 from thinktune.errors import ConfigError, ModelNotFoundError
 from thinktune.eval.tasks import load_tasks
-from thinktune.methods import MethodContext, apply_method
+from thinktune.methods import MethodContext, apply_method, on_optimizer_step, optimizer_parameters
 from thinktune.models import load_pretrained
+from thinktune.train.engine.loggers import MetricsLog
+from thinktune.train.engine.loop import TrainLoop
 from thinktune.train.engine.losses import trained_positions
-from thinktune.train.sft import Run, mixed_precision
+from thinktune.train.engine.optim import build_optimizer, build_scheduler, total_optimizer_steps
+from thinktune.train.engine.sampler import batches_per_epoch
+from thinktune.train.sft import Run, flat_params, mixed_precision
 
 REFERENCE_ADAPTER = "reference"
 
@@ -193,3 +199,72 @@ def token_logprobs(
         kwargs["logits_to_keep"] = keep + 1
         labels = labels[:, -(keep + 1) :]
     return gather_logprobs(model(**kwargs).logits, labels, temperature)
+
+
+@dataclass
+class Optimization:
+    params: list
+    optimizer: Any
+    scheduler: Any
+    steps: int
+
+
+def prepare_optimization(run: Run, n_items: int, reference: ReferencePolicy | None) -> Optimization:
+    """AdamW + schedule over `n_items` training items per epoch; the policy and optimizer prepared by Accelerate,
+    the reference copy (if any) moved to the same device."""
+    tcfg, acc = run.cfg.train, run.accelerator
+    params = optimizer_parameters(run.model, run.cfg.method)
+    steps = total_optimizer_steps(tcfg, batches_per_epoch(n_items, tcfg.batch_size, acc.num_processes))
+    optimizer = build_optimizer(params, tcfg)
+    scheduler = build_scheduler(optimizer, tcfg, steps)
+    run.model, optimizer = acc.prepare(run.model, optimizer)
+    if reference is not None and reference.copy is not None:
+        reference.copy.to(acc.device)
+    return Optimization(params, optimizer, scheduler, steps)
+
+
+def run_policy_loop(
+    run: Run,
+    opt: Optimization,
+    n_items: int,
+    make_batch: Callable[[list[int]], dict],
+    loss_fn: Callable,
+    reference: ReferencePolicy | None,
+) -> dict[str, Any]:
+    """The shared TrainLoop (checkpoints, guards, loggers, distributed) over the items; the reference released after."""
+    tcfg, acc = run.cfg.train, run.accelerator
+    log = (
+        MetricsLog(run.dir, tcfg.loggers, tcfg.mlflow_tracking_uri, run.cfg.name, flat_params(run.cfg))
+        if acc.is_main_process
+        else None
+    )
+    loop = TrainLoop(
+        cfg=tcfg,
+        accelerator=acc,
+        model=run.model,
+        params=opt.params,
+        optimizer=opt.optimizer,
+        scheduler=opt.scheduler,
+        n_samples=n_items,
+        make_batch=make_batch,
+        loss_fn=loss_fn,
+        total_steps=opt.steps,
+        run_dir=run.dir,
+        console=run.console,
+        after_step=lambda step: on_optimizer_step(acc.unwrap_model(run.model), run.cfg.method, step),
+        log=log,
+    )
+    try:
+        result = loop.run()
+    finally:
+        if log:
+            log.close()
+    if reference is not None:
+        reference.release(acc.unwrap_model(run.model))
+    return {
+        "steps": result.steps,
+        "train_seconds": result.seconds,
+        "final_loss": result.final_loss,
+        "bad_steps": result.bad_steps,
+        "train_tokens": result.tokens,
+    }

@@ -32,7 +32,9 @@ from thinktune.eval.tasks import load_tasks
 from thinktune.methods import (
     MethodContext,
     apply_method,
+    check_method_environment,
     count_parameters,
+    method_loss,
     on_optimizer_step,
     optimizer_parameters,
     save_trained,
@@ -42,12 +44,12 @@ from thinktune.train.engine.checkpoint import resolve_resume
 from thinktune.train.engine.ewc import EWCPenalty, compute_fisher, load_fisher, save_fisher
 from thinktune.train.engine.loggers import MetricsLog
 from thinktune.train.engine.loop import TrainLoop
-from thinktune.train.engine.losses import combined_loss
 from thinktune.train.engine.monitor import plot_update_heatmap
 from thinktune.train.engine.optim import build_optimizer, build_scheduler, total_optimizer_steps
 from thinktune.train.engine.plots import plot_metrics
 from thinktune.train.engine.progress import task_progress
 from thinktune.train.engine.sampler import batches_per_epoch
+from thinktune.train.engine.speed import build_make_batch, build_sft_loss_fn, compile_model, configure_threads
 
 
 @dataclass
@@ -73,8 +75,7 @@ def mixed_precision(choice: str) -> str:
 
 
 def setup(cfg: RunConfig, console: Console) -> Run:
-    if cfg.train.num_threads:
-        torch.set_num_threads(cfg.train.num_threads)
+    configure_threads(cfg.train.num_threads)
     acc = Accelerator(
         cpu=not torch.cuda.is_available(),  # also what makes torchrun on CPU form a gloo process group
         mixed_precision=mixed_precision(cfg.train.mixed_precision),
@@ -86,9 +87,15 @@ def setup(cfg: RunConfig, console: Console) -> Run:
     (run.dir / "config.yaml").write_text(to_yaml(cfg))
     set_seed(cfg.train.seed)
 
+    check_method_environment(cfg.method, cfg.train)  # before any weights load (qlora without CUDA, esft + decay)
+    quantization = None
+    if cfg.method.name == "qlora":
+        from thinktune.methods.qlora import quantization_config
+
+        quantization = quantization_config(cfg.method)  # load once, already 4-bit
     with console.status(f"loading model {cfg.model.name_or_path} (first use of a GGUF converts it once)"):
         t = time.perf_counter()
-        run.model, run.tokenizer, source = load_pretrained(cfg.model)
+        run.model, run.tokenizer, source = load_pretrained(cfg.model, quantization)
     console.print(
         f"model [bold]{source.description}[/] ({run.model.config.model_type}, "
         f"{sum(p.numel() for p in run.model.parameters()) / 1e6:.1f}M params) in {time.perf_counter() - t:.1f}s"
@@ -142,18 +149,20 @@ def run_eval(run: Run, label: str) -> EvalResult | None:
 
 def train(run: Run, resume: str | None = None) -> dict[str, Any]:
     cfg, acc = run.cfg.train, run.accelerator
-    run.model = apply_method(run.model, run.cfg.method, MethodContext(run.tokenizer, run.data.samples))
+    per_epoch = batches_per_epoch(len(run.data.samples), cfg.batch_size, acc.num_processes)
+    steps = total_optimizer_steps(cfg, per_epoch)
+    context = MethodContext(run.tokenizer, run.data.samples, total_steps=steps)
+    run.model = apply_method(run.model, run.cfg.method, context)
     if cfg.gradient_checkpointing:
         run.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if hasattr(run.model, "enable_input_require_grads"):
             run.model.enable_input_require_grads()  # PEFT: frozen embeddings still need grads flowing through
+    compile_model(run.model, cfg)  # after the method and checkpointing wrap the layers
     trainable, total = count_parameters(run.model)
     run.console.print(
         f"method {run.cfg.method.name}: {trainable:,} trainable of {total:,} parameters ({trainable / total:.2%})"
     )
     params = optimizer_parameters(run.model, run.cfg.method)
-    per_epoch = batches_per_epoch(len(run.data.samples), cfg.batch_size, acc.num_processes)
-    steps = total_optimizer_steps(cfg, per_epoch)
     optimizer = build_optimizer(params, cfg)
     scheduler = build_scheduler(optimizer, cfg, steps)
     # The scheduler is not prepared: Accelerate would step it once per process.
@@ -161,17 +170,14 @@ def train(run: Run, resume: str | None = None) -> dict[str, Any]:
     teacher = load_teacher(run) if cfg.teacher else None
     ewc = EWCPenalty(*load_fisher(cfg.ewc_fisher), cfg.ewc_lambda) if cfg.ewc_lambda and cfg.ewc_fisher else None
 
+    sft_loss = build_sft_loss_fn(run.model, cfg, teacher, ewc, acc)  # speed levers: packing, chunked head
+
     def loss_fn(model, batch):
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        teacher_logits = None
-        if teacher is not None:
-            with torch.no_grad():
-                teacher_logits = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        loss, parts = combined_loss(logits, batch, cfg, teacher_logits)
-        if ewc is not None:
-            penalty = ewc(acc.unwrap_model(model))
-            loss = loss + penalty
-            parts["ewc"] = float(penalty.detach())
+        loss, parts = sft_loss(model, batch)
+        extra = method_loss(acc.unwrap_model(model), run.cfg.method)
+        if extra is not None:  # AdaLoRA's orthogonality penalty
+            loss = loss + extra
+            parts["method"] = float(extra.detach())
         return loss, parts
 
     log = None
@@ -185,7 +191,7 @@ def train(run: Run, resume: str | None = None) -> dict[str, Any]:
         optimizer=optimizer,
         scheduler=scheduler,
         n_samples=len(run.data.samples),
-        make_batch=lambda idx: pad_batch([run.data.samples[i] for i in idx], run.tokenizer.pad_token_id),
+        make_batch=build_make_batch(run.data.samples, cfg, run.tokenizer.pad_token_id),
         loss_fn=loss_fn,
         total_steps=steps,
         run_dir=run.dir,
