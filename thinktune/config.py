@@ -36,6 +36,11 @@ class ModelConfig(Section):
     )
     chat_template: str | None = Field(None, description="Jinja chat template replacing the tokenizer's own.")
     trust_remote_code: bool = Field(False, description="Allow model code shipped inside the model directory.")
+    attn_implementation: Literal["auto", "eager", "sdpa", "flash_attention_2", "flash_attention_3"] = Field(
+        "auto",
+        description="Attention kernel: `auto` = transformers' default (SDPA); flash_attention_* needs CUDA + "
+        "flash-attn (packed batches then run as varlen attention).",
+    )
 
 
 class DataConfig(Section):
@@ -150,6 +155,9 @@ class TrainConfig(Section):
     )
     torch_compile: bool = Field(False, description="torch.compile the model (pays off on long runs).")
     optimizer: Literal["adamw", "adamw_fused"] = Field("adamw", description="AdamW (foreach) or fused AdamW.")
+    liger_kernels: bool = Field(
+        False, description="CUDA: Liger Triton kernels for RMSNorm, RoPE and SwiGLU (pip install 'thinktune[speed]')."
+    )
 
     @model_validator(mode="after")
     def _ewc_needs_fisher(self) -> TrainConfig:

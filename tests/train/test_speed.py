@@ -243,3 +243,33 @@ def test_configure_threads():
         assert configure_threads(1) == 1 == torch.get_num_threads()
     finally:
         torch.set_num_threads(before)
+
+
+# --- CUDA-only levers on a CPU machine -----------------------------------------------------------------------------
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-machine message")
+def test_cuda_only_levers_fail_in_one_line_before_loading(tiny_model_dirs, tmp_path, monkeypatch):
+    from thinktune.config import load_config
+    from thinktune.errors import EnvironmentProblem
+    from thinktune.models.loading import check_attention
+    from thinktune.train import sft
+
+    def no_load(*a, **k):
+        raise AssertionError("weights were loaded before the check")
+
+    monkeypatch.setattr(sft, "load_pretrained", no_load)
+    cfg = load_config(
+        None, [f"model.name_or_path={tiny_model_dirs['llama']}", f"output_dir={tmp_path}", "train.liger_kernels=true"]
+    )
+    with pytest.raises(EnvironmentProblem, match="liger_kernels needs a CUDA GPU"):
+        sft.run_sft(cfg, Console(quiet=True))
+    with pytest.raises(EnvironmentProblem, match="flash_attention_2 needs a CUDA GPU"):
+        check_attention("flash_attention_2")
+    check_attention("sdpa")  # no-op
+
+
+def test_attn_implementation_reaches_the_model(tiny_model_dirs):
+    from thinktune.config import ModelConfig
+    from thinktune.models import load_pretrained
+
+    model, _, _ = load_pretrained(ModelConfig(name_or_path=str(tiny_model_dirs["llama"]), attn_implementation="eager"))
+    assert model.config._attn_implementation == "eager"

@@ -111,19 +111,39 @@ def pick_dtype(dtype: str) -> torch.dtype:
 
 
 def load_model(
-    source: ModelSource, dtype: str = "auto", trust_remote_code: bool = False, quantization_config=None
+    source: ModelSource,
+    dtype: str = "auto",
+    trust_remote_code: bool = False,
+    quantization_config=None,
+    attn_implementation: str = "auto",
 ) -> PreTrainedModel:
     """`quantization_config` (QLoRA's 4-bit NF4) loads the weights quantised straight away, onto the current GPU."""
     _needs_gguf_package(source)
-    extra = {}
+    check_attention(attn_implementation)
+    extra: dict = {}
     if quantization_config is not None:
         extra = {"quantization_config": quantization_config, "device_map": {"": torch.cuda.current_device()}}
+    if attn_implementation != "auto":
+        extra["attn_implementation"] = attn_implementation
     model = AutoModelForCausalLM.from_pretrained(
         source.path, gguf_file=source.gguf_file, dtype=pick_dtype(dtype), trust_remote_code=trust_remote_code, **extra
     )
     if source.gguf_file:
         _forget_gguf_quantization(model)
     return model
+
+
+def check_attention(attn_implementation: str) -> None:
+    """flash_attention_* only exists on CUDA with the flash-attn package: say so in one line before loading."""
+    if not attn_implementation.startswith("flash_attention"):
+        return
+    if not torch.cuda.is_available():
+        raise EnvironmentProblem(f"model.attn_implementation={attn_implementation} needs a CUDA GPU; use sdpa here")
+    package = "flash_attn_interface" if attn_implementation.endswith("3") else "flash_attn"
+    if importlib.util.find_spec(package) is None:
+        raise EnvironmentProblem(
+            f"model.attn_implementation={attn_implementation} needs the {package} package (pip install flash-attn)"
+        )
 
 
 def _forget_gguf_quantization(model: PreTrainedModel) -> None:
@@ -156,7 +176,7 @@ def load_pretrained(cfg, quantization_config=None) -> tuple[PreTrainedModel, Pre
     """Model + tokenizer for a `ModelConfig` (optionally quantised on load, see `load_model`)."""
     source = resolve_model(cfg.name_or_path, cfg.gguf_file)
     tokenizer = load_tokenizer(source, cfg.chat_template)
-    model = load_model(source, cfg.dtype, cfg.trust_remote_code, quantization_config)
+    model = load_model(source, cfg.dtype, cfg.trust_remote_code, quantization_config, cfg.attn_implementation)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer, source

@@ -49,7 +49,14 @@ from thinktune.train.engine.optim import build_optimizer, build_scheduler, total
 from thinktune.train.engine.plots import plot_metrics
 from thinktune.train.engine.progress import task_progress
 from thinktune.train.engine.sampler import batches_per_epoch
-from thinktune.train.engine.speed import build_make_batch, build_sft_loss_fn, compile_model, configure_threads
+from thinktune.train.engine.speed import (
+    apply_liger_kernels,
+    build_make_batch,
+    build_sft_loss_fn,
+    check_speed_environment,
+    compile_model,
+    configure_threads,
+)
 
 
 @dataclass
@@ -88,6 +95,7 @@ def setup(cfg: RunConfig, console: Console) -> Run:
     set_seed(cfg.train.seed)
 
     check_method_environment(cfg.method, cfg.train)  # before any weights load (qlora without CUDA, esft + decay)
+    check_speed_environment(cfg.train)  # liger without CUDA
     quantization = None
     if cfg.method.name == "qlora":
         from thinktune.methods.qlora import quantization_config
@@ -152,6 +160,7 @@ def train(run: Run, resume: str | None = None) -> dict[str, Any]:
     per_epoch = batches_per_epoch(len(run.data.samples), cfg.batch_size, acc.num_processes)
     steps = total_optimizer_steps(cfg, per_epoch)
     context = MethodContext(run.tokenizer, run.data.samples, total_steps=steps)
+    apply_liger_kernels(run.model, cfg)  # before the method wraps the layers
     run.model = apply_method(run.model, run.cfg.method, context)
     if cfg.gradient_checkpointing:
         run.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

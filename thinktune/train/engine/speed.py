@@ -2,7 +2,9 @@
 
 What the SFT recipe calls (all levers off = exactly the plain padded, full-logits path):
 
+    check_speed_environment(cfg)                                       # before loading: CUDA-only levers
     configure_threads(cfg.num_threads)                                 # before any torch work
+    apply_liger_kernels(model, cfg)                                    # CUDA: Liger RMSNorm / RoPE / SwiGLU
     compile_model(model, cfg)                                          # after the method and gradient checkpointing
     make_batch = build_make_batch(samples, cfg, tokenizer.pad_token_id)
     loss_fn = build_sft_loss_fn(model, cfg, teacher, ewc, accelerator)
@@ -12,6 +14,7 @@ Measured on SmolLM2-135M + LoRA, CPU: see docs/performance.md (`python bench/tra
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -22,7 +25,7 @@ from thinktune.config import TrainConfig
 from thinktune.data.collate import collate_packed, pad_batch
 from thinktune.data.packing import pack
 from thinktune.data.render import TokenizedSample
-from thinktune.errors import ConfigError
+from thinktune.errors import ConfigError, EnvironmentProblem
 from thinktune.train.engine.chunked_loss import (
     HiddenAndHead,
     hidden_and_head,
@@ -33,6 +36,35 @@ from thinktune.train.engine.chunked_loss import (
 from thinktune.train.engine.losses import combined_loss
 
 Batch = dict[str, torch.Tensor]
+
+
+# --- environment + kernels ----------------------------------------------------------------------------------------
+def check_speed_environment(cfg: TrainConfig) -> None:
+    """One line, before any weights load, when a lever cannot run on this machine."""
+    if cfg.liger_kernels:
+        if not torch.cuda.is_available():
+            raise EnvironmentProblem("train.liger_kernels needs a CUDA GPU (Triton kernels); set it false on CPU")
+        if importlib.util.find_spec("liger_kernel") is None:
+            raise EnvironmentProblem("train.liger_kernels needs liger-kernel: pip install 'thinktune[speed]'")
+
+
+def apply_liger_kernels(model: nn.Module, cfg: TrainConfig) -> bool:
+    """Patch this model instance with Liger's fused RMSNorm, RoPE and SwiGLU kernels (not its loss: thinktune's
+    chunked head, `loss_chunk_size`, already avoids the logits tensor). Returns whether anything was patched."""
+    if not cfg.liger_kernels:
+        return False
+    check_speed_environment(cfg)
+    from liger_kernel.transformers.monkey_patch import _apply_liger_kernel_to_instance
+
+    _apply_liger_kernel_to_instance(
+        model=unwrap_causal_lm(model),
+        rope=True,
+        rms_norm=True,
+        swiglu=True,
+        cross_entropy=False,
+        fused_linear_cross_entropy=False,
+    )
+    return True
 
 
 # --- threads ------------------------------------------------------------------------------------------------------
