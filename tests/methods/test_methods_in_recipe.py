@@ -154,3 +154,16 @@ def test_eval_job_loads_any_method_output_from_the_run_dir(tiny_model_dirs, tmp_
 
     with pytest.raises(ModelNotFoundError, match="not a trained adapter"):
         load_adapter(base, tmp_path)
+
+
+def test_esft_on_a_dense_model_stops_before_the_first_evaluation(tiny_model_dirs, tmp_path, monkeypatch):
+    import thinktune.train.sft as sft
+    from thinktune.errors import ConfigError
+
+    def no_eval(*a, **k):
+        raise AssertionError("evaluated before the method/architecture check")
+
+    monkeypatch.setattr(sft, "run_eval", no_eval)
+    cfg = _cfg(tiny_model_dirs, tmp_path, "llama", "method.name=esft", "train.weight_decay=0", "eval.before=true")
+    with pytest.raises(ConfigError, match="esft needs a mixture-of-experts model"):
+        run_sft(cfg, Console(quiet=True))

@@ -2,6 +2,7 @@
 
 What a recipe calls, in order:
     check_method_environment(cfg, train_cfg)           # before loading the model: config + machine (qlora: CUDA)
+    check_method_model(model, cfg)                     # right after loading: the method fits the architecture
     model = apply_method(model, cfg, context)          # wrap / freeze; may profile data (ESFT)
     params = optimizer_parameters(model, cfg)          # every parameter the optimizer may ever update
     loss = loss + method_loss(model, cfg)              # when not None: a method's own penalty (AdaLoRA)
@@ -23,7 +24,7 @@ from transformers import PreTrainedModel
 from thinktune.config import MethodConfig, TrainConfig
 from thinktune.errors import ConfigError
 from thinktune.methods.adalora import adalora_loss, adalora_ranks, adalora_step, apply_adalora, save_adalora
-from thinktune.methods.base import Method, MethodContext, method_state
+from thinktune.methods.base import Method, MethodContext, method_state, require_moe
 from thinktune.methods.esft import apply_esft, esft_step, save_esft
 from thinktune.methods.freeze import apply_freeze, check_freeze, freeze_parameters, progressive_step, save_freeze
 from thinktune.methods.ia3 import apply_ia3
@@ -39,6 +40,7 @@ __all__ = [
     "adalora_ranks",
     "apply_method",
     "check_method_environment",
+    "check_method_model",
     "count_parameters",
     "load_trained",
     "merge_trained",
@@ -91,6 +93,15 @@ def check_method_environment(cfg: MethodConfig, train: TrainConfig | None = None
         raise ConfigError(f"method.train_router does not apply to '{cfg.name}' (soft prompts leave the model frozen)")
     if method.check:
         method.check(cfg)
+
+
+def check_method_model(model: PreTrainedModel, cfg: MethodConfig) -> None:
+    """Right after loading, before any evaluation or data work: the method fits this architecture (ESFT and
+    expert LoRA need a mixture-of-experts model)."""
+    if cfg.name == "esft":
+        require_moe(model, "method.name=esft")
+    if cfg.expert_lora:
+        require_moe(model, "method.expert_lora")
 
 
 def apply_method(model: PreTrainedModel, cfg: MethodConfig, context: MethodContext | None = None) -> torch.nn.Module:

@@ -32,7 +32,14 @@ from thinktune.config import RunConfig, to_yaml
 from thinktune.data.reading import Reject, check_bad_fraction
 from thinktune.errors import ConfigError, ModelNotFoundError
 from thinktune.eval.tasks import load_tasks
-from thinktune.methods import MethodContext, apply_method, on_optimizer_step, optimizer_parameters
+from thinktune.methods import (
+    MethodContext,
+    apply_method,
+    check_method_environment,
+    check_method_model,
+    on_optimizer_step,
+    optimizer_parameters,
+)
 from thinktune.models import load_pretrained
 from thinktune.train.engine.loggers import MetricsLog
 from thinktune.train.engine.loop import TrainLoop
@@ -48,6 +55,7 @@ def setup_run(cfg: RunConfig, console: Console) -> tuple[Run, list[Reject]]:
     """Accelerator, run directory with config.yaml, seed, model and tokenizer, held-out tasks (data.test).
 
     Returns the run and the unusable test records (the recipe writes them to rejects.jsonl with its own)."""
+    check_method_environment(cfg.method, cfg.train)  # before any weights load
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
     acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=mixed_precision(cfg.train.mixed_precision))
@@ -60,6 +68,7 @@ def setup_run(cfg: RunConfig, console: Console) -> tuple[Run, list[Reject]]:
     with console.status(f"loading model {cfg.model.name_or_path}"):
         t = time.perf_counter()
         run.model, run.tokenizer, source = load_pretrained(cfg.model)
+    check_method_model(run.model, cfg.method)
     console.print(
         f"model [bold]{source.description}[/] ({run.model.config.model_type}) in {time.perf_counter() - t:.1f}s"
     )

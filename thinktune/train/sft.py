@@ -33,6 +33,7 @@ from thinktune.methods import (
     MethodContext,
     apply_method,
     check_method_environment,
+    check_method_model,
     count_parameters,
     method_loss,
     on_optimizer_step,
@@ -104,6 +105,7 @@ def setup(cfg: RunConfig, console: Console) -> Run:
     with console.status(f"loading model {cfg.model.name_or_path} (first use of a GGUF converts it once)"):
         t = time.perf_counter()
         run.model, run.tokenizer, source = load_pretrained(cfg.model, quantization)
+    check_method_model(run.model, cfg.method)  # before the evaluation: ESFT on a dense model stops here
     console.print(
         f"model [bold]{source.description}[/] ({run.model.config.model_type}, "
         f"{sum(p.numel() for p in run.model.parameters()) / 1e6:.1f}M params) in {time.perf_counter() - t:.1f}s"
