@@ -124,9 +124,9 @@ def test_sigkill_then_resume_gives_the_uninterrupted_curve(tiny_model_dirs, tmp_
 
 
 def test_non_finite_steps_are_skipped_then_stop_with_checkpoint(tiny_model_dirs, tmp_path, monkeypatch):
-    import thinktune.train.sft as sft
+    import thinktune.train.engine.speed as speed  # where the SFT loss is computed
 
-    real = sft.combined_loss
+    real = speed.combined_loss
     calls = {"n": 0}
 
     def sometimes_nan(logits, batch, cfg, teacher_logits=None):
@@ -134,7 +134,7 @@ def test_non_finite_steps_are_skipped_then_stop_with_checkpoint(tiny_model_dirs,
         calls["n"] += 1
         return (loss * math.nan if calls["n"] in (3, 6, 7, 8) else loss), parts
 
-    monkeypatch.setattr(sft, "combined_loss", sometimes_nan)
+    monkeypatch.setattr(speed, "combined_loss", sometimes_nan)
     cfg = load_config(
         None,
         base_sets(
@@ -169,9 +169,9 @@ def test_non_finite_steps_are_skipped_then_stop_with_checkpoint(tiny_model_dirs,
 
 
 def test_gradient_spike_rolls_back_with_halved_lr(tiny_model_dirs, tmp_path, monkeypatch):
-    import thinktune.train.sft as sft
+    import thinktune.train.engine.speed as speed  # where the SFT loss is computed
 
-    real = sft.combined_loss
+    real = speed.combined_loss
     calls = {"n": 0}
 
     def spiky(logits, batch, cfg, teacher_logits=None):
@@ -179,7 +179,7 @@ def test_gradient_spike_rolls_back_with_halved_lr(tiny_model_dirs, tmp_path, mon
         calls["n"] += 1
         return (loss * 1e4 if calls["n"] == 14 else loss), parts
 
-    monkeypatch.setattr(sft, "combined_loss", spiky)
+    monkeypatch.setattr(speed, "combined_loss", spiky)
     cfg = load_config(
         None,
         base_sets(
