@@ -330,7 +330,8 @@ def train(run: Run, tasks: list[dict], g: GRPOConfig, fns: list, adapter: str | 
 
 
 def plot_rewards(metrics_path, out_png, names: list[str]) -> None:
-    """plots/reward.png: the mean total reward and each reward function's mean, per optimizer step."""
+    """plots/reward.png: the mean total reward and each reward function's mean per optimizer step (thin), with a
+    trailing mean over 8 steps (thick): one step's few groups are noisy."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -341,7 +342,10 @@ def plot_rewards(metrics_path, out_png, names: list[str]) -> None:
     for key in ["reward", *[f"reward/{n}" for n in names]]:
         pts = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
         if pts:
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], lw=1.5, marker=".", label=key)
+            xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+            (line,) = ax.plot(xs, ys, lw=0.8, alpha=0.45, marker=".", markersize=3)
+            smooth = [sum(ys[max(0, i - 7) : i + 1]) / len(ys[max(0, i - 7) : i + 1]) for i in range(len(ys))]
+            ax.plot(xs, smooth, lw=2, color=line.get_color(), label=f"{key} (mean of last 8)")
     ax.set_xlabel("optimizer step")
     ax.set_title("GRPO reward (mean over sampled completions)")
     ax.grid(alpha=0.3)
