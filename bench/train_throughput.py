@@ -377,6 +377,45 @@ def child_main(spec_path: str) -> None:
     Path(spec["result"]).write_text(json.dumps(result))
 
 
+# Shapes of public models, built with random weights for GPU figures (the sizes are the configs' own).
+RANDOM_SHAPES: dict[str, dict[str, Any]] = {
+    "qwen3-0.6b": {
+        "model_type": "qwen3",
+        "hidden_size": 1024,
+        "intermediate_size": 3072,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 16,
+        "num_key_value_heads": 8,
+        "head_dim": 128,
+        "vocab_size": 151936,
+        "max_position_embeddings": 40960,
+        "rope_theta": 1000000.0,
+        "tie_word_embeddings": True,
+    },
+}
+
+
+def random_model(shape: str, out: Path) -> Path:
+    """A random-weight model of a known shape, saved once to `out` with the bundled SmolLM2 tokenizer (whose ids all
+    fit the larger vocabulary); reused when it exists."""
+    if (out / "config.json").is_file():
+        return out
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from thinktune.models.loading import load_tokenizer, resolve_model
+
+    fields = dict(RANDOM_SHAPES[shape])
+    config = AutoConfig.for_model(fields.pop("model_type"), **fields)
+    torch.manual_seed(SEED)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    tokenizer = load_tokenizer(resolve_model("smollm2-135m-instruct"))
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
 # --- parent -------------------------------------------------------------------------------------------------------
 def prepare_data(model_path: str, n: int, min_length: int, max_length: int, workdir: Path) -> dict:
     from dataclasses import asdict
@@ -537,6 +576,11 @@ def plot(results: list[dict], path: Path) -> None:
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default=None, help="HF model dir (default: bundled SmolLM2-135M-Instruct)")
+    parser.add_argument(
+        "--random-shape",
+        choices=sorted(RANDOM_SHAPES),
+        help="a randomly initialised model of this shape (no download) with SmolLM2's tokenizer, e.g. qwen3-0.6b",
+    )
     parser.add_argument("--samples", type=int, default=256)
     parser.add_argument("--min-length", type=int, default=30)
     parser.add_argument("--max-length", type=int, default=400)
@@ -552,6 +596,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         child_main(args.child)
         return []
     model = args.model
+    if args.random_shape:
+        model = str(random_model(args.random_shape, RESULTS / "models" / args.random_shape))
     if model is None:
         from thinktune.models.loading import resolve_model
 

@@ -44,3 +44,24 @@ def test_bench_compares_hf_trainer_and_thinktune(tiny_model_dirs, tmp_path):
     assert len(hf["runs"][0]["step_losses"]) == len(fast["runs"][0]["step_losses"]) == 2
     report = json.loads(out.read_text())
     assert "hf_trainer" in report["table"] and out.with_suffix(".png").is_file()
+
+
+def test_random_shape_model_is_built_once_with_the_bundled_tokenizer(tmp_path, monkeypatch):
+    from transformers import AutoConfig, AutoTokenizer
+
+    shape = dict(train_throughput.RANDOM_SHAPES["qwen3-0.6b"])
+    shape.update(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+    )
+    monkeypatch.setitem(train_throughput.RANDOM_SHAPES, "small-qwen3", shape)
+    out = train_throughput.random_model("small-qwen3", tmp_path / "m")
+    config = AutoConfig.from_pretrained(out)
+    assert config.model_type == "qwen3" and config.vocab_size == 151936 and config.num_hidden_layers == 2
+    assert AutoTokenizer.from_pretrained(out).chat_template
+    mtime = (out / "config.json").stat().st_mtime
+    assert train_throughput.random_model("small-qwen3", out) == out and (out / "config.json").stat().st_mtime == mtime
