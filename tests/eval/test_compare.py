@@ -1,6 +1,7 @@
 """`thinktune eval --compare`: base vs an adapter on the same set → report.md, report.json, PNG charts."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -48,13 +49,20 @@ def test_compare_needs_two_candidates(tiny_model_dirs, tmp_path):
         compare_models(_cfg(tiny_model_dirs["llama"]), ["base"], tmp_path, Console(quiet=True))
 
 
+def thinktune_eval(args: list[str]) -> subprocess.CompletedProcess:
+    """`thinktune eval ARGS` in a subprocess from the repo root, wide console."""
+    return subprocess.run(
+        [sys.executable, "-m", "thinktune", "eval", *args],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).parents[2],
+        env={"COLUMNS": "200", **os.environ},
+    )
+
+
 def test_cli_compare_prints_table(tiny_model_dirs, adapter_dir, tmp_path):
-    r = subprocess.run(
+    r = thinktune_eval(
         [
-            sys.executable,
-            "-m",
-            "thinktune",
-            "eval",
             "--model",
             str(tiny_model_dirs["llama"]),
             "--compare",
@@ -67,23 +75,15 @@ def test_cli_compare_prints_table(tiny_model_dirs, adapter_dir, tmp_path):
             "eval.max_new_tokens=4",
             "-o",
             str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=Path(__file__).parents[2],
-        env={"COLUMNS": "200", **__import__("os").environ},
+        ]
     )
     assert r.returncode == 0, r.stderr[-2000:]
     assert "comparison" in r.stdout and "adapter" in r.stdout
 
 
 def test_cli_eval_with_robustness_efficiency_and_metrics(tiny_model_dirs, tmp_path):
-    r = subprocess.run(
+    r = thinktune_eval(
         [
-            sys.executable,
-            "-m",
-            "thinktune",
-            "eval",
             "--model",
             str(tiny_model_dirs["llama"]),
             "--max-samples",
@@ -96,11 +96,7 @@ def test_cli_eval_with_robustness_efficiency_and_metrics(tiny_model_dirs, tmp_pa
             "--efficiency",
             "-o",
             str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=Path(__file__).parents[2],
-        env={"COLUMNS": "200", **__import__("os").environ},
+        ]
     )
     assert r.returncode == 0, r.stderr[-2000:]
     report = json.loads((tmp_path / "report.json").read_text())

@@ -246,7 +246,6 @@ def test_configure_threads():
 
 
 # --- CUDA-only levers on a CPU machine -----------------------------------------------------------------------------
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-machine message")
 def test_cuda_only_levers_fail_in_one_line_before_loading(tiny_model_dirs, tmp_path, monkeypatch):
     from thinktune.config import load_config
     from thinktune.errors import EnvironmentProblem
@@ -257,6 +256,7 @@ def test_cuda_only_levers_fail_in_one_line_before_loading(tiny_model_dirs, tmp_p
         raise AssertionError("weights were loaded before the check")
 
     monkeypatch.setattr(sft, "load_pretrained", no_load)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the message a machine without CUDA shows
     cfg = load_config(
         None, [f"model.name_or_path={tiny_model_dirs['llama']}", f"output_dir={tmp_path}", "train.liger_kernels=true"]
     )

@@ -46,6 +46,7 @@ from thinktune.train.engine.loop import TrainLoop
 from thinktune.train.engine.losses import trained_positions
 from thinktune.train.engine.optim import build_optimizer, build_scheduler, total_optimizer_steps
 from thinktune.train.engine.sampler import batches_per_epoch
+from thinktune.train.engine.speed import configure_threads
 from thinktune.train.sft import Run, flat_params, mixed_precision
 
 REFERENCE_ADAPTER = "reference"
@@ -56,8 +57,7 @@ def setup_run(cfg: RunConfig, console: Console) -> tuple[Run, list[Reject]]:
 
     Returns the run and the unusable test records (the recipe writes them to rejects.jsonl with its own)."""
     check_method_environment(cfg.method, cfg.train)  # before any weights load
-    if cfg.train.num_threads:
-        torch.set_num_threads(cfg.train.num_threads)
+    configure_threads(cfg.train.num_threads)
     acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=mixed_precision(cfg.train.mixed_precision))
     if not acc.is_main_process:
         console = Console(quiet=True)
