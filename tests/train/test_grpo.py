@@ -25,6 +25,8 @@ from thinktune.train.grpo import (
     group_advantages,
     grpo_loss,
     k3_kl,
+    merge_rollouts,
+    rollout_batch,
     run_grpo,
     sample_completions,
 )
@@ -340,6 +342,82 @@ def test_full_model_reference_is_a_frozen_copy(llama, rollout):
     assert not torch.equal(next(model.parameters()), next(reference.copy.parameters()))
 
 
+# ---- dynamic sampling (DAPO) ----
+
+
+def test_merge_rollouts_keeps_every_completions_logprobs(rollout, tiny_tokenizer):
+    model, first, _ = rollout
+    long_q = "A bus drives 40 km each hour for 5 hours, then 5 km back. How far is it from the start of the trip?"
+    prompt = render_prompt(tiny_tokenizer, [{"role": "user", "content": long_q, "reasoning": None}], None)
+    torch.manual_seed(1)
+    second, _ = sample_completions(model, tiny_tokenizer, [prompt], 3, 14, 1.0)
+    assert second["input_ids"].shape[1] != first["input_ids"].shape[1]  # different prompt and completion widths
+    merged = merge_rollouts([first, second], tiny_tokenizer.pad_token_id)
+    assert merged["input_ids"].shape[0] == 9
+    width = merged["completion_mask"].shape[1]
+    with torch.no_grad():
+        together = token_logprobs(model, merged, keep=width)
+        for part, rows in ((first, slice(0, 6)), (second, slice(6, 9))):
+            alone = token_logprobs(model, part, keep=part["completion_mask"].shape[1])
+            for i, j in enumerate(range(rows.start, rows.stop)):
+                n = int(part["completion_mask"][i].sum())
+                assert int(merged["completion_mask"][j].sum()) == n
+                torch.testing.assert_close(together[j, :n], alone[i, :n], atol=1e-5, rtol=1e-5)
+
+
+def signal_only_for_answer_7(c: Completion, task: dict) -> float:
+    """A reward with no variance on every task but those whose answer is 7."""
+    return float(len(c.text)) if task["answer"] == "7" else 1.0
+
+
+def fake_run(model, tokenizer):
+    from types import SimpleNamespace
+
+    from accelerate import Accelerator
+
+    return SimpleNamespace(
+        model=model,
+        tokenizer=tokenizer,
+        cfg=SimpleNamespace(data=SimpleNamespace(system_prompt=None)),
+        accelerator=Accelerator(cpu=True),
+    )
+
+
+def task(q, answer):
+    return {"prompt": [{"role": "user", "content": q, "reasoning": None}], "answer": answer}
+
+
+def test_dynamic_sampling_trains_only_on_groups_with_reward_variance(rollout, tiny_tokenizer):
+    model, _, _ = rollout
+    run = fake_run(model, tiny_tokenizer)
+    g = GRPOConfig(num_generations=3, max_completion_length=8, rewards=["tests.train.test_grpo:signal_only_for_answer_7"])
+    fns = [resolve_reward(r) for r in g.rewards]
+    flat = [task("What is 1 - 1?", "0"), task("What is 2 - 2?", "0")]
+    refill = [task("What is 3 + 4?", "7"), task("What is 10 - 3?", "7")]
+    drawn = []
+
+    def pool(k):
+        drawn.append(k)
+        return refill[:k]
+
+    torch.manual_seed(0)
+    batch = rollout_batch(run, flat, g, fns, None, pool)
+    assert drawn == [2]  # one refill round of two prompts was enough
+    assert batch["input_ids"].shape[0] == 6  # two informative groups × G
+    texts = tiny_tokenizer.batch_decode(batch["input_ids"], skip_special_tokens=True)
+    assert all("3 + 4" in t for t in texts[:3]) and all("10 - 3" in t for t in texts[3:])
+    assert batch["advantages"].abs().sum() > 0
+    assert batch["sampled_total"].shape[0] == 12  # the reward log covers the dropped groups too
+    # without a pool: the micro-batch as sampled, zero-advantage groups included
+    plain = rollout_batch(run, flat, g, fns, None)
+    assert plain["input_ids"].shape[0] == 6 and plain["advantages"].abs().sum() == 0
+    # no informative group anywhere: the first sample is kept after max_resample_rounds
+    drawn.clear()
+    g2 = g.model_copy(update={"max_resample_rounds": 2})
+    none = rollout_batch(run, flat, g2, fns, None, lambda k: drawn.append(k) or flat[:k])
+    assert drawn == [2, 2] and none["input_ids"].shape[0] == 6 and none["sampled_total"].shape[0] == 18
+
+
 # ---- the recipe: 3 steps on the tiny Llama ----
 
 
@@ -393,6 +471,26 @@ def test_three_step_run_logs_rewards_and_trains(llama, tmp_path):
     assert saved["reward_plot"].endswith("plots/reward.png") and saved["grpo"]["num_generations"] == 3
 
 
+def test_dynamic_sampling_run_logs_kept_and_sampled_groups(llama, tmp_path):
+    out = tmp_path / "dyn"
+    g = GRPOConfig(
+        num_generations=3,
+        max_completion_length=8,
+        rewards=["tests.train.test_grpo:distinct_chars"],
+        dynamic_sampling=True,
+        beta=0.0,
+        loss_aggregation="token",
+    )
+    cfg = tiny_cfg(llama, out, "train.max_steps=2", "eval.before=false", "eval.after=false")
+    run_grpo(cfg, g, console=Console(quiet=True))
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2
+    for r in rows:
+        assert r["trained_groups"] <= 2 <= r["sampled_groups"] and r["rollout_seconds"] > 0
+        assert math.isfinite(r["loss"]) and 0 <= r["zero_std_groups"] <= 1
+    assert json.loads((out / "summary.json").read_text())["grpo"]["dynamic_sampling"] is True
+
+
 def test_inner_iterations_record_old_logprobs_and_clip(llama, tmp_path):
     out = tmp_path / "mu"
     g = GRPOConfig(
@@ -439,6 +537,7 @@ def test_cli_grpo_with_a_yaml_section(llama, tmp_path):
             "format",
             "--beta",
             "0.1",
+            "--dynamic-sampling",
             "--set",
             "grpo.temperature=0.9",
             "-o",
@@ -454,7 +553,7 @@ def test_cli_grpo_with_a_yaml_section(llama, tmp_path):
     assert "reward curve" in proc.stdout
     saved = json.loads((out / "summary.json").read_text())["grpo"]
     assert saved["rewards"] == ["format"] and saved["beta"] == 0.1 and saved["temperature"] == 0.9
-    assert saved["num_generations"] == 2
+    assert saved["num_generations"] == 2 and saved["dynamic_sampling"] is True
     bad = subprocess.run(
         [sys.executable, "-m", "thinktune", "grpo", "-c", str(cfg_file), "--set", "grpo.epsilonn=0.3"],
         capture_output=True,

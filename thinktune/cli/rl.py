@@ -148,6 +148,13 @@ def grpo(
     num_generations: Annotated[int | None, typer.Option("--num-generations", "-G", help="Samples per prompt.")] = None,
     beta: Annotated[float | None, typer.Option(help="KL coefficient (0 disables the reference).")] = None,
     loss_aggregation: Annotated[str | None, typer.Option(help="sequence_mean | token | dr_grpo.")] = None,
+    dynamic_sampling: Annotated[
+        bool | None,
+        typer.Option(
+            "--dynamic-sampling/--no-dynamic-sampling",
+            help="DAPO: drop groups without reward variance and sample more prompts instead.",
+        ),
+    ] = None,
 ) -> None:
     """GRPO with verifiable rewards: sample G answers per prompt, reward them, push up the better ones.
 
@@ -156,7 +163,12 @@ def grpo(
     from thinktune.train.grpo import GRPOConfig
 
     sets = list(set_ or []) + option_sets(
-        "grpo", rewards=reward, num_generations=num_generations, beta=beta, loss_aggregation=loss_aggregation
+        "grpo",
+        rewards=reward,
+        num_generations=num_generations,
+        beta=beta,
+        loss_aggregation=loss_aggregation,
+        dynamic_sampling=dynamic_sampling,
     )
     cfg, section = load_with_section(config, sets, output_dir, "grpo", GRPOConfig)
     from thinktune.train.grpo import run_grpo

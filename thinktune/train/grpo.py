@@ -16,11 +16,20 @@ grpo.num_iterations > 1 each sampled batch is reused for μ updates, with π_old
 epoch then visits 1/μ of the prompts). With μ = 1, π_old is the current policy: ρ = 1 with the same gradient, and
 the extra forward pass is skipped (TRL does the same). Log-probs use the sampling temperature, so ρ compares the
 distributions the completions were actually drawn from.
+
+With `grpo.dynamic_sampling` (DAPO §3.2) a group whose rewards are all equal — every completion right, or every one
+wrong — is dropped before the update (its advantages are zero, so it would only dilute the token mean), and further
+prompts, drawn from a seeded shuffle of the whole prompt set, are sampled until the micro-batch again holds
+`train.batch_size` informative groups (or `grpo.max_resample_rounds` extra rounds are spent). On small models sampling
+is the cheap half of a step (the forward/backward over the G·B sequences is the expensive half), so every backward
+pass goes to groups that carry signal. Reward curves are logged over every sampled group, kept or not, so they stay
+comparable with runs without it.
 """
 
 from __future__ import annotations
 
 import json
+import random
 import time
 from collections.abc import Callable
 from typing import Any, Literal
@@ -68,6 +77,14 @@ class GRPOConfig(Section):
         "sequence_mean", description="sequence_mean (GRPO), token (DAPO), dr_grpo (Dr. GRPO)."
     )
     advantage_eps: float = Field(1e-4, gt=0, description="eps in (r − mean) / (std + eps).")
+    dynamic_sampling: bool = Field(
+        False,
+        description="DAPO dynamic sampling: drop groups whose rewards are all equal and sample more prompts "
+        "until the micro-batch is full (or max_resample_rounds is spent).",
+    )
+    max_resample_rounds: int = Field(
+        4, ge=0, description="Extra sampling rounds per micro-batch with dynamic_sampling."
+    )
 
     @model_validator(mode="after")
     def _weights_match(self) -> GRPOConfig:
@@ -242,8 +259,12 @@ def load_rl_tasks(cfg: DataConfig, files: list[str]) -> tuple[list[dict], list[R
     return tasks[: cfg.max_train_samples] if cfg.max_train_samples else tasks, rejects
 
 
-def rollout_batch(run: Run, tasks: list[dict], g: GRPOConfig, fns: list, reference: ReferencePolicy | None):
-    """Sample, score, and attach advantages (+ reference and π_old log-probs) for one micro-batch of prompts."""
+# per-completion entries of a rollout (first dimension = completions); the others are [prompt | completion] layouts
+PER_COMPLETION = ("advantages", "rewards", "reward_total", "n_tokens", "truncated")
+
+
+def sample_groups(run: Run, tasks: list[dict], g: GRPOConfig, fns: list) -> dict[str, torch.Tensor]:
+    """G scored completions for each task, with group-relative advantages (on the CPU)."""
     model = run.accelerator.unwrap_model(run.model)
     prompts = [render_prompt(run.tokenizer, t["prompt"], run.cfg.data.system_prompt) for t in tasks]
     was_training = model.training
@@ -255,11 +276,94 @@ def rollout_batch(run: Run, tasks: list[dict], g: GRPOConfig, fns: list, referen
     rewards = torch.tensor(score(fns, completions, [t for t in tasks for _ in range(g.num_generations)]))
     total = rewards @ torch.tensor(g.weights)
     scale = g.loss_aggregation != "dr_grpo"
+    batch = {k: v.cpu() for k, v in batch.items()}
     batch["advantages"] = group_advantages(total.view(-1, g.num_generations), scale, g.advantage_eps).view(-1)
     batch["rewards"] = rewards
     batch["reward_total"] = total
     batch["n_tokens"] = torch.tensor([c.n_tokens for c in completions], dtype=torch.float)
     batch["truncated"] = torch.tensor([c.truncated for c in completions], dtype=torch.float)
+    return batch
+
+
+def informative_groups(batch: dict[str, torch.Tensor], g: GRPOConfig) -> torch.Tensor:
+    """(P,) bool: groups whose total rewards are not all equal."""
+    groups = batch["reward_total"].view(-1, g.num_generations)
+    return (groups != groups[:, :1]).any(dim=1)
+
+
+def select_groups(batch: dict[str, torch.Tensor], keep: torch.Tensor, g: GRPOConfig) -> dict[str, torch.Tensor]:
+    rows = keep.repeat_interleave(g.num_generations)
+    return {k: v[rows] for k, v in batch.items()}
+
+
+def merge_rollouts(parts: list[dict[str, torch.Tensor]], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Stack rollouts sampled separately: prompts re-padded on the left and completions on the right to the widest
+    of each, position ids recomputed from the attention mask (as sample_completions builds them)."""
+    if len(parts) == 1:
+        return parts[0]
+    widths = [(p["input_ids"].shape[1] - p["completion_mask"].shape[1], p["completion_mask"].shape[1]) for p in parts]
+    pw, cw = max(w[0] for w in widths), max(w[1] for w in widths)
+    fills = {"input_ids": pad_token_id, "attention_mask": 0, "labels": -100}
+    out: dict[str, list[torch.Tensor]] = {k: [] for k in parts[0] if k != "position_ids"}
+    for part, (p, c) in zip(parts, widths):
+        for key in out:
+            v = part[key]
+            if key in fills:
+                v = torch.nn.functional.pad(v, (pw - p, cw - c), value=fills[key])
+            elif key == "completion_mask":
+                v = torch.nn.functional.pad(v, (0, cw - c), value=0)
+            out[key].append(v)
+    merged = {k: torch.cat(v) for k, v in out.items()}
+    merged["position_ids"] = (merged["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+    return merged
+
+
+class PromptPool:
+    """Replacement prompts for dynamic sampling: a seeded shuffle of all prompts, cycled."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.rng, self.order = n, random.Random(seed), []
+
+    def take(self, k: int) -> list[int]:
+        out = []
+        while len(out) < k:
+            if not self.order:
+                self.order = self.rng.sample(range(self.n), self.n)
+            out.append(self.order.pop())
+        return out
+
+
+def rollout_batch(
+    run: Run,
+    tasks: list[dict],
+    g: GRPOConfig,
+    fns: list,
+    reference: ReferencePolicy | None,
+    pool: Callable[[int], list[dict]] | None = None,
+):
+    """Sample, score, and attach advantages (+ reference and π_old log-probs) for one micro-batch of prompts. With a
+    `pool` (dynamic sampling), groups without reward variance are dropped and refilled from it."""
+    t0 = time.perf_counter()
+    batch = sample_groups(run, tasks, g, fns)
+    sampled = [batch]
+    if pool is not None:
+        want, kept, rounds = len(tasks), [], 0
+        while True:
+            keep = informative_groups(batch, g)
+            if keep.any():
+                kept.append(select_groups(batch, keep, g))
+            have = sum(len(k["advantages"]) for k in kept) // g.num_generations
+            if have >= want or rounds >= g.max_resample_rounds:
+                break
+            rounds += 1
+            batch = sample_groups(run, pool(want - have), g, fns)
+            sampled.append(batch)
+        # nothing informative at all: train on the first sample (zero advantage, only the KL term acts)
+        batch = merge_rollouts(kept, run.tokenizer.pad_token_id) if kept else sampled[0]
+    # reward statistics over every sampled group, kept or not
+    batch["sampled_rewards"] = torch.cat([s["rewards"] for s in sampled])
+    batch["sampled_total"] = torch.cat([s["reward_total"] for s in sampled])
+    batch["rollout_seconds"] = torch.tensor(time.perf_counter() - t0)
     batch = {k: v.to(run.accelerator.device) for k, v in batch.items()}
     width = batch["completion_mask"].shape[1]
     if reference is not None:
@@ -288,17 +392,20 @@ def grpo_loss_fn(g: GRPOConfig, names: list[str]):
             g.loss_aggregation,
             g.max_completion_length,
         )
-        groups = batch["reward_total"].view(-1, g.num_generations)
+        groups = batch["sampled_total"].view(-1, g.num_generations)
         parts = {
-            "reward": float(batch["reward_total"].mean()),
+            "reward": float(groups.mean()),
             "reward_std": float(groups.std(dim=1).mean()),
             "zero_std_groups": float((groups.std(dim=1) == 0).float().mean()),
+            "trained_groups": len(batch["advantages"]) // g.num_generations,
+            "sampled_groups": groups.shape[0],
+            "rollout_seconds": float(batch["rollout_seconds"]),
             "completion_length": float(batch["n_tokens"].mean()),
             "truncated": float(batch["truncated"].mean()),
             **{k: float(v) for k, v in stats.items()},
         }
         for k, name in enumerate(names):
-            parts[f"reward/{name}"] = float(batch["rewards"][:, k].mean())
+            parts[f"reward/{name}"] = float(batch["sampled_rewards"][:, k].mean())
         return loss, parts
 
     return loss_fn
@@ -319,11 +426,16 @@ def train(run: Run, tasks: list[dict], g: GRPOConfig, fns: list, adapter: str | 
     opt = prepare_optimization(run, len(tasks), reference)
     reuse = RolloutReuse(g.num_iterations, tcfg.gradient_accumulation_steps)
     names = [reward_name(r) for r in g.rewards]
+    pool = None
+    if g.dynamic_sampling:
+        # a different stream on each process, so processes do not refill with the same prompts
+        order = PromptPool(len(tasks), tcfg.seed * 1_000 + run.accelerator.process_index)
+        pool = lambda k: [tasks[i] for i in order.take(k)]  # noqa: E731
     return run_policy_loop(
         run,
         opt,
         len(tasks),
-        lambda idx: reuse.next(lambda: rollout_batch(run, [tasks[i] for i in idx], g, fns, reference)),
+        lambda idx: reuse.next(lambda: rollout_batch(run, [tasks[i] for i in idx], g, fns, reference, pool)),
         grpo_loss_fn(g, names),
         reference,
     )
