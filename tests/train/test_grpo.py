@@ -390,7 +390,9 @@ def task(q, answer):
 def test_dynamic_sampling_trains_only_on_groups_with_reward_variance(rollout, tiny_tokenizer):
     model, _, _ = rollout
     run = fake_run(model, tiny_tokenizer)
-    g = GRPOConfig(num_generations=3, max_completion_length=8, rewards=["tests.train.test_grpo:signal_only_for_answer_7"])
+    g = GRPOConfig(
+        num_generations=3, max_completion_length=8, rewards=["tests.train.test_grpo:signal_only_for_answer_7"]
+    )
     fns = [resolve_reward(r) for r in g.rewards]
     flat = [task("What is 1 - 1?", "0"), task("What is 2 - 2?", "0")]
     refill = [task("What is 3 + 4?", "7"), task("What is 10 - 3?", "7")]

@@ -20,10 +20,9 @@ distributions the completions were actually drawn from.
 With `grpo.dynamic_sampling` (DAPO §3.2) a group whose rewards are all equal — every completion right, or every one
 wrong — is dropped before the update (its advantages are zero, so it would only dilute the token mean), and further
 prompts, drawn from a seeded shuffle of the whole prompt set, are sampled until the micro-batch again holds
-`train.batch_size` informative groups (or `grpo.max_resample_rounds` extra rounds are spent). On small models sampling
-is the cheap half of a step (the forward/backward over the G·B sequences is the expensive half), so every backward
-pass goes to groups that carry signal. Reward curves are logged over every sampled group, kept or not, so they stay
-comparable with runs without it.
+`train.batch_size` informative groups (or `grpo.max_resample_rounds` extra rounds are spent): a dropped group costs
+its sampling but no forward/backward pass, and every update carries a full batch of signal. Reward curves are logged
+over every sampled group, kept or not, so they stay comparable with runs without it.
 """
 
 from __future__ import annotations
@@ -305,7 +304,7 @@ def merge_rollouts(parts: list[dict[str, torch.Tensor]], pad_token_id: int) -> d
     pw, cw = max(w[0] for w in widths), max(w[1] for w in widths)
     fills = {"input_ids": pad_token_id, "attention_mask": 0, "labels": -100}
     out: dict[str, list[torch.Tensor]] = {k: [] for k in parts[0] if k != "position_ids"}
-    for part, (p, c) in zip(parts, widths):
+    for part, (p, c) in zip(parts, widths, strict=True):
         for key in out:
             v = part[key]
             if key in fills:
