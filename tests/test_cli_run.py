@@ -100,6 +100,7 @@ def test_quickstart_path_on_bundled_smollm2(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     s = json.loads((out / "summary.json").read_text())
     assert s["model"] == "smollm2-135m-instruct" and s["before"]["n"] == 4 and s["after"]["n"] == 4
+    assert s["paired"]["n"] == 4 and "before vs after on the same tasks" in r.stdout
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
     r = thinktune("chat", "--adapter", str(out / "adapter"), "-p", "What is 12 + 7?", "--max-new-tokens", "24")
     assert r.returncode == 0 and r.stdout.strip(), r.stderr[-3000:]

@@ -40,6 +40,11 @@ def test_compare_writes_reports_and_charts(tiny_model_dirs, adapter_dir, tmp_pat
     assert "| base |" in md and f"| {adapter} |" in md
     for png in ("metrics.png", "think_length.png"):
         assert (out / "charts" / png).read_bytes()[:4] == b"\x89PNG"
+    # paired against the first candidate, task by task
+    paired = report["paired_against"][adapter]
+    gained = sum(not x["correct"] and y["correct"] for x, y in zip(*report["samples"].values(), strict=True))
+    assert report["paired_against"]["reference"] == "base" and paired["n"] == 3 and paired["gained"] == gained
+    assert "## Paired against base" in md
     # The adapter really changes the model: held-out losses differ.
     assert report["results"]["base"]["loss"] != report["results"][adapter]["loss"]
 

@@ -453,6 +453,10 @@ def test_three_step_run_logs_rewards_and_trains(llama, tmp_path):
     )
     summary = run_grpo(tiny_cfg(llama, out), g, console=Console(quiet=True))
     assert summary["steps"] == 3 and summary["before"] is not None and summary["after"] is not None
+    before = json.loads((out / "eval" / "before.json").read_text())["samples"]
+    after = json.loads((out / "eval" / "after.json").read_text())["samples"]
+    gained = sum(not b["correct"] and a["correct"] for b, a in zip(before, after, strict=True))
+    assert summary["paired"]["n"] == 2 and summary["paired"]["gained"] == gained  # before vs after, task by task
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 3
     for r in rows:

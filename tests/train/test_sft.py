@@ -57,6 +57,7 @@ def test_three_steps_save_reload(tiny_model_dir, tmp_path):
     for side in ("before", "after"):
         assert 0 <= saved[side]["accuracy"] <= 1 and 0 <= saved[side]["format_compliance"] <= 1
     assert saved["train_tokens_per_second"] > 0 and saved["wall_seconds"] > 0
+    assert saved["paired"]["n"] == saved["after"]["n"]  # before vs after on the same tasks (McNemar)
     assert len([line for line in (out / "metrics.jsonl").read_text().splitlines() if line]) == 3
 
     # Reload with plain PEFT: adapter changed the model, base weights stayed bit-identical.

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ValidationError
 
 from thinktune.cli.app import ConfigOpt, OutOpt, SetOpt, app, console, user_errors
 from thinktune.errors import ConfigError
+from thinktune.eval.significance import describe
 
 distill_app = typer.Typer(no_args_is_help=True, help="Distillation data: verified reasoning traces from a teacher.")
 app.add_typer(distill_app, name="distill")
@@ -104,6 +105,8 @@ def print_rl_summary(s: dict) -> None:
         f"{pct(a, 'format_compliance')} · {s['steps']} steps in {s['train_seconds']:.0f}s · "
         f"wall {s['wall_seconds']:.0f}s"
     )
+    if s.get("paired"):
+        console.print(f"held-out accuracy, before vs after on the same tasks: {describe(s['paired'])}")
     console.print(f"run directory: [bold]{s['run_dir']}[/] (adapter: {s['adapter_dir']}, summary.json, metrics.jsonl)")
 
 

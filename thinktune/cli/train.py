@@ -13,6 +13,7 @@ from rich.table import Table
 
 from thinktune.cli.app import ConfigOpt, OutOpt, SetOpt, app, build_config, console, user_errors
 from thinktune.errors import UserError
+from thinktune.eval.significance import describe
 
 
 @app.command()
@@ -86,6 +87,8 @@ def print_summary(s: dict) -> None:
     loss = lambda d: f"{d['loss']:.3f}" if d.get("loss") is not None else "-"  # noqa: E731
     table.add_row("held-out loss", loss(b), loss(a))
     console.print(table)
+    if s.get("paired"):
+        console.print(f"accuracy, before vs after on the same tasks: {describe(s['paired'])}")
     console.print(
         f"wall time {s['wall_seconds']:.0f}s · training {s['train_seconds']:.0f}s at "
         f"{s['train_tokens_per_second']:.0f} tokens/s · {s['steps']} steps"

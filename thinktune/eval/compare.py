@@ -3,7 +3,8 @@
     thinktune eval --compare base --compare runs/quickstart/adapter -o runs/compare
 
 Each candidate is `base` (the configured model), a PEFT adapter directory (applied to the configured model), or any
-model reference (merged model directory, .gguf). Writes report.md, report.json and charts/*.png.
+model reference (merged model directory, .gguf). Writes report.md, report.json and charts/*.png; every candidate
+after the first is also compared with the first task by task (Δaccuracy, 95% interval, McNemar p: significance.py).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from thinktune.data.reading import check_bad_fraction
 from thinktune.errors import UserError
 from thinktune.eval.charts import metric_bars, think_length_histogram
 from thinktune.eval.runner import EvalResult, evaluate
+from thinktune.eval.significance import paired_from_samples
 from thinktune.eval.tasks import load_tasks
 from thinktune.models import load_pretrained
 from thinktune.train.engine.progress import task_progress
@@ -74,10 +76,14 @@ def write_comparison(results: dict[str, EvalResult], candidates: list[str], cfg:
         metric_bars(results, out_dir / "charts" / "metrics.png"),
         think_length_histogram(results, out_dir / "charts" / "think_length.png"),
     ]
+    labels = list(results)
+    first = results[labels[0]]
+    paired = {k: paired_from_samples(first.samples, results[k].samples) for k in labels[1:]}
     payload = {
         "data": cfg.data.test,
         "candidates": dict(zip(results, candidates, strict=True)),
         "results": {k: r.headline() for k, r in results.items()},
+        "paired_against": {"reference": labels[0], **{k: v for k, v in paired.items() if v}},
         "samples": {k: r.samples for k, r in results.items()},
     }
     (out_dir / "report.json").write_text(json.dumps(payload, indent=1, ensure_ascii=False))
@@ -91,8 +97,22 @@ def write_comparison(results: dict[str, EvalResult], candidates: list[str], cfg:
         h = r.headline()
         cells = [_fmt(h[k]) for k in TABLE]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    if any(paired.values()):
+        lines += [
+            "",
+            f"## Paired against {labels[0]} (same tasks; McNemar's exact test)",
+            "",
+            "| model | Δ accuracy | 95% CI | gained | lost | p |",
+            "|---|---|---|---|---|---|",
+        ]
+        for k, v in paired.items():
+            if v:
+                lo, hi = v["ci95"]
+                lines.append(
+                    f"| {k} | {100 * v['difference']:+.1f} pts | {100 * lo:+.1f} … {100 * hi:+.1f} | "
+                    f"{v['gained']} | {v['lost']} | {v['p_value']:.3g} |"
+                )
     lines += ["", *[f"![{c.stem}](charts/{c.name})" for c in charts], "", "## Where they disagree", ""]
-    labels = list(results)
     shown = 0
     for i in range(next(iter(results.values())).n):
         verdicts = [results[k].samples[i]["correct"] for k in labels]

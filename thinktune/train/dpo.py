@@ -39,7 +39,7 @@ from thinktune.train.policy import (
     setup_run,
     token_logprobs,
 )
-from thinktune.train.sft import Run, run_eval, save
+from thinktune.train.sft import Run, paired_before_after, run_eval, save
 
 LossName = Literal["dpo", "ipo", "simpo", "orpo", "kto"]
 DEFAULT_BETA = {"dpo": 0.1, "ipo": 0.1, "simpo": 2.0, "orpo": 0.1, "kto": 0.1}
@@ -384,6 +384,7 @@ def run_dpo(
         "rejected_records": len(data.rejects),
         "before": before.headline() if before else None,
         "after": after.headline() if after else None,
+        "paired": paired_before_after(before, after),
         **stats,
         "wall_seconds": time.perf_counter() - wall,
     }

@@ -54,7 +54,7 @@ from thinktune.train.policy import (
     token_logprobs,
 )
 from thinktune.train.rewards import Completion, resolve_reward, reward_name, score
-from thinktune.train.sft import Run, run_eval, save
+from thinktune.train.sft import Run, paired_before_after, run_eval, save
 
 Aggregation = Literal["sequence_mean", "token", "dr_grpo"]
 
@@ -503,6 +503,7 @@ def run_grpo(
         "train_prompts": len(tasks),
         "before": before.headline() if before else None,
         "after": after.headline() if after else None,
+        "paired": paired_before_after(before, after),
         "reward_first": rows[0]["reward"] if rows else None,
         "reward_last": rows[-1]["reward"] if rows else None,
         "reward_plot": str(run.dir / "plots" / "reward.png"),

@@ -28,6 +28,7 @@ from thinktune.data.reading import check_bad_fraction, write_rejects
 from thinktune.errors import ConfigError, EnvironmentProblem
 from thinktune.eval.report import write_report
 from thinktune.eval.runner import EvalResult, evaluate, heldout_loss
+from thinktune.eval.significance import paired_from_samples
 from thinktune.eval.tasks import load_tasks
 from thinktune.methods import (
     MethodContext,
@@ -155,6 +156,14 @@ def run_eval(run: Run, label: str) -> EvalResult | None:
         f"loss {result.loss:.3f} ({result.seconds:.0f}s)"
     )
     return result
+
+
+def paired_before_after(before: EvalResult | dict | None, after: EvalResult | None) -> dict[str, Any] | None:
+    """Before vs after on the same held-out tasks: gained/lost, Δaccuracy with its 95% interval, McNemar p
+    (eval/significance.py); None when either side has no per-task records (no eval, or a resumed run)."""
+    if not isinstance(before, EvalResult) or after is None:
+        return None
+    return paired_from_samples(before.samples, after.samples)
 
 
 def train(run: Run, resume: str | None = None) -> dict[str, Any]:
@@ -319,6 +328,7 @@ def run_sft(cfg: RunConfig, console: Console | None = None, resume: str | None =
         "method": cfg.method.name,
         "before": before if isinstance(before, dict) or before is None else before.headline(),
         "after": after.headline() if after else None,
+        "paired": paired_before_after(before, after),
         "train_samples": len(run.data.samples),
         "rejected_records": len(run.data.rejects),
         **stats,
