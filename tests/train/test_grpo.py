@@ -186,6 +186,23 @@ def test_length_penalty_is_dapo_soft_overlong(n, truncated, expected):
     assert REWARDS["length_penalty"](completion("x", n, 100, truncated), {}) == pytest.approx(expected)
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("<think>\n8 crates × 9 coins = 72 coins.\n72 - 29 = 43.\n</think>\n\\boxed{43}", 1.0),
+        # right final number, wrong steps: accuracy would pay in full, this does not
+        ("<think>\n16 - 10 = 7.\n7 ÷ 3 = 2.\n</think>\n\\boxed{2}", 0.0),
+        ("<think>\n30 × 4 = 120 km.\n120 - 35 = 115 km.\n</think>\n\\boxed{115}", 0.5),
+        ("<think>\n3/4 = 0.75, and 7 x 6 = 42, 1.5 + 1.5 = 3\n</think>\n\\boxed{3}", 1.0),
+        ("<think>\n9 ÷ 0 = 0\n</think>", 0.0),
+        ("<think>\nno arithmetic here\n</think>\n\\boxed{4}", 0.0),
+        ("5 + 5 = 10 outside any think block", 1.0),
+    ],
+)
+def test_arithmetic_process_reward_checks_every_step(text, expected):
+    assert REWARDS["arithmetic"](completion(text), {"answer": "0"}) == pytest.approx(expected)
+
+
 def distinct_chars(c: Completion, task: dict) -> float:
     """A user reward (imported by path in the run test): varies between samples of a random tiny model."""
     return len(set(c.text)) / 10

@@ -146,7 +146,7 @@ def grpo(
     adapter: AdapterOpt = None,
     reward: Annotated[
         list[str] | None,
-        typer.Option(help="Reward (repeat): accuracy, format, length_penalty, or pkg.module:function."),
+        typer.Option(help="Reward (repeat): accuracy, format, arithmetic, length_penalty, or pkg.module:function."),
     ] = None,
     num_generations: Annotated[int | None, typer.Option("--num-generations", "-G", help="Samples per prompt.")] = None,
     beta: Annotated[float | None, typer.Option(help="KL coefficient (0 disables the reference).")] = None,

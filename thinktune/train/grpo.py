@@ -65,7 +65,7 @@ class GRPOConfig(Section):
     temperature: float = Field(1.0, gt=0, description="Sampling temperature (also applied to the log-probs).")
     rewards: list[str] = Field(
         default_factory=lambda: ["accuracy", "format"],
-        description="Reward functions: accuracy, format, length_penalty, or `pkg.module:function`.",
+        description="Reward functions: accuracy, format, arithmetic, length_penalty, or `pkg.module:function`.",
     )
     reward_weights: list[float] | None = Field(None, description="Weight per reward (default: all 1).")
     epsilon: float = Field(0.2, gt=0, lt=1, description="PPO clip range ε (lower side).")

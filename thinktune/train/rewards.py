@@ -10,8 +10,10 @@ A reward function is `fn(completion: Completion, task: dict) -> float`; `task` i
 from __future__ import annotations
 
 import importlib
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any
 
 from thinktune.errors import ConfigError
@@ -50,6 +52,39 @@ def accuracy_reward(completion: Completion, task: dict[str, Any]) -> float:
 def format_reward(completion: Completion, task: dict[str, Any]) -> float:
     """1 for the R1 format: a closed <think> block, then the answer in \\boxed{} (DeepSeek-R1, §2.2.2)."""
     return float(parse_output(completion.text).format_ok)
+
+
+# "a op b = c" in the reasoning, each operand optionally followed by one word ("8 crates × 9 coins = 72 coins")
+_NUM = r"(-?\d+(?:\.\d+)?)"
+EQUATION = re.compile(_NUM + r"(?:\s+[^\W\d]+)?\s*([+\-−×x*÷/])\s*" + _NUM + r"(?:\s+[^\W\d]+)?\s*=\s*" + _NUM)
+OPS = {
+    "+": lambda a, b: a + b,
+    "-": lambda a, b: a - b,
+    "−": lambda a, b: a - b,
+    "×": lambda a, b: a * b,
+    "x": lambda a, b: a * b,
+    "*": lambda a, b: a * b,
+    "÷": lambda a, b: a / b if b else None,
+    "/": lambda a, b: a / b if b else None,
+}
+
+
+def equation_checks(text: str) -> list[bool]:
+    """Every `a op b = c` step written in the text, checked exactly (fractions, not floats)."""
+    out = []
+    for a, op, b, c in EQUATION.findall(text):
+        value = OPS[op](Fraction(a), Fraction(b))
+        out.append(value is not None and value == Fraction(c))
+    return out
+
+
+@register("arithmetic")
+def arithmetic_reward(completion: Completion, task: dict[str, Any]) -> float:
+    """Share of the arithmetic steps in the reasoning that are right (0 when there are none): a rule-based process
+    reward. With `accuracy` alone, a completion whose steps are wrong but whose final number happens to match
+    ("16 - 10 = 7. 7 ÷ 3 = 2.") earns the full reward, and GRPO reinforces the wrong steps."""
+    checks = equation_checks(parse_output(completion.text).thinking or completion.text)
+    return sum(checks) / len(checks) if checks else 0.0
 
 
 # DAPO's soft overlong punishment (Yu et al. 2025, §3.4): free up to L_max - L_cache tokens, then linearly down to
