@@ -82,7 +82,7 @@ def equation_checks(text: str) -> list[bool]:
 def arithmetic_reward(completion: Completion, task: dict[str, Any]) -> float:
     """Share of the arithmetic steps in the reasoning that are right (0 when there are none): a rule-based process
     reward. With `accuracy` alone, a completion whose steps are wrong but whose final number happens to match
-    ("16 - 10 = 7. 7 ÷ 3 = 2.") earns the full reward, and GRPO reinforces the wrong steps."""
+    ("16 - 10 = 7. 7 ÷ 3 = 2.") earns the full reward, and GRPO would reinforce the wrong steps."""
     checks = equation_checks(parse_output(completion.text).thinking or completion.text)
     return sum(checks) / len(checks) if checks else 0.0
 
