@@ -176,6 +176,11 @@ def grpo_loss(
 # ---- sampling ----
 
 
+def positions(attention: torch.Tensor) -> torch.Tensor:
+    """Position ids that skip the left padding, as generate() computes them."""
+    return (attention.cumsum(-1) - 1).clamp(min=0)
+
+
 @torch.no_grad()
 def sample_completions(
     model, tokenizer, prompts: list[str], num_generations: int, max_new_tokens: int, temperature: float
@@ -210,7 +215,7 @@ def sample_completions(
     batch = {
         "input_ids": torch.cat([prompt_ids, completion], dim=1),
         "attention_mask": attention,
-        "position_ids": (attention.cumsum(-1) - 1).clamp(min=0),
+        "position_ids": positions(attention),
         "labels": labels,
         "completion_mask": cmask.long(),
     }
@@ -284,9 +289,9 @@ def sample_groups(run: Run, tasks: list[dict], g: GRPOConfig, fns: list) -> dict
     return batch
 
 
-def informative_groups(batch: dict[str, torch.Tensor], g: GRPOConfig) -> torch.Tensor:
-    """(P,) bool: groups whose total rewards are not all equal."""
-    groups = batch["reward_total"].view(-1, g.num_generations)
+def informative_groups(totals: torch.Tensor, g: GRPOConfig) -> torch.Tensor:
+    """(P,) bool from the (P·G,) total rewards: groups whose rewards are not all equal."""
+    groups = totals.view(-1, g.num_generations)
     return (groups != groups[:, :1]).any(dim=1)
 
 
@@ -313,7 +318,7 @@ def merge_rollouts(parts: list[dict[str, torch.Tensor]], pad_token_id: int) -> d
                 v = torch.nn.functional.pad(v, (0, cw - c), value=0)
             out[key].append(v)
     merged = {k: torch.cat(v) for k, v in out.items()}
-    merged["position_ids"] = (merged["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+    merged["position_ids"] = positions(merged["attention_mask"])
     return merged
 
 
@@ -348,7 +353,7 @@ def rollout_batch(
     if pool is not None:
         want, kept, rounds = len(tasks), [], 0
         while True:
-            keep = informative_groups(batch, g)
+            keep = informative_groups(batch["reward_total"], g)
             if keep.any():
                 kept.append(select_groups(batch, keep, g))
             have = sum(len(k["advantages"]) for k in kept) // g.num_generations
@@ -395,7 +400,7 @@ def grpo_loss_fn(g: GRPOConfig, names: list[str]):
         parts = {
             "reward": float(groups.mean()),
             "reward_std": float(groups.std(dim=1).mean()),
-            "zero_std_groups": float((groups.std(dim=1) == 0).float().mean()),
+            "zero_std_groups": 1.0 - float(informative_groups(batch["sampled_total"], g).float().mean()),
             "trained_groups": len(batch["advantages"]) // g.num_generations,
             "sampled_groups": groups.shape[0],
             "rollout_seconds": float(batch["rollout_seconds"]),
