@@ -113,6 +113,12 @@ class MethodConfig(Section):
 class TrainConfig(Section):
     epochs: float = Field(1.0, gt=0, description="Passes over the training data.")
     max_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer steps (overrides epochs).")
+    max_minutes: float | None = Field(
+        None,
+        gt=0,
+        description="Time budget: stop after the first optimizer step that ends past this many minutes of training, "
+        "then save and evaluate as usual. The learning-rate schedule still spans max_steps/epochs.",
+    )
     batch_size: int = Field(8, gt=0, description="Samples per micro-batch.")
     gradient_accumulation_steps: int = Field(1, gt=0, description="Micro-batches per optimizer step.")
     learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate.")

@@ -226,6 +226,17 @@ def test_validation_early_stopping_and_plateau(tiny_model_dirs, tmp_path):
     assert any("val_loss" in r for r in read_metrics(tmp_path / "metrics.jsonl"))
 
 
+def test_time_budget_stops_after_the_step_that_crosses_it(tiny_model_dirs, tmp_path):
+    sets = base_sets(tiny_model_dirs["llama"], tmp_path, 30, "eval.before=false", "eval.after=false")
+    summary = run_sft(load_config(None, [*sets, "train.max_minutes=1e-6"]), QUIET)
+    assert summary["steps"] == 1 and summary["stopped_early"].startswith("time budget of 1e-06 min reached at step 1")
+    assert len(losses(tmp_path)) == 1 and (tmp_path / "adapter" / "adapter_config.json").is_file()
+    # a budget that is not reached changes nothing
+    out = tmp_path / "roomy"
+    roomy = run_sft(load_config(None, [*base_sets(tiny_model_dirs["llama"], out, 3), "train.max_minutes=60"]), QUIET)
+    assert roomy["steps"] == 3 and roomy["stopped_early"] is None
+
+
 def test_tensorboard_mlflow_and_update_heatmap(tiny_model_dirs, tmp_path):
     pytest.importorskip("mlflow")
     cfg = load_config(

@@ -105,6 +105,8 @@ def print_rl_summary(s: dict) -> None:
         f"{pct(a, 'format_compliance')} · {s['steps']} steps in {s['train_seconds']:.0f}s · "
         f"wall {s['wall_seconds']:.0f}s"
     )
+    if s.get("stopped_early"):
+        console.print(s["stopped_early"])
     if s.get("paired"):
         console.print(f"held-out accuracy, before vs after on the same tasks: {describe(s['paired'])}")
     console.print(f"run directory: [bold]{s['run_dir']}[/] (adapter: {s['adapter_dir']}, summary.json, metrics.jsonl)")

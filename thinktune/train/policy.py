@@ -276,4 +276,5 @@ def run_policy_loop(
         "final_loss": result.final_loss,
         "bad_steps": result.bad_steps,
         "train_tokens": result.tokens,
+        "stopped_early": result.stopped_early,
     }

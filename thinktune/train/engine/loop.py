@@ -168,6 +168,12 @@ class TrainLoop:
                         self._validation(pos, plateau, result)
                     if cfg.save_steps and pos.step % cfg.save_steps == 0:
                         self._save(pos)
+                    if cfg.max_minutes and self._out_of_time(start):
+                        result.stopped_early = (
+                            f"time budget of {cfg.max_minutes:g} min reached at step {pos.step} of {self.total_steps}"
+                        )
+                        self.console.print(result.stopped_early)
+                        break
                 else:
                     if pos.batch_in_epoch >= len(batches):
                         pos.epoch, pos.batch_in_epoch = pos.epoch + 1, 0
@@ -287,6 +293,11 @@ class TrainLoop:
                 f"early stopping at step {pos.step}: no {key} gain in {plateau.bad_evals} validations"
             )
             self.console.print(result.stopped_early)
+
+    def _out_of_time(self, start: float) -> bool:
+        """All processes stop together: any one past the budget stops them all."""
+        late = float(time.perf_counter() - start >= self.cfg.max_minutes * 60)
+        return bool(self.accelerator.reduce(torch.tensor([late], device=self.accelerator.device), "sum")[0] > 0)
 
     def _truncate_metrics(self, step: int) -> None:
         """Steps logged after the checkpoint by the killed run are replayed; drop them so the curve stays single."""
