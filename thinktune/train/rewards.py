@@ -10,6 +10,7 @@ A reward function is `fn(completion: Completion, task: dict) -> float`; `task` i
 from __future__ import annotations
 
 import importlib
+import operator
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -58,23 +59,21 @@ def format_reward(completion: Completion, task: dict[str, Any]) -> float:
 _NUM = r"(-?\d+(?:\.\d+)?)"
 EQUATION = re.compile(_NUM + r"(?:\s+[^\W\d]+)?\s*([+\-−×x*÷/])\s*" + _NUM + r"(?:\s+[^\W\d]+)?\s*=\s*" + _NUM)
 OPS = {
-    "+": lambda a, b: a + b,
-    "-": lambda a, b: a - b,
-    "−": lambda a, b: a - b,
-    "×": lambda a, b: a * b,
-    "x": lambda a, b: a * b,
-    "*": lambda a, b: a * b,
-    "÷": lambda a, b: a / b if b else None,
-    "/": lambda a, b: a / b if b else None,
+    **dict.fromkeys("+", operator.add),
+    **dict.fromkeys("-−", operator.sub),
+    **dict.fromkeys("×x*", operator.mul),
+    **dict.fromkeys("÷/", operator.truediv),
 }
 
 
 def equation_checks(text: str) -> list[bool]:
-    """Every `a op b = c` step written in the text, checked exactly (fractions, not floats)."""
+    """Every `a op b = c` step written in the text, checked exactly (fractions, not floats); ÷ 0 is wrong."""
     out = []
     for a, op, b, c in EQUATION.findall(text):
-        value = OPS[op](Fraction(a), Fraction(b))
-        out.append(value is not None and value == Fraction(c))
+        try:
+            out.append(OPS[op](Fraction(a), Fraction(b)) == Fraction(c))
+        except ZeroDivisionError:
+            out.append(False)
     return out
 
 
