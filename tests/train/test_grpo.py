@@ -26,12 +26,23 @@ from thinktune.train.grpo import (
     grpo_loss,
     k3_kl,
     merge_rollouts,
+    process_advantages,
     rollout_batch,
     run_grpo,
     sample_completions,
+    score_steps,
+    token_char_starts,
 )
 from thinktune.train.policy import ReferencePolicy, token_logprobs
-from thinktune.train.rewards import REWARDS, Completion, resolve_reward, reward_name, score
+from thinktune.train.rewards import (
+    REWARDS,
+    STEP_REWARDS,
+    Completion,
+    resolve_reward,
+    resolve_step_reward,
+    reward_name,
+    score,
+)
 
 t = torch.tensor
 
@@ -585,3 +596,112 @@ def test_cli_grpo_with_a_yaml_section(llama, tmp_path):
         timeout=600,
     )
     assert bad.returncode == 2 and "grpo.epsilonn" in bad.stderr
+
+
+# ---- process supervision: step rewards → per-token advantages ----
+
+
+def test_arithmetic_steps_end_just_after_each_result():
+    text = "<think>\n8 crates × 9 coins = 72 coins.\n72 - 29 = 44.\n</think>\n\\boxed{44}"
+    steps = STEP_REWARDS["arithmetic_steps"](completion(text), {"answer": "43"})
+    assert [s for _, s in steps] == [1.0, 0.0]
+    assert text[: steps[0][0]].endswith("= 72") and text[: steps[1][0]].endswith("72 - 29 = 44")
+    assert resolve_step_reward("arithmetic_steps") is STEP_REWARDS["arithmetic_steps"]
+    with pytest.raises(ConfigError, match="grpo.process_reward: unknown reward 'arith'"):
+        resolve_step_reward("arith")
+    with pytest.raises(ConfigError, match="not a list of"):
+        score_steps(lambda c, t: 0.5, [completion("x")], [{}])
+
+
+@pytest.mark.parametrize("credit", ["return", "step"])
+def test_process_advantages_for_a_known_step_table(credit):
+    """G = 2. Completion 0: a right step ending at character 5, a wrong one ending at 10; completion 1: one right
+    step ending at 5. Scores [1, 0, 1]: mean 2/3, std (Bessel) 1/√3, normalised [1/√3, −2/√3, 1/√3]."""
+    a, b = 1 / math.sqrt(3), -2 / math.sqrt(3)
+    steps = [[(5, 1.0), (10, 0.0)], [(5, 1.0)]]
+    starts = [[0, 3, 5, 8, 10], [0, 4, 6]]
+    adv = process_advantages(steps, starts, 2, width=5, credit=credit, eps=0.0)
+    if credit == "return":  # a token gets every step that ends after it starts
+        expected = [[a + b, a + b, b, b, 0], [a, a, 0, 0, 0]]
+    else:  # only the step it is part of
+        expected = [[a, a, b, b, 0], [a, a, 0, 0, 0]]
+    torch.testing.assert_close(adv, t(expected), atol=1e-6, rtol=0)
+    # without scaling (Dr. GRPO): centred scores only
+    centred = process_advantages(steps, starts, 2, 5, "step", scale=False)
+    torch.testing.assert_close(centred[0, :4], t([1 / 3, 1 / 3, -2 / 3, -2 / 3]), atol=1e-6, rtol=0)
+    # no signal: every step right, or fewer than two steps in the group
+    assert process_advantages([[(5, 1.0)], [(5, 1.0), (9, 1.0)]], starts[:2], 2, 5).abs().sum() == 0
+    assert process_advantages([[(5, 0.0)], []], starts[:2], 2, 5).abs().sum() == 0
+
+
+def test_token_char_starts_split_the_decoded_text(rollout, tiny_tokenizer):
+    _, batch, completions = rollout
+    mask = batch["completion_mask"]
+    ids = batch["input_ids"][:, -mask.shape[1] :]
+    starts = token_char_starts(tiny_tokenizer, ids, mask.sum(1))
+    for i, (row, c) in enumerate(zip(starts, completions, strict=True)):
+        assert len(row) == c.n_tokens and row[0] == 0
+        assert row == sorted(row) and row[-1] <= len(c.text)
+        for k in range(len(row)):  # the text up to token k is the decoded prefix of k tokens
+            assert c.text[: row[k]] == tiny_tokenizer.decode(ids[i, :k].tolist(), skip_special_tokens=True)
+
+
+def test_per_token_advantages_weight_each_tokens_gradient():
+    """(N, T) advantages: each token's gradient is its own advantage (token aggregation, μ = 1, β = 0); a constant
+    row gives the same loss as the (N,) form."""
+    logps = torch.randn(2, 3, dtype=torch.double, requires_grad=True)
+    per_token_adv = t([[1.0, -2.0, 0.0], [0.5, 0.5, 0.5]], dtype=torch.double)
+    mask = torch.ones(2, 3, dtype=torch.double)
+    loss, _ = grpo_loss(logps, logps.detach(), None, per_token_adv, mask, aggregation="token")
+    loss.backward()
+    torch.testing.assert_close(logps.grad, -per_token_adv / 6)
+    same, _ = grpo_loss(logps, logps.detach(), None, t([0.5, 0.5], dtype=torch.double), mask, aggregation="token")
+    row, _ = grpo_loss(logps, logps.detach(), None, per_token_adv[1:].expand(2, 3), mask, aggregation="token")
+    assert same.item() == pytest.approx(row.item())
+
+
+def char_steps(c: Completion, task: dict) -> list[tuple[int, float]]:
+    """A user step reward (by import path): one step per character, scored 1 for a letter — varies between samples
+    of a random tiny model, so process advantages are non-zero even when every outcome reward is equal."""
+    return [(k + 1, float(ch.isalpha())) for k, ch in enumerate(c.text)]
+
+
+def test_process_rollout_keeps_groups_with_step_signal_and_pads_token_advantages(rollout, tiny_tokenizer):
+    model, _, _ = rollout
+    run = fake_run(model, tiny_tokenizer)
+    g = GRPOConfig(
+        num_generations=3,
+        max_completion_length=8,
+        rewards=["format"],
+        process_reward="tests.train.test_grpo:char_steps",
+    )
+    fns = [resolve_reward("format")]
+    step_fn = resolve_step_reward("tests.train.test_grpo:char_steps")
+    torch.manual_seed(0)
+    tasks = [task("What is 1 - 1?", "0"), task("A long question about 40 km, each hour for 5 hours?", "0")]
+    batch = rollout_batch(run, tasks, g, fns, None, lambda k: tasks[:k], step_fn)
+    assert (batch["reward_total"] == 0).all()  # no outcome signal: the format reward is 0 for a random model
+    adv, mask = batch["token_advantages"], batch["completion_mask"]
+    assert adv.shape == mask.shape and adv.abs().sum() > 0  # kept for the step signal alone
+    assert (adv[mask == 0] == 0).all()
+    assert batch["sampled_step_score"].shape[0] == batch["sampled_total"].shape[0]
+
+
+def test_process_supervised_run_logs_the_step_reward(llama, tmp_path):
+    out = tmp_path / "ps"
+    g = GRPOConfig(
+        num_generations=3,
+        max_completion_length=8,
+        rewards=["tests.train.test_grpo:distinct_chars"],
+        process_reward="tests.train.test_grpo:char_steps",
+        process_credit="step",
+        dynamic_sampling=True,
+        beta=0.0,
+        loss_aggregation="token",
+    )
+    cfg = tiny_cfg(llama, out, "train.max_steps=2", "eval.before=false", "eval.after=false")
+    summary = run_grpo(cfg, g, console=Console(quiet=True))
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and summary["grpo"]["process_reward"].endswith(":char_steps")
+    for r in rows:
+        assert 0 <= r["step_reward/char_steps"] <= 1 and math.isfinite(r["loss"])

@@ -160,6 +160,10 @@ def grpo(
             help="DAPO: drop groups without reward variance and sample more prompts instead.",
         ),
     ] = None,
+    process_reward: Annotated[
+        str | None,
+        typer.Option(help="Step reward for process supervision: arithmetic_steps or pkg.module:function."),
+    ] = None,
 ) -> None:
     """GRPO with verifiable rewards: sample G answers per prompt, reward them, push up the better ones.
 
@@ -174,6 +178,7 @@ def grpo(
         beta=beta,
         loss_aggregation=loss_aggregation,
         dynamic_sampling=dynamic_sampling,
+        process_reward=process_reward,
     )
     cfg, section = load_with_section(config, sets, output_dir, "grpo", GRPOConfig)
     from thinktune.train.grpo import run_grpo

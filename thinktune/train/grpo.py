@@ -40,7 +40,7 @@ from rich.console import Console
 from thinktune.config import DataConfig, RunConfig, Section
 from thinktune.data.reading import Reject, check_bad_fraction, read_records, write_rejects
 from thinktune.data.render import render_prompt
-from thinktune.errors import DataError
+from thinktune.errors import ConfigError, DataError
 from thinktune.eval.generate import stop_token_ids
 from thinktune.methods import count_parameters
 from thinktune.train.engine.loggers import read_metrics
@@ -53,7 +53,7 @@ from thinktune.train.policy import (
     setup_run,
     token_logprobs,
 )
-from thinktune.train.rewards import Completion, resolve_reward, reward_name, score
+from thinktune.train.rewards import Completion, resolve_reward, resolve_step_reward, reward_name, score
 from thinktune.train.sft import Run, paired_before_after, run_eval, save
 
 Aggregation = Literal["sequence_mean", "token", "dr_grpo"]
@@ -84,6 +84,16 @@ class GRPOConfig(Section):
     max_resample_rounds: int = Field(
         4, ge=0, description="Extra sampling rounds per micro-batch with dynamic_sampling."
     )
+    process_reward: str | None = Field(
+        None,
+        description="Step reward for process supervision (DeepSeekMath §4.1.3): arithmetic_steps or "
+        "`pkg.module:function`; its group-normalised step scores are added to each token's advantage.",
+    )
+    process_credit: Literal["return", "step"] = Field(
+        "return",
+        description="Which step scores a token gets: `return` = every step ending after it (DeepSeekMath), "
+        "`step` = only the step it belongs to.",
+    )
 
     @model_validator(mode="after")
     def _weights_match(self) -> GRPOConfig:
@@ -110,6 +120,49 @@ def group_advantages(rewards: torch.Tensor, scale: bool = True, eps: float = 1e-
     return centered / (rewards.std(dim=1, keepdim=True) + eps) if scale else centered
 
 
+def process_advantages(
+    steps: list[list[tuple[int, float]]],
+    token_starts: list[list[int]],
+    num_generations: int,
+    width: int,
+    credit: Literal["return", "step"] = "return",
+    scale: bool = True,
+    eps: float = 1e-4,
+) -> torch.Tensor:
+    """(N, width) per-token advantages from step scores (DeepSeekMath §4.1.3, process supervision).
+
+    `steps[i]` = [(end, score)] of completion i, `end` a character offset in its text; `token_starts[i][t]` = the
+    character offset where its token t starts. Every step score of a group (all G completions together) is
+    normalised, r̃ = (r − mean) / (std + eps) (no division when not `scale`); token t then gets the sum of r̃ over the
+    steps ending after it starts (`return`: the steps it leads to, as DeepSeekMath) or r̃ of the first such step only
+    (`step`: the step it is part of). Tokens after the last step get 0, as does a group with fewer than two steps."""
+    out = torch.zeros(len(steps), width)
+    for first in range(0, len(steps), num_generations):
+        group = range(first, first + num_generations)
+        scores = torch.tensor([score for i in group for _, score in steps[i]], dtype=torch.float)
+        if len(scores) < 2:
+            continue
+        centered = scores - scores.mean()
+        normed = (centered / (scores.std() + eps) if scale else centered).tolist()
+        k = 0
+        for i in group:
+            ends = [end for end, _ in steps[i]]
+            mine, k = normed[k : k + len(ends)], k + len(ends)
+            for t, start in enumerate(token_starts[i][:width]):
+                later = [r for end, r in zip(ends, mine, strict=True) if end > start]
+                if later:
+                    out[i, t] = sum(later) if credit == "return" else later[0]
+    return out
+
+
+def token_char_starts(tokenizer, ids: torch.Tensor, lengths: torch.Tensor) -> list[list[int]]:
+    """For each row of completion token ids, the character offset in its decoded text where each token starts."""
+    return [
+        [len(tokenizer.decode(row[:t].tolist(), skip_special_tokens=True)) for t in range(int(n))]
+        for row, n in zip(ids, lengths, strict=True)
+    ]
+
+
 def k3_kl(logps: torch.Tensor, ref_logps: torch.Tensor) -> torch.Tensor:
     """Per-token KL(π_θ ‖ π_ref) estimate k3 = e^d − d − 1, d = log π_ref − log π_θ: unbiased, always ≥ 0
     (Schulman 2020, "Approximating KL divergence"; DeepSeekMath Eq. 4)."""
@@ -125,9 +178,14 @@ def clip_fraction(
     ratio: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, eps_low: float, eps_high: float
 ) -> torch.Tensor:
     """Share of completion tokens whose gradient the clip removes: ρ < 1−ε with Â < 0, or ρ > 1+ε_high with Â > 0."""
-    adv = advantages[:, None]
+    adv = advantage_per_token(advantages)
     clipped = ((ratio < 1 - eps_low) & (adv < 0)) | ((ratio > 1 + eps_high) & (adv > 0))
     return masked_mean(clipped.float(), mask)
+
+
+def advantage_per_token(advantages: torch.Tensor) -> torch.Tensor:
+    """(N,) per-completion advantages as (N, 1); (N, T) per-token ones unchanged."""
+    return advantages[:, None] if advantages.dim() == 1 else advantages
 
 
 def aggregate(
@@ -154,13 +212,13 @@ def grpo_loss(
     aggregation: Aggregation = "sequence_mean",
     max_completion_length: int = 1,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The GRPO objective (negated, to minimise) on (N, T) per-token log-probs and (N,) advantages.
+    """The GRPO objective (negated, to minimise) on (N, T) per-token log-probs and (N,) or (N, T) advantages.
 
     Returns the loss and detached statistics: kl (token mean of k3), clip_fraction, ratio (token mean)."""
     eps_high = epsilon if epsilon_high is None else epsilon_high
     mask = mask.to(logps.dtype)
     ratio = torch.exp(logps - old_logps)
-    adv = advantages[:, None].to(logps.dtype)
+    adv = advantage_per_token(advantages).to(logps.dtype)
     surrogate = torch.minimum(ratio * adv, torch.clamp(ratio, 1 - epsilon, 1 + eps_high) * adv)
     per_token = -surrogate
     stats = {"clip_fraction": clip_fraction(ratio.detach(), advantages, mask, epsilon, eps_high)}
@@ -267,8 +325,11 @@ def load_rl_tasks(cfg: DataConfig, files: list[str]) -> tuple[list[dict], list[R
 PER_COMPLETION = ("advantages", "rewards", "reward_total", "n_tokens", "truncated")
 
 
-def sample_groups(run: Run, tasks: list[dict], g: GRPOConfig, fns: list) -> dict[str, torch.Tensor]:
-    """G scored completions for each task, with group-relative advantages (on the CPU)."""
+def sample_groups(
+    run: Run, tasks: list[dict], g: GRPOConfig, fns: list, step_fn: Callable | None = None
+) -> dict[str, torch.Tensor]:
+    """G scored completions for each task, with group-relative advantages (on the CPU); with a step reward also
+    per-token advantages (`token_advantages`: the completion's advantage plus its process advantages)."""
     model = run.accelerator.unwrap_model(run.model)
     prompts = [render_prompt(run.tokenizer, t["prompt"], run.cfg.data.system_prompt) for t in tasks]
     was_training = model.training
@@ -277,11 +338,21 @@ def sample_groups(run: Run, tasks: list[dict], g: GRPOConfig, fns: list) -> dict
         model, run.tokenizer, prompts, g.num_generations, g.max_completion_length, g.temperature
     )
     model.train(was_training)
-    rewards = torch.tensor(score(fns, completions, [t for t in tasks for _ in range(g.num_generations)]))
+    per_completion = [t for t in tasks for _ in range(g.num_generations)]
+    rewards = torch.tensor(score(fns, completions, per_completion))
     total = rewards @ torch.tensor(g.weights)
     scale = g.loss_aggregation != "dr_grpo"
     batch = {k: v.cpu() for k, v in batch.items()}
     batch["advantages"] = group_advantages(total.view(-1, g.num_generations), scale, g.advantage_eps).view(-1)
+    if step_fn is not None:
+        steps = score_steps(step_fn, completions, per_completion)
+        mask = batch["completion_mask"]
+        starts = token_char_starts(run.tokenizer, batch["input_ids"][:, -mask.shape[1] :], mask.sum(1))
+        process = process_advantages(
+            steps, starts, g.num_generations, mask.shape[1], g.process_credit, scale, g.advantage_eps
+        )
+        batch["token_advantages"] = (batch["advantages"][:, None] + process) * mask
+        batch["step_score"] = torch.tensor([sum(s for _, s in st) / len(st) if st else 0.0 for st in steps])
     batch["rewards"] = rewards
     batch["reward_total"] = total
     batch["n_tokens"] = torch.tensor([c.n_tokens for c in completions], dtype=torch.float)
@@ -289,10 +360,33 @@ def sample_groups(run: Run, tasks: list[dict], g: GRPOConfig, fns: list) -> dict
     return batch
 
 
+def score_steps(fn: Callable, completions: list[Completion], tasks: list[dict]) -> list[list[tuple[int, float]]]:
+    """The step reward of every completion, checked: a list of (character offset, score) pairs."""
+    out = []
+    for c, t in zip(completions, tasks, strict=True):
+        value = fn(c, t)
+        try:
+            out.append([(int(end), float(s)) for end, s in value])
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"step reward {getattr(fn, '__name__', fn)!r} returned {value!r}, not a list of (offset, score)"
+            ) from None
+    return out
+
+
 def informative_groups(totals: torch.Tensor, g: GRPOConfig) -> torch.Tensor:
     """(P,) bool from the (P·G,) total rewards: groups whose rewards are not all equal."""
     groups = totals.view(-1, g.num_generations)
     return (groups != groups[:, :1]).any(dim=1)
+
+
+def trainable_groups(batch: dict[str, torch.Tensor], g: GRPOConfig) -> torch.Tensor:
+    """(P,) bool: groups with any learning signal — outcome rewards that differ, or (process supervision) step
+    scores that do."""
+    keep = informative_groups(batch["reward_total"], g)
+    if "token_advantages" in batch:
+        keep |= batch["token_advantages"].view(keep.shape[0], -1).abs().amax(dim=1) > 0
+    return keep
 
 
 def select_groups(batch: dict[str, torch.Tensor], keep: torch.Tensor, g: GRPOConfig) -> dict[str, torch.Tensor]:
@@ -314,7 +408,7 @@ def merge_rollouts(parts: list[dict[str, torch.Tensor]], pad_token_id: int) -> d
             v = part[key]
             if key in fills:
                 v = torch.nn.functional.pad(v, (pw - p, cw - c), value=fills[key])
-            elif key == "completion_mask":
+            elif key in ("completion_mask", "token_advantages"):
                 v = torch.nn.functional.pad(v, (0, cw - c), value=0)
             out[key].append(v)
     merged = {k: torch.cat(v) for k, v in out.items()}
@@ -344,29 +438,32 @@ def rollout_batch(
     fns: list,
     reference: ReferencePolicy | None,
     pool: Callable[[int], list[dict]] | None = None,
+    step_fn: Callable | None = None,
 ):
     """Sample, score, and attach advantages (+ reference and π_old log-probs) for one micro-batch of prompts. With a
     `pool` (dynamic sampling), groups without reward variance are dropped and refilled from it."""
     t0 = time.perf_counter()
-    batch = sample_groups(run, tasks, g, fns)
+    batch = sample_groups(run, tasks, g, fns, step_fn)
     sampled = [batch]
     if pool is not None:
         want, kept, rounds = len(tasks), [], 0
         while True:
-            keep = informative_groups(batch["reward_total"], g)
+            keep = trainable_groups(batch, g)
             if keep.any():
                 kept.append(select_groups(batch, keep, g))
             have = sum(len(k["advantages"]) for k in kept) // g.num_generations
             if have >= want or rounds >= g.max_resample_rounds:
                 break
             rounds += 1
-            batch = sample_groups(run, pool(want - have), g, fns)
+            batch = sample_groups(run, pool(want - have), g, fns, step_fn)
             sampled.append(batch)
         # nothing informative at all: train on the first sample (zero advantage, only the KL term acts)
         batch = merge_rollouts(kept, run.tokenizer.pad_token_id) if kept else sampled[0]
     # reward statistics over every sampled group, kept or not
     batch["sampled_rewards"] = torch.cat([s["rewards"] for s in sampled])
     batch["sampled_total"] = torch.cat([s["reward_total"] for s in sampled])
+    if step_fn is not None:
+        batch["sampled_step_score"] = torch.cat([s["step_score"] for s in sampled])
     batch["rollout_seconds"] = torch.tensor(time.perf_counter() - t0)
     batch = {k: v.to(run.accelerator.device) for k, v in batch.items()}
     width = batch["completion_mask"].shape[1]
@@ -388,7 +485,7 @@ def grpo_loss_fn(g: GRPOConfig, names: list[str]):
             logps,
             old,
             batch.get("ref_logps"),
-            batch["advantages"],
+            batch["token_advantages"] if "token_advantages" in batch else batch["advantages"],
             mask,
             g.epsilon,
             g.epsilon_high,
@@ -410,12 +507,16 @@ def grpo_loss_fn(g: GRPOConfig, names: list[str]):
         }
         for k, name in enumerate(names):
             parts[f"reward/{name}"] = float(batch["sampled_rewards"][:, k].mean())
+        if "sampled_step_score" in batch:  # mean step score of the sampled completions (share of right steps)
+            parts[f"step_reward/{reward_name(g.process_reward)}"] = float(batch["sampled_step_score"].mean())
         return loss, parts
 
     return loss_fn
 
 
-def train(run: Run, tasks: list[dict], g: GRPOConfig, fns: list, adapter: str | None) -> dict[str, Any]:
+def train(
+    run: Run, tasks: list[dict], g: GRPOConfig, fns: list, adapter: str | None, step_fn: Callable | None = None
+) -> dict[str, Any]:
     tcfg = run.cfg.train
     reference = (
         ReferencePolicy.of(run.model, adapter_starts_at_base(run.model, adapter is not None, run.cfg))
@@ -439,7 +540,7 @@ def train(run: Run, tasks: list[dict], g: GRPOConfig, fns: list, adapter: str | 
         run,
         opt,
         len(tasks),
-        lambda idx: reuse.next(lambda: rollout_batch(run, [tasks[i] for i in idx], g, fns, reference, pool)),
+        lambda idx: reuse.next(lambda: rollout_batch(run, [tasks[i] for i in idx], g, fns, reference, pool, step_fn)),
         grpo_loss_fn(g, names),
         reference,
     )
@@ -482,6 +583,7 @@ def run_grpo(
     console = console or Console()
     wall = time.perf_counter()
     fns = [resolve_reward(r) for r in g.rewards]  # fail on a bad reward name before loading anything
+    step_fn = resolve_step_reward(g.process_reward) if g.process_reward else None
     tasks, rejects = load_rl_tasks(cfg.data, data_files or list(cfg.data.train))  # data errors before the model loads
     run, test_rejects = setup_run(cfg, console)
     write_rejects(rejects + test_rejects, run.dir / "rejects.jsonl")
@@ -491,7 +593,7 @@ def run_grpo(
     )
     run.model = load_policy(run, adapter)
     before = run_eval(run, "before") if cfg.eval.before else None
-    stats = train(run, tasks, g, fns, adapter)
+    stats = train(run, tasks, g, fns, adapter, step_fn)
     adapter_dir = save(run)
     names = [reward_name(r) for r in g.rewards]
     if run.accelerator.is_main_process:

@@ -35,9 +35,9 @@ RewardFn = Callable[[Completion, dict[str, Any]], float]
 REWARDS: dict[str, RewardFn] = {}
 
 
-def register(name: str) -> Callable[[RewardFn], RewardFn]:
-    def add(fn: RewardFn) -> RewardFn:
-        REWARDS[name] = fn
+def register(name: str, registry: dict[str, Callable] = REWARDS) -> Callable[[RewardFn], RewardFn]:
+    def add(fn):
+        registry[name] = fn
         return fn
 
     return add
@@ -66,15 +66,23 @@ OPS = {
 }
 
 
-def equation_checks(text: str) -> list[bool]:
-    """Every `a op b = c` step written in the text, checked exactly (fractions, not floats); ÷ 0 is wrong."""
+def equation_steps(text: str) -> list[tuple[int, bool]]:
+    """Every `a op b = c` step written in the text: (character offset just after c, whether it is exactly right —
+    fractions, not floats; ÷ 0 is wrong)."""
     out = []
-    for a, op, b, c in EQUATION.findall(text):
+    for m in EQUATION.finditer(text):
+        a, op, b, c = m.groups()
         try:
-            out.append(OPS[op](Fraction(a), Fraction(b)) == Fraction(c))
+            right = OPS[op](Fraction(a), Fraction(b)) == Fraction(c)
         except ZeroDivisionError:
-            out.append(False)
+            right = False
+        out.append((m.end(), right))
     return out
+
+
+def equation_checks(text: str) -> list[bool]:
+    """Whether each `a op b = c` step in the text is right."""
+    return [right for _, right in equation_steps(text)]
 
 
 @register("arithmetic")
@@ -84,6 +92,21 @@ def arithmetic_reward(completion: Completion, task: dict[str, Any]) -> float:
     ("16 - 10 = 7. 7 ÷ 3 = 2.") earns the full reward, and GRPO would reinforce the wrong steps."""
     checks = equation_checks(parse_output(completion.text).thinking or completion.text)
     return sum(checks) / len(checks) if checks else 0.0
+
+
+# ---- step rewards (process supervision, DeepSeekMath §4.1.3) ----
+# A step reward scores the steps of one completion: `fn(completion, task) -> [(end, score), ...]`, `end` = the
+# character offset in `completion.text` where the step ends. GRPO turns them into per-token advantages
+# (grpo.process_reward; see train/grpo.py `process_advantages`).
+
+StepRewardFn = Callable[[Completion, dict[str, Any]], list[tuple[int, float]]]
+STEP_REWARDS: dict[str, StepRewardFn] = {}
+
+
+@register("arithmetic_steps", STEP_REWARDS)
+def arithmetic_steps(completion: Completion, task: dict[str, Any]) -> list[tuple[int, float]]:
+    """1 for each right `a op b = c` step, 0 for each wrong one, ending just after its result."""
+    return [(end, float(right)) for end, right in equation_steps(completion.text)]
 
 
 # DAPO's soft overlong punishment (Yu et al. 2025, §3.4): free up to L_max - L_cache tokens, then linearly down to
@@ -101,23 +124,28 @@ def length_penalty(completion: Completion, task: dict[str, Any]) -> float:
     return -min(1.0, max(0.0, (completion.n_tokens - free) / cache))
 
 
-def resolve_reward(name: str) -> RewardFn:
+def resolve_reward(name: str, registry: dict[str, Callable] = REWARDS, field: str = "grpo.rewards") -> RewardFn:
     """A registered reward, or a function imported from `pkg.module:function`."""
-    if name in REWARDS:
-        return REWARDS[name]
+    if name in registry:
+        return registry[name]
     module_name, sep, attr = name.partition(":")
     if not sep or not module_name or not attr:
         raise ConfigError(
-            f"grpo.rewards: unknown reward '{name}' (built-in: {', '.join(REWARDS)}; or give 'pkg.module:function')"
+            f"{field}: unknown reward '{name}' (built-in: {', '.join(registry)}; or give 'pkg.module:function')"
         )
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
-        raise ConfigError(f"grpo.rewards: cannot import '{module_name}' for reward '{name}': {e}") from None
+        raise ConfigError(f"{field}: cannot import '{module_name}' for reward '{name}': {e}") from None
     fn = getattr(module, attr, None)
     if not callable(fn):
-        raise ConfigError(f"grpo.rewards: '{module_name}' has no function '{attr}'")
+        raise ConfigError(f"{field}: '{module_name}' has no function '{attr}'")
     return fn
+
+
+def resolve_step_reward(name: str) -> StepRewardFn:
+    """A registered step reward (`arithmetic_steps`), or `pkg.module:function`."""
+    return resolve_reward(name, STEP_REWARDS, "grpo.process_reward")
 
 
 def reward_name(name: str) -> str:
