@@ -116,8 +116,9 @@ class TrainConfig(Section):
     max_minutes: float | None = Field(
         None,
         gt=0,
-        description="Time budget: stop after the first optimizer step that ends past this many minutes of training, "
-        "then save and evaluate as usual. The learning-rate schedule still spans max_steps/epochs.",
+        description="Time budget: stop after the first optimizer step that ends past this many minutes of training "
+        "(a resumed run counts the time before its checkpoint), then save and evaluate as usual. The learning-rate "
+        "schedule still spans max_steps/epochs.",
     )
     batch_size: int = Field(8, gt=0, description="Samples per micro-batch.")
     gradient_accumulation_steps: int = Field(1, gt=0, description="Micro-batches per optimizer step.")

@@ -237,6 +237,17 @@ def test_time_budget_stops_after_the_step_that_crosses_it(tiny_model_dirs, tmp_p
     assert roomy["steps"] == 3 and roomy["stopped_early"] is None
 
 
+def test_time_budget_counts_the_training_before_a_resume(tiny_model_dirs, tmp_path):
+    sets = base_sets(tiny_model_dirs["llama"], tmp_path, 5, "eval.before=false", "eval.after=false")
+    run_sft(load_config(None, [*sets, "train.max_steps=2", "train.save_steps=2"]), QUIET)
+    position = tmp_path / "checkpoints" / "step-2" / "position.json"
+    saved = json.loads(position.read_text())
+    assert saved["step"] == 2 and saved["seconds"] > 0
+    position.write_text(json.dumps({**saved, "seconds": 3600.0}))  # as if the first segment had trained an hour
+    resumed = run_sft(load_config(None, [*sets, "train.max_minutes=30"]), QUIET, resume="auto")
+    assert resumed["steps"] == 3 and resumed["stopped_early"].startswith("time budget of 30 min reached at step 3")
+
+
 def test_tensorboard_mlflow_and_update_heatmap(tiny_model_dirs, tmp_path):
     pytest.importorskip("mlflow")
     cfg = load_config(

@@ -32,6 +32,7 @@ class TrainPosition:
     tokens: int = 0
     bad_steps: int = 0
     lr_scale: float = 1.0
+    seconds: float = 0.0  # training time so far, over every resumed segment (train.max_minutes counts it)
 
 
 def rng_state() -> dict:

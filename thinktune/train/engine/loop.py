@@ -86,6 +86,7 @@ class TrainLoop:
         result = LoopResult(0, pos.tokens, 0.0, math.nan, resumed_from=str(resumed) if resumed else None)
         accum, micro_losses, parts_sum = cfg.gradient_accumulation_steps, [], {}
         window_tokens, window_start, start = 0, time.perf_counter(), time.perf_counter()
+        carried = pos.seconds  # training time of the segments before this resume
         self.model.train()
         with training_progress(self.console) as bar:
             task = bar.add_task(
@@ -144,6 +145,7 @@ class TrainLoop:
                         continue
                     pos.step += 1
                     now = time.perf_counter()
+                    pos.seconds = carried + now - start
                     tps = window_tokens * acc.num_processes / max(now - window_start, 1e-9)
                     window_tokens, window_start = 0, now
                     lr = self.scheduler.get_last_lr()[0]
@@ -168,7 +170,7 @@ class TrainLoop:
                         self._validation(pos, plateau, result)
                     if cfg.save_steps and pos.step % cfg.save_steps == 0:
                         self._save(pos)
-                    if cfg.max_minutes and self._out_of_time(start):
+                    if cfg.max_minutes and self._out_of_time(pos.seconds):
                         result.stopped_early = (
                             f"time budget of {cfg.max_minutes:g} min reached at step {pos.step} of {self.total_steps}"
                         )
@@ -294,9 +296,10 @@ class TrainLoop:
             )
             self.console.print(result.stopped_early)
 
-    def _out_of_time(self, start: float) -> bool:
-        """All processes stop together: any one past the budget stops them all."""
-        late = float(time.perf_counter() - start >= self.cfg.max_minutes * 60)
+    def _out_of_time(self, seconds: float) -> bool:
+        """`seconds` of training so far (resumed segments included). All processes stop together: any one past the
+        budget stops them all."""
+        late = float(seconds >= self.cfg.max_minutes * 60)
         return bool(self.accelerator.reduce(torch.tensor([late], device=self.accelerator.device), "sum")[0] > 0)
 
     def _truncate_metrics(self, step: int) -> None:
