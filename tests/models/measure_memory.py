@@ -30,6 +30,7 @@ from thinktune.data.render import TokenizedSample
 from thinktune.methods import MethodContext, apply_method, method_loss, optimizer_parameters
 from thinktune.train.engine.losses import causal_lm_loss
 from thinktune.train.engine.optim import build_optimizer
+from thinktune.train.policy import token_logprobs
 
 
 def current_rss() -> int:
@@ -75,10 +76,15 @@ def peak_rss() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
-def step(model, cfg, batch, optimizer=None) -> None:
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    loss = causal_lm_loss(logits, batch["labels"])
-    del logits
+def step(model, cfg, batch, optimizer=None, keep: int | None = None) -> None:
+    if keep is None:
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        loss = causal_lm_loss(logits, batch["labels"])
+        del logits
+    else:  # GRPO's pass: the LM head on the last `keep` positions only, per-token log-probs, an advantage-weighted mean
+        logps = token_logprobs(model, batch, keep=keep)
+        loss = -(logps * batch["advantages"][:, None]).mean()
+        del logps
     extra = method_loss(model, cfg)
     if extra is not None:
         loss = loss + extra
@@ -90,21 +96,33 @@ def step(model, cfg, batch, optimizer=None) -> None:
         model.zero_grad(set_to_none=True)
 
 
-def random_batch(vocab: int, batch: int, seq: int) -> dict[str, torch.Tensor]:
-    """Random tokens; every other row ends in padding, as the recipe's padded batches do (so SDPA gets a mask)."""
+def random_batch(vocab: int, batch: int, seq: int, keep: int | None = None) -> dict[str, torch.Tensor]:
+    """Random tokens; every other row ends in padding, as the recipe's padded batches do (so SDPA gets a mask).
+    With `keep` (GRPO): labels on the last `keep` tokens only, and a random advantage per row."""
     ids = torch.randint(3, vocab, (batch, seq))
     mask = torch.ones_like(ids)
     mask[1::2, seq - max(1, seq // 8) :] = 0
-    return {"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, -100)}
+    labels = ids.masked_fill(mask == 0, -100)
+    out = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    if keep is not None:
+        labels[:, : seq - keep] = -100
+        out["advantages"] = torch.randn(batch)
+    return out
 
 
 def measure(
-    model_dir: str, method: MethodConfig, batch: int, seq: int, checkpointing: bool = False, steps: int = 2
+    model_dir: str,
+    method: MethodConfig,
+    batch: int,
+    seq: int,
+    checkpointing: bool = False,
+    keep: int | None = None,
+    steps: int = 2,
 ) -> dict:
     torch.manual_seed(0)
     config = AutoConfig.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    data = random_batch(config.vocab_size, batch, seq)
+    data = random_batch(config.vocab_size, batch, seq, keep)
     samples = [TokenizedSample(r.tolist(), r.tolist()) for r in data["input_ids"][:8]]
     model = apply_method(model, method, MethodContext(samples=samples, total_steps=10))
     if checkpointing:
@@ -118,7 +136,7 @@ def measure(
     was_reset = reset_peak()
     before, files_before = current_rss(), file_rss()
     for _ in range(steps):
-        step(model, method, data, optimizer)
+        step(model, method, data, optimizer, keep)
     peak, code = peak_rss(), file_rss() - files_before  # mapped-file pages only grow: subtract what was added
     return {
         "delta_bytes": peak - before - code,
@@ -131,7 +149,7 @@ def measure(
 
 def main() -> None:
     torch.set_num_threads(1)  # a busy 2-core machine thrashes with two; memory does not depend on it
-    """argv[1]: a JSON list of cases {model_dir, method: {MethodConfig fields}, batch, seq, checkpointing};
+    """argv[1]: a JSON list of cases {model_dir, method: {MethodConfig fields}, batch, seq, checkpointing, keep};
     prints a JSON list of results. Cases run one after another in this process: each frees its model and resets the
     peak mark, so one interpreter start serves them all (`peak_reset` false → only the first case is trustworthy)."""
     results = []
@@ -143,6 +161,7 @@ def main() -> None:
                 case["batch"],
                 case["seq"],
                 case.get("checkpointing", False),
+                case.get("keep"),
             )
         )
         gc.collect()

@@ -62,6 +62,7 @@ def predicted(model_dir, case) -> int:
         precision="fp32",
         gradient_checkpointing=case.get("checkpointing", False),
         device="cpu",
+        logits_len=case.get("keep"),
     )
     est = estimate(shape_of(model_dir), setup)
     return est.total - est.weights
@@ -74,6 +75,7 @@ def compare(cases: list[dict]) -> list[tuple[str, float]]:
         err = want / got["delta_bytes"] - 1
         label = f"{Path(case['model_dir']).name} {case['method']} {case['batch']}x{case['seq']}"
         label += " ckpt" if case.get("checkpointing") else ""
+        label += f" grpo keep {case['keep']}" if case.get("keep") else ""
         print(f"{label}: predicted {want / 2**20:.1f} MiB, measured {got['delta_bytes'] / 2**20:.1f} MiB ({err:+.1%})")
         errors.append((label, err))
     return errors
@@ -189,6 +191,25 @@ def test_prediction_matches_measured_peak_on_tiny_models(tiny_model_dirs):
         assert abs(err) < BOUND, f"{label}: predicted {err:+.1%} off the measured peak"
 
 
+def test_grpo_pass_prediction_matches_measured_peak(tiny_model_dirs):
+    """GRPO's training pass: b·G sequences, the LM head on the completion positions only (`logits_to_keep`)."""
+    d = tiny_model_dirs
+    cases = [
+        {"model_dir": str(d["llama"]), "method": {"name": "lora"}, "batch": 16, "seq": 128, "keep": 48},
+        {"model_dir": str(d["qwen3"]), "method": {"name": "full"}, "batch": 16, "seq": 128, "keep": 48},
+    ]
+    for label, err in compare(cases):
+        assert abs(err) < BOUND, f"{label}: predicted {err:+.1%} off the measured peak"
+    # the head on 48 of 128 positions: the planner counts less than for the whole sequence
+    shape = shape_of(d["llama"])
+    whole = estimate(shape, TrainSetup(batch_size=16, seq_len=128))
+    kept = estimate(shape, TrainSetup(batch_size=16, seq_len=128, logits_len=48))
+    assert kept.activations < whole.activations
+    full = TrainSetup(method=MethodConfig(name="full"), batch_size=16, seq_len=128)
+    with_ref = estimate(shape, replace(full, reference_copy=True))
+    assert with_ref.weights == 2 * estimate(shape, full).weights  # the frozen KL reference of a full-model run
+
+
 @pytest.mark.slow
 def test_prediction_matches_measured_peak_on_smollm2():
     from thinktune.models.loading import resolve_model
@@ -216,6 +237,17 @@ def test_plan_command(tiny_model_dirs):
     assert bad.exit_code == 2
     dense = CliRunner().invoke(app, ["plan", "--model", str(tiny_model_dirs["llama"]), "--method", "esft"])
     assert dense.exit_code == 2
+    grpo = ["--seq-len", "128", "--grpo-generations", "8"]
+    rl = CliRunner().invoke(app, [*args[:-1], "4", *grpo, "--completion-length", "48"], env={"COLUMNS": "200"})
+    assert rl.exit_code == 0, rl.output
+    assert "4 prompts × G=8 = batch 32" in rl.output and "last 48 positions" in rl.output
+    assert "frozen KL reference copy" in rl.output  # method full
+    for extra, error in ((["--completion-length", "128"], "between 1 and --seq-len"),
+                         (["--grpo-generations", "0"], "at least 1")):  # fmt: skip
+        bad_rl = CliRunner().invoke(app, [*args, *grpo, *extra])
+        assert bad_rl.exit_code == 2 and error in bad_rl.output
+    alone = CliRunner().invoke(app, [*args, "--completion-length", "48"])
+    assert alone.exit_code == 2 and "needs --grpo-generations" in alone.output
 
 
 def test_experts_profile_command(tiny_model_dirs, tmp_path):

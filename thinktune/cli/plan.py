@@ -2,6 +2,7 @@
 
 thinktune plan --model smollm2-135m-instruct --method lora --batch-size 8 --seq-len 512 --device 24GB
 thinktune plan -c my.yaml --device 80GB --gpus 4
+thinktune plan --model smollm2-135m-instruct --grpo-generations 8 --batch-size 4 --seq-len 192 --completion-length 64
 """
 
 from __future__ import annotations
@@ -32,6 +33,14 @@ def plan(
     ] = None,
     gpus: Annotated[int, typer.Option(help="Data-parallel devices (each holds a full copy).")] = 1,
     device: Annotated[str | None, typer.Option(help="Device memory to fit, e.g. 24GB; recommends settings.")] = None,
+    grpo_generations: Annotated[
+        int | None,
+        typer.Option(help="Plan a GRPO run: G completions per prompt (--batch-size counts prompts)."),
+    ] = None,
+    completion_length: Annotated[
+        int | None,
+        typer.Option(help="GRPO: completion tokens (within --seq-len); the LM head runs on these only."),
+    ] = None,
 ) -> None:
     """Predict peak memory per device — weights, gradients, optimizer state, activations — and, with --device,
     the largest batch / sequence that fits (gradient checkpointing on, QLoRA when nothing else fits).
@@ -50,14 +59,25 @@ def plan(
         raise UserError(f"--precision {precision}: choose bf16 or fp32")
     if gpus < 1:
         raise UserError("--gpus must be at least 1")
+    if grpo_generations is not None and grpo_generations < 1:
+        raise UserError("--grpo-generations must be at least 1")
+    if completion_length is not None and grpo_generations is None:
+        raise UserError("--completion-length needs --grpo-generations (it plans a GRPO run)")
     try:
         device_bytes = parse_size(device) if device else None
     except ValueError as e:
         raise UserError(f"--device: {e}") from None
+    prompts = batch_size or cfg.train.batch_size
+    seq = seq_len or cfg.data.max_length
+    if completion_length is not None and not 0 < completion_length < seq:
+        raise UserError(f"--completion-length {completion_length}: must be between 1 and --seq-len ({seq}) − 1")
+    rl = grpo_generations is not None
     setup = TrainSetup(
         method=cfg.method,
-        batch_size=batch_size or cfg.train.batch_size,
-        seq_len=seq_len or cfg.data.max_length,
+        batch_size=prompts * (grpo_generations or 1),
+        seq_len=seq,
+        logits_len=(completion_length or seq) if rl else None,
+        reference_copy=rl and cfg.method.name in ("full", "freeze", "esft"),
         precision=precision,
         gradient_checkpointing=cfg.train.gradient_checkpointing
         if gradient_checkpointing is None
@@ -75,7 +95,10 @@ def plan(
         gc = "on" if s.gradient_checkpointing else "off"
         return [s.method.name, str(s.batch_size), str(s.seq_len), gc] + [f"{v / GiB:.2f}" for v in e.parts().values()]
 
-    table = Table(title=f"peak memory per device (GiB): {cfg.model.name_or_path}, {precision}, {gpus} GPU(s)")
+    title = f"peak memory per device (GiB): {cfg.model.name_or_path}, {precision}, {gpus} GPU(s)"
+    if rl:
+        title += f"; GRPO: {prompts} prompts × G={grpo_generations} = batch {setup.batch_size}"
+    table = Table(title=title)
     for col in ("method", "batch", "seq", "ckpt", "weights", "grads", "optim", "activ", "peak"):
         table.add_column(col, justify="right" if col != "method" else "left")
     table.add_row(*row_of(setup, est))
@@ -92,6 +115,13 @@ def plan(
         f"trainable {est.trainable:,} of {est.total_params:,} parameters ({est.trainable / est.total_params:.2%})"
         + (f"; the optimizer holds {est.updated:,}" if est.updated != est.trainable else "")
     )
+    if rl:
+        console.print(
+            f"GRPO: LM head on the last {setup.logits_len} positions"
+            + ("; weights include the frozen KL reference copy" if setup.reference_copy else "")
+            + "; sampling (no gradients) needs less and is not counted",
+            style="dim",
+        )
     if rec:
         verdict = "[green]fits[/]" if rec.fits else "[red]does not fit[/]"
         console.print(f"{device}: {verdict} — {rec.note}", highlight=False)

@@ -27,9 +27,14 @@ follows transformers' Llama/Qwen/DeepSeek code and was checked tensor by tensor 
   mask (1 byte per element on CUDA, e on CPU), without dropout the shared input; and the rank-r intermediate T·r·e.
 Layers below the lowest trained one keep nothing (freeze top_layers), and the lowest keeps nothing before the first
 thing that trains (frozen embeddings need no gradient: no input norm, and no attention when only the MLP trains).
-Head: the final norm's float32 input and the lm_head input, 2·T·h·4. Logits: the loss keeps float32 log-probabilities;
-the backward adds their gradient and the logits' gradient: b·s·V·(8 + e) at its start, which the backward working
-set of one layer, T·(2h + 2i)·e, rarely exceeds.
+Head: the final norm's float32 input and the lm_head input, T·h·4 + b·k·h·4, k = the positions the LM head runs on
+(s; GRPO: the completion, through `logits_to_keep`). Logits: the loss keeps float32 log-probabilities; the backward
+adds their gradient and the logits' gradient: b·k·V·(8 + e) at its start, which the backward working set of one
+layer, T·(2h + 2i)·e, rarely exceeds.
+GRPO (`thinktune plan --grpo-generations G --completion-length L`): a micro-batch of b prompts trains on b·G
+sequences of prompt + completion with k = L; full / freeze / ESFT keep a frozen copy of the weights as the KL
+reference (LoRA uses the disabled adapter). Sampling (no gradients: KV cache and one position's logits) needs less
+than the training pass and is not counted.
 With gradient checkpointing each layer keeps only its input (T·h·e) and one layer at a time is recomputed, so the
 second term becomes max(logits, one layer + its backward working set).
 """
@@ -107,6 +112,8 @@ class TrainSetup:
     gpus: int = 1
     padded: bool = True  # batches carry a padding mask (SDPA then repeats k/v and keeps a float mask per layer)
     device: Literal["cuda", "cpu"] = "cuda"  # CPU dropout keeps a full-width float mask, CUDA a 1-byte one
+    logits_len: int | None = None  # positions the LM head runs on (GRPO: the completion, `logits_to_keep`)
+    reference_copy: bool = False  # a frozen copy of the weights (GRPO / DPO reference for full, freeze, ESFT)
 
 
 @dataclass(frozen=True)
@@ -295,7 +302,7 @@ def weight_bytes(shape: ModelShape, setup: TrainSetup, trainable: int) -> int:
         quantised = sum(m.inputs * m.outputs for m in shape.linears if layer_index(m.name + ".") is not None)
         base = int(quantised * NF4_BYTES + (shape.total_params - quantised) * e)
     adapters = trainable * 4 if setup.method.name in PEFT_METHODS else 0  # PEFT upcasts adapters to float32
-    return base + adapters
+    return base * (2 if setup.reference_copy else 1) + adapters
 
 
 def _trained_layers(shape: ModelShape, method: MethodConfig) -> tuple[int, set[str]]:
@@ -403,8 +410,9 @@ def activation_bytes(shape: ModelShape, setup: TrainSetup) -> int:
         for i in range(lowest, shape.layers)
     ]
     T, h = _tokens(setup), shape.hidden
-    head = 2 * T * h * 4  # final norm (float32 input) and the lm_head input
-    logits = setup.batch_size * setup.seq_len * shape.vocab * (8 + e)  # log-probs, their gradient, logits' gradient
+    kept = setup.batch_size * (setup.logits_len or setup.seq_len)  # positions the LM head runs on
+    head = T * h * 4 + kept * h * 4  # final norm (float32 input) and the lm_head input
+    logits = kept * shape.vocab * (8 + e)  # log-probs, their gradient, logits' gradient
     width = shape.expert_intermediate * shape.experts_per_token if shape.moe else shape.intermediate
     backward = T * (2 * h + 2 * width) * e  # gradients alive inside the layer being back-propagated
     if setup.gradient_checkpointing and per_layer:
