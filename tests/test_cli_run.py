@@ -80,6 +80,19 @@ def test_doctor_reports_versions():
     assert r.returncode in (0, 1)
 
 
+def test_doctor_reports_cpu_bf16_from_the_cpu_flags():
+    import torch
+
+    from thinktune.doctor import cpu_bf16_flags, run_checks
+
+    if torch.cuda.is_available():
+        pytest.skip("the CPU bf16 line is shown when training runs on the CPU")
+    flags = open("/proc/cpuinfo").read().split()
+    assert cpu_bf16_flags() == [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
+    line = next(c for c in run_checks() if c.name == "cpu bf16")
+    assert line.value.startswith("yes" if cpu_bf16_flags() else "no") and line.ok
+
+
 @pytest.mark.slow
 def test_quickstart_path_on_bundled_smollm2(tmp_path):
     """The real model through the real CLI: conversion (cached), before/after eval, LoRA, reload via --adapter."""
