@@ -150,7 +150,14 @@ class TrainConfig(Section):
     eval_steps: int | None = Field(None, gt=0, description="Validate every N steps (loss + generation metrics).")
     early_stopping_patience: int | None = Field(None, gt=0, description="Stop after N validations without gain.")
     plateau_patience: int | None = Field(None, gt=0, description="Halve the lr after N validations without gain.")
-    metric_for_best: str = Field("val_loss", description="Validation metric for early stopping / plateau.")
+    metric_for_best: str = Field(
+        "val_loss", description="Validation metric for early stopping / plateau / load_best_at_end."
+    )
+    load_best_at_end: bool = Field(
+        False,
+        description="Validate the starting weights too, and end with the weights of the best validation "
+        "(metric_for_best) instead of the last step's. Needs eval_steps and data.validation.",
+    )
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="Label smoothing on the CE loss.")
     ewc_lambda: float = Field(0.0, ge=0, description="EWC penalty weight (needs ewc_fisher).")

@@ -226,6 +226,74 @@ def test_validation_early_stopping_and_plateau(tiny_model_dirs, tmp_path):
     assert any("val_loss" in r for r in read_metrics(tmp_path / "metrics.jsonl"))
 
 
+def scripted_loop(tiny_model_dirs, tmp_path, values: list[float], **train):
+    """A TrainLoop on a tiny LoRA whose validation returns `values` in turn and records the weights it saw."""
+    from accelerate import Accelerator
+
+    from tests.train.test_speed import lora_model, samples
+    from thinktune.config import TrainConfig
+    from thinktune.train.engine.loop import TrainLoop
+    from thinktune.train.engine.optim import build_optimizer, build_scheduler
+    from thinktune.train.engine.speed import build_make_batch, build_sft_loss_fn
+
+    cfg = TrainConfig(batch_size=2, max_steps=6, learning_rate=5e-2, loggers=[], warmup_ratio=0.0, **train)
+    model = lora_model(tiny_model_dirs)
+    data = samples(model.config.vocab_size)
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    optimizer = build_optimizer(params, cfg)
+    acc = Accelerator(cpu=True)
+    seen: list[dict[str, torch.Tensor]] = []
+
+    def validate():
+        seen.append({n: p.detach().clone() for n, p in params})
+        return {"val_loss": values[len(seen) - 1]}
+
+    loop = TrainLoop(
+        cfg=cfg,
+        accelerator=acc,
+        model=model,
+        params=params,
+        optimizer=optimizer,
+        scheduler=build_scheduler(optimizer, cfg, 6),
+        n_samples=len(data),
+        make_batch=build_make_batch(data, cfg, 0),
+        loss_fn=build_sft_loss_fn(model, cfg, accelerator=acc),
+        total_steps=6,
+        run_dir=tmp_path,
+        console=QUIET,
+        validate=validate,
+    )
+    return loop.run(), params, seen
+
+
+@pytest.mark.parametrize(("values", "best"), [([5.0, 3.0, 4.0, 6.0], 2), ([1.0, 3.0, 4.0, 6.0], 0)])
+def test_load_best_at_end_keeps_the_best_validated_weights(tiny_model_dirs, tmp_path, values, best):
+    result, params, seen = scripted_loop(tiny_model_dirs, tmp_path, values, eval_steps=2, load_best_at_end=True)
+    assert [v["step"] for v in result.validations] == [0, 2, 4, 6]  # the starting weights are validated too
+    assert result.best_step == best
+    kept = seen[best // 2]
+    for name, p in params:
+        torch.testing.assert_close(p.detach(), kept[name], rtol=0, atol=0)
+    assert any(not torch.equal(kept[n], seen[-1][n]) for n, _ in params)  # the last step's weights were different
+
+
+def test_without_load_best_the_run_ends_with_the_last_weights(tiny_model_dirs, tmp_path):
+    result, params, seen = scripted_loop(tiny_model_dirs, tmp_path, [3.0, 4.0, 6.0], eval_steps=2)
+    assert result.best_step is None and [v["step"] for v in result.validations] == [2, 4, 6]
+    for name, p in params:
+        torch.testing.assert_close(p.detach(), seen[-1][name], rtol=0, atol=0)
+
+
+def test_load_best_at_end_needs_validation(tiny_model_dirs, tmp_path):
+    from thinktune.errors import ConfigError
+
+    sets = base_sets(tiny_model_dirs["llama"], tmp_path, 2, "train.load_best_at_end=true")
+    with pytest.raises(ConfigError, match="load_best_at_end needs train.eval_steps"):
+        run_sft(load_config(None, sets), QUIET)
+    with pytest.raises(ConfigError, match="eval_steps needs data.validation"):
+        run_sft(load_config(None, [*sets, "train.eval_steps=1"]), QUIET)
+
+
 def test_time_budget_stops_after_the_step_that_crosses_it(tiny_model_dirs, tmp_path):
     sets = base_sets(tiny_model_dirs["llama"], tmp_path, 30, "eval.before=false", "eval.after=false")
     summary = run_sft(load_config(None, [*sets, "train.max_minutes=1e-6"]), QUIET)

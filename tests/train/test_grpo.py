@@ -546,6 +546,24 @@ def test_inner_iterations_record_old_logprobs_and_clip(llama, tmp_path):
     assert rows[1]["ratio"] != pytest.approx(1.0, abs=1e-6) or rows[1]["clip_fraction"] > 0
 
 
+def test_grpo_validates_and_keeps_the_best_weights(llama, tmp_path):
+    out = tmp_path / "best"
+    g = GRPOConfig(num_generations=2, max_completion_length=6, rewards=["tests.train.test_grpo:distinct_chars"])
+    extra = [
+        "data.validation=bundled:arithmetic/test",
+        "train.eval_steps=1",
+        "train.load_best_at_end=true",
+        "eval.before=false",
+        "eval.after=false",
+        "train.max_steps=2",
+    ]
+    summary = run_grpo(tiny_cfg(llama, out, *extra), g, console=Console(quiet=True))
+    steps = [v["step"] for v in summary["validations"]]
+    assert steps == [0, 1, 2] and all("val_loss" in v and "accuracy" in v for v in summary["validations"])
+    losses = [v["val_loss"] for v in summary["validations"]]
+    assert summary["best_step"] == steps[losses.index(min(losses))]
+
+
 def test_cli_grpo_with_a_yaml_section(llama, tmp_path):
     import os
     import subprocess

@@ -47,13 +47,14 @@ from thinktune.train.engine.losses import trained_positions
 from thinktune.train.engine.optim import build_optimizer, build_scheduler, total_optimizer_steps
 from thinktune.train.engine.sampler import batches_per_epoch
 from thinktune.train.engine.speed import configure_threads
-from thinktune.train.sft import Run, flat_params, mixed_precision
+from thinktune.train.sft import Run, flat_params, load_validation, mixed_precision, validate
 
 REFERENCE_ADAPTER = "reference"
 
 
 def setup_run(cfg: RunConfig, console: Console) -> tuple[Run, list[Reject]]:
-    """Accelerator, run directory with config.yaml, seed, model and tokenizer, held-out tasks (data.test).
+    """Accelerator, run directory with config.yaml, seed, model and tokenizer, held-out tasks (data.test) and
+    validation tasks (data.validation: train.eval_steps validates on them; load_best_at_end keeps the best).
 
     Returns the run and the unusable test records (the recipe writes them to rejects.jsonl with its own)."""
     check_method_environment(cfg.method, cfg.train)  # before any weights load
@@ -77,7 +78,8 @@ def setup_run(cfg: RunConfig, console: Console) -> tuple[Run, list[Reject]]:
         loaded = load_tasks(cfg.data.test, cfg.data.format, cfg.eval.max_samples)
         check_bad_fraction(loaded, cfg.data.max_bad_fraction, "test data")
         run.tasks, rejects = loaded.records, loaded.rejects
-    return run, rejects
+    run.validation, bad = load_validation(cfg)
+    return run, rejects + bad
 
 
 def disable_dropout(model: torch.nn.Module) -> None:
@@ -262,6 +264,7 @@ def run_policy_loop(
         console=run.console,
         after_step=lambda step: on_optimizer_step(acc.unwrap_model(run.model), run.cfg.method, step),
         log=log,
+        validate=(lambda: validate(run)) if (tcfg.eval_steps and run.validation) else None,
     )
     try:
         result = loop.run()
@@ -277,4 +280,6 @@ def run_policy_loop(
         "bad_steps": result.bad_steps,
         "train_tokens": result.tokens,
         "stopped_early": result.stopped_early,
+        "validations": result.validations,
+        "best_step": result.best_step,
     }

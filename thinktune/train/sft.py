@@ -74,6 +74,19 @@ class Run:
     validation: list[dict] | None = None
 
 
+def load_validation(cfg: RunConfig) -> tuple[list[dict] | None, list]:
+    """data.validation's tasks and rejects; train.eval_steps / load_best_at_end without it is a config error."""
+    if cfg.train.load_best_at_end and not cfg.train.eval_steps:
+        raise ConfigError("train.load_best_at_end needs train.eval_steps (how often to validate)")
+    if cfg.data.validation:
+        loaded = load_tasks(cfg.data.validation, cfg.data.format, cfg.eval.max_samples)
+        check_bad_fraction(loaded, cfg.data.max_bad_fraction, "validation data")
+        return loaded.records, loaded.rejects
+    if cfg.train.eval_steps:
+        raise ConfigError("train.eval_steps needs data.validation (a file with reference answers)")
+    return None, []
+
+
 def mixed_precision(choice: str) -> str:
     cuda = torch.cuda.is_available()
     if choice == "auto":
@@ -118,12 +131,8 @@ def setup(cfg: RunConfig, console: Console) -> Run:
         loaded = load_tasks(cfg.data.test, cfg.data.format, cfg.eval.max_samples)
         check_bad_fraction(loaded, cfg.data.max_bad_fraction, "test data")
         run.tasks, rejects = loaded.records, rejects + loaded.rejects
-    if cfg.data.validation:
-        loaded = load_tasks(cfg.data.validation, cfg.data.format, cfg.eval.max_samples)
-        check_bad_fraction(loaded, cfg.data.max_bad_fraction, "validation data")
-        run.validation, rejects = loaded.records, rejects + loaded.rejects
-    elif cfg.train.eval_steps:
-        raise ConfigError("train.eval_steps needs data.validation (a file with reference answers)")
+    run.validation, bad = load_validation(cfg)
+    rejects += bad
     write_rejects(rejects, run.dir / "rejects.jsonl")
     console.print(
         f"data: {len(run.data.samples)} training samples from {run.data.total_records} records, "
@@ -238,6 +247,7 @@ def train(run: Run, resume: str | None = None) -> dict[str, Any]:
         "stopped_early": result.stopped_early,
         "resumed_from": result.resumed_from,
         "validations": result.validations,
+        "best_step": result.best_step,
     }
 
 

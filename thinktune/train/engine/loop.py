@@ -47,6 +47,7 @@ class LoopResult:
     stopped_early: str | None = None
     resumed_from: str | None = None
     validations: list[dict[str, float]] = field(default_factory=list)
+    best_step: int | None = None  # train.load_best_at_end: the step whose weights the run ends with
 
 
 @dataclass
@@ -84,6 +85,11 @@ class TrainLoop:
             )
         spikes, plateau = SpikeDetector(cfg.spike_window), Plateau(mode=self._metric_mode())
         result = LoopResult(0, pos.tokens, 0.0, math.nan, resumed_from=str(resumed) if resumed else None)
+        if cfg.load_best_at_end:
+            if self.validate is None:
+                raise UserError("train.load_best_at_end needs train.eval_steps and data.validation")
+            if resumed is None:
+                self._validation(pos, plateau, result)  # the starting weights are a candidate too
         accum, micro_losses, parts_sum = cfg.gradient_accumulation_steps, [], {}
         window_tokens, window_start, start = 0, time.perf_counter(), time.perf_counter()
         carried = pos.seconds  # training time of the segments before this resume
@@ -183,6 +189,8 @@ class TrainLoop:
                             self._save(pos)
         result.steps, result.tokens = pos.step, pos.tokens * acc.num_processes
         result.seconds = time.perf_counter() - start
+        if cfg.load_best_at_end and self._best is not None:
+            self._restore_best(pos, result)
         result.bad_steps = pos.bad_steps
         return result
 
@@ -269,6 +277,19 @@ class TrainLoop:
     def _metric_mode(self) -> str:
         return "min" if "loss" in self.cfg.metric_for_best or "perplexity" in self.cfg.metric_for_best else "max"
 
+    _best: tuple[int, float, dict[str, torch.Tensor]] | None = None
+
+    def _restore_best(self, pos: TrainPosition, result: LoopResult) -> None:
+        step, value, weights = self._best
+        result.best_step = step
+        if step != pos.step:
+            with torch.no_grad():
+                for name, p in self.params:
+                    p.copy_(weights[name].to(p.device))
+        self.console.print(
+            f"load_best_at_end: ending with the weights of step {step} ({self.cfg.metric_for_best} {value:.4f})"
+        )
+
     def _validation(self, pos: TrainPosition, plateau: Plateau, result: LoopResult) -> None:
         values = self.validate()
         self.model.train()
@@ -286,6 +307,8 @@ class TrainLoop:
                 f"{', '.join(k for k in values if k != 'step')})"
             )
         improved = plateau.update(float(value))
+        if improved and self.cfg.load_best_at_end:  # a CPU copy of what trains (a LoRA: megabytes)
+            self._best = (pos.step, float(value), {n: p.detach().to("cpu", copy=True) for n, p in self.params})
         self.console.print(f"validation at step {pos.step}: {key} {value:.4f}" + (" (best)" if improved else ""))
         if not improved and self.cfg.plateau_patience and plateau.bad_evals % self.cfg.plateau_patience == 0:
             self.scheduler.base_lrs = [lr * 0.5 for lr in self.scheduler.base_lrs]
