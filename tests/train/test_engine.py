@@ -228,41 +228,17 @@ def test_validation_early_stopping_and_plateau(tiny_model_dirs, tmp_path):
 
 def scripted_loop(tiny_model_dirs, tmp_path, values: list[float], **train):
     """A TrainLoop on a tiny LoRA whose validation returns `values` in turn and records the weights it saw."""
-    from accelerate import Accelerator
-
-    from tests.train.test_speed import lora_model, samples
+    from tests.train.test_speed import tiny_loop
     from thinktune.config import TrainConfig
-    from thinktune.train.engine.loop import TrainLoop
-    from thinktune.train.engine.optim import build_optimizer, build_scheduler
-    from thinktune.train.engine.speed import build_make_batch, build_sft_loss_fn
 
     cfg = TrainConfig(batch_size=2, max_steps=6, learning_rate=5e-2, loggers=[], warmup_ratio=0.0, **train)
-    model = lora_model(tiny_model_dirs)
-    data = samples(model.config.vocab_size)
-    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    optimizer = build_optimizer(params, cfg)
-    acc = Accelerator(cpu=True)
     seen: list[dict[str, torch.Tensor]] = []
 
     def validate():
         seen.append({n: p.detach().clone() for n, p in params})
         return {"val_loss": values[len(seen) - 1]}
 
-    loop = TrainLoop(
-        cfg=cfg,
-        accelerator=acc,
-        model=model,
-        params=params,
-        optimizer=optimizer,
-        scheduler=build_scheduler(optimizer, cfg, 6),
-        n_samples=len(data),
-        make_batch=build_make_batch(data, cfg, 0),
-        loss_fn=build_sft_loss_fn(model, cfg, accelerator=acc),
-        total_steps=6,
-        run_dir=tmp_path,
-        console=QUIET,
-        validate=validate,
-    )
+    loop, params, _ = tiny_loop(tiny_model_dirs, cfg, tmp_path, 6, validate=validate)
     return loop.run(), params, seen
 
 

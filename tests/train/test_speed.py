@@ -166,14 +166,13 @@ def test_chunked_loss_only_for_plain_cross_entropy():
     assert not chunked_loss_applies(TrainConfig(loss_chunk_size=8, contrastive_weight=0.1), None)
 
 
-def train_steps(tiny_model_dirs, tmp_path, **levers) -> list[float]:
-    """A few TrainLoop steps on a tiny LoRA model (real loop: accumulation, clipping, schedule, token counts)."""
-    cfg = TrainConfig(batch_size=4, max_steps=4, learning_rate=1e-2, loggers=[], seed=0, warmup_ratio=0.0, **levers)
+def tiny_loop(tiny_model_dirs, cfg: TrainConfig, run_dir, steps: int, lengths=None, validate=None):
+    """A real TrainLoop (accumulation, clipping, schedule, token counts) on a tiny LoRA model; (loop, params, data)."""
     model = lora_model(tiny_model_dirs)
-    data = samples(model.config.vocab_size, lengths=(7, 19, 4, 12, 9, 3, 15, 6, 11, 5, 17, 8, 2, 14, 10, 13))
+    data = samples(model.config.vocab_size, **({"lengths": lengths} if lengths else {}))
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     optimizer = build_optimizer(params, cfg)
-    scheduler = build_scheduler(optimizer, cfg, 4)
+    scheduler = build_scheduler(optimizer, cfg, steps)
     acc = Accelerator(cpu=True)
     model, optimizer = acc.prepare(model, optimizer)
     loop = TrainLoop(
@@ -186,10 +185,19 @@ def train_steps(tiny_model_dirs, tmp_path, **levers) -> list[float]:
         n_samples=len(data),
         make_batch=build_make_batch(data, cfg, 0),
         loss_fn=build_sft_loss_fn(model, cfg, accelerator=acc),
-        total_steps=4,
-        run_dir=tmp_path / ("fast" if levers else "plain"),
+        total_steps=steps,
+        run_dir=run_dir,
         console=Console(quiet=True),
+        validate=validate,
     )
+    return loop, params, data
+
+
+def train_steps(tiny_model_dirs, tmp_path, **levers) -> list[float]:
+    """A few TrainLoop steps on a tiny LoRA model."""
+    cfg = TrainConfig(batch_size=4, max_steps=4, learning_rate=1e-2, loggers=[], seed=0, warmup_ratio=0.0, **levers)
+    lengths = (7, 19, 4, 12, 9, 3, 15, 6, 11, 5, 17, 8, 2, 14, 10, 13)
+    loop, params, data = tiny_loop(tiny_model_dirs, cfg, tmp_path / ("fast" if levers else "plain"), 4, lengths)
     result = loop.run()
     assert result.steps == 4 and result.tokens == sum(len(s.input_ids) for s in data)
     return [p.detach().clone() for _, p in params] + [torch.tensor(result.final_loss)]
