@@ -162,6 +162,39 @@ def test_unknown_references_raise(ref, fragment):
     assert fragment in str(e.value)
 
 
+@pytest.mark.parametrize(
+    ("suffix", "lines", "rejected"),
+    [
+        ("[2:5]", [3, 5], [4]),  # rows 2, 3, 4; row 3 (line 4) does not parse
+        ("[:40%]", [1, 2, 3], [4]),  # 40% of 10 rows
+        ("[-3:]", [8, 9, 10], []),
+        ("[7:]", [8, 9, 10], []),
+        ("[:]", [1, 2, 3, 5, 6, 7, 8, 9, 10], [4]),
+        ("[6:2]", [], []),
+    ],
+)
+def test_row_slices_select_rows_as_datasets_split_strings_do(tmp_path, suffix, lines, rejected):
+    f = tmp_path / "rows.jsonl"
+    rows = [dump({**ALPACA, "instruction": f"q{i}"}) for i in range(10)]
+    rows[3] = "{not json"
+    f.write_text("\n".join(rows) + "\n")
+    loaded = read_records(f"{f}{suffix}")
+    assert [r["meta"]["line"] for r in loaded.records] == lines
+    assert [r.line for r in loaded.rejects] == rejected
+
+
+def test_row_slice_of_a_bundled_set_and_a_bad_slice(tmp_path):
+    tail = read_records("bundled:arithmetic/train[480:]").records
+    full = read_records("bundled:arithmetic/train").records
+    assert len(tail) == len(full) - 480 and tail[0]["messages"] == full[480]["messages"]
+    assert resolve_path("bundled:arithmetic/train[:10]") == resolve_path("bundled:arithmetic/train")
+    with pytest.raises(DataError, match=r"a row slice looks like \[start:stop\]"):
+        read_records("bundled:arithmetic/train[first:last]")
+    odd = tmp_path / "odd[1:2]"  # a real file whose name ends like a slice is read whole
+    odd.write_text(dump(ALPACA) + "\n" + dump(ALPACA) + "\n")
+    assert len(read_records(str(odd)).records) == 2
+
+
 def test_directory_is_not_a_data_file(tmp_path):
     with pytest.raises(DataError, match="data file not found"):
         resolve_path(str(tmp_path))

@@ -2,6 +2,8 @@
 
 Inputs: JSONL (streamed line by line, never read whole), JSON arrays, CSV/TSV, Parquet (streamed in batches),
 `datasets` directories written by `save_to_disk`, and the bundled sets (`bundled:arithmetic/train`).
+A reference may end in a row slice, as `datasets` split strings do: `train.jsonl[:90%]`,
+`bundled:arithmetic/train[480:]`, `data.parquet[-100:]` (rows counted in file order, rejected rows included).
 "line" is the line a row starts on for text files (a CSV header is line 1) and the 1-based row number for
 Parquet and `datasets` directories.
 """
@@ -12,6 +14,7 @@ import codecs
 import contextlib
 import csv
 import json
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from importlib import resources
@@ -66,8 +69,40 @@ def is_dataset_dir(path: Path) -> bool:
     return path.is_dir() and any((path / m).is_file() for m in DATASET_DIR_MARKERS)
 
 
+ROW_SLICE = re.compile(r"\[(-?\d+%?)?:(-?\d+%?)?\]$")
+
+
+def split_row_slice(ref: str) -> tuple[str, tuple[str | None, str | None] | None]:
+    """`train.jsonl[10:50%]` → ("train.jsonl", ("10", "50%")); a reference without a slice (or a file whose name
+    really ends in brackets) → (ref, None)."""
+    if not ref.endswith("]") or Path(ref).exists():
+        return ref, None
+    m = ROW_SLICE.search(ref)
+    if m is None:
+        raise DataError(f"{ref}: a row slice looks like [start:stop] with row numbers or percentages, e.g. [:90%]")
+    return ref[: m.start()], (m.group(1), m.group(2))
+
+
+def row_range(bounds: tuple[str | None, str | None], path: Path, split: str | None) -> range:
+    """The rows a slice selects, as Python slicing does (negative = from the end, percentages of all rows)."""
+    needs_count = any(b is not None and (b.endswith("%") or b.startswith("-")) for b in bounds)
+    n = sum(1 for _ in iter_raw(path, split)) if needs_count else None
+
+    def index(b: str | None) -> int | None:
+        if b is None:
+            return None
+        return round(n * float(b[:-1]) / 100) if b.endswith("%") else int(b)
+
+    start, stop = index(bounds[0]), index(bounds[1])
+    if n is not None:
+        return range(*slice(start, stop).indices(n))
+    return range(start or 0, stop if stop is not None else 2**62)
+
+
 def resolve_path(ref: str) -> Path:
-    """`bundled:arithmetic/train` → the JSONL shipped in the package; anything else is a file or dataset dir."""
+    """`bundled:arithmetic/train` → the JSONL shipped in the package; anything else is a file or dataset dir (a row
+    slice at the end is ignored here: see `split_row_slice`)."""
+    ref, _ = split_row_slice(ref)
     if ref.startswith(BUNDLED_PREFIX):
         name = ref[len(BUNDLED_PREFIX) :].replace("/", "_")
         path = Path(str(resources.files("thinktune.data.bundled").joinpath(f"{name}.jsonl")))
@@ -271,8 +306,14 @@ def iter_records(
         spec = spec.model_copy(update={"columns": columns})
     check_format(spec.format, kind, f"{spec.path}: format")
     path = resolve_path(spec.path)
+    _, bounds = split_row_slice(spec.path)
+    rows = row_range(bounds, path, spec.split) if bounds else None
     name = str(path)
-    for line, raw in iter_raw(path, spec.split):
+    for i, (line, raw) in enumerate(iter_raw(path, spec.split)):
+        if rows is not None and i not in rows:
+            if i >= rows.stop:
+                break
+            continue
         if isinstance(raw, Exception):
             yield Reject(name, line, raw_error_reason(raw))
             continue
