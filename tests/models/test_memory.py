@@ -240,14 +240,15 @@ def test_plan_command(tiny_model_dirs):
     grpo = ["--seq-len", "128", "--grpo-generations", "8"]
     rl = CliRunner().invoke(app, [*args[:-1], "4", *grpo, "--completion-length", "48"], env={"COLUMNS": "200"})
     assert rl.exit_code == 0, rl.output
-    assert "4 prompts × G=8 = batch 32" in rl.output and "last 48 positions" in rl.output
-    assert "frozen KL reference copy" in rl.output  # method full
+    text = " ".join(rl.output.split())  # rich wraps at the console width
+    assert "4 prompts × G=8 = batch 32" in text and "last 48 positions" in text
+    assert "frozen KL reference copy" in text  # method full
     for extra, error in ((["--completion-length", "128"], "between 1 and --seq-len"),
                          (["--grpo-generations", "0"], "at least 1")):  # fmt: skip
         bad_rl = CliRunner().invoke(app, [*args, *grpo, *extra])
-        assert bad_rl.exit_code == 2 and error in bad_rl.output
+        assert bad_rl.exit_code == 2 and error in " ".join(bad_rl.output.split())
     alone = CliRunner().invoke(app, [*args, "--completion-length", "48"])
-    assert alone.exit_code == 2 and "needs --grpo-generations" in alone.output
+    assert alone.exit_code == 2 and "needs --grpo-generations" in " ".join(alone.output.split())
 
 
 def test_experts_profile_command(tiny_model_dirs, tmp_path):
