@@ -527,6 +527,7 @@ def train(
     run.console.print(
         f"grpo: {trainable:,} trainable of {total:,} parameters; G={g.num_generations}, "
         f"reference: {reference.kind if reference else 'none (beta=0)'}"
+        + (f"; process reward: {g.process_reward} ({g.process_credit} credit)" if g.process_reward else "")
     )
     opt = prepare_optimization(run, len(tasks), reference)
     reuse = RolloutReuse(g.num_iterations, tcfg.gradient_accumulation_steps)
