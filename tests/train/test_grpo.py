@@ -723,3 +723,4 @@ def test_process_supervised_run_logs_the_step_reward(llama, tmp_path):
     assert len(rows) == 2 and summary["grpo"]["process_reward"].endswith(":char_steps")
     for r in rows:
         assert 0 <= r["step_reward/char_steps"] <= 1 and math.isfinite(r["loss"])
+    assert (out / "plots" / "reward.png").read_bytes()[:4] == b"\x89PNG"  # reward and step-reward curves

@@ -547,9 +547,10 @@ def train(
     )
 
 
-def plot_rewards(metrics_path, out_png, names: list[str]) -> None:
-    """plots/reward.png: the mean total reward and each reward function's mean per optimizer step (thin), with a
-    trailing mean over 8 steps (thick): one step's few groups are noisy."""
+def plot_rewards(metrics_path, out_png, keys: list[str]) -> None:
+    """plots/reward.png: the mean total reward and each metrics key in `keys` (each reward function's mean, the
+    step reward's mean) per optimizer step (thin), with a trailing mean over 8 steps (thick): one step's few groups
+    are noisy."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -557,7 +558,7 @@ def plot_rewards(metrics_path, out_png, names: list[str]) -> None:
 
     rows = read_metrics(metrics_path)
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    for key in ["reward", *[f"reward/{n}" for n in names]]:
+    for key in ["reward", *keys]:
         pts = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
         if pts:
             xs, ys = [p[0] for p in pts], [p[1] for p in pts]
@@ -598,7 +599,10 @@ def run_grpo(
     adapter_dir = save(run)
     names = [reward_name(r) for r in g.rewards]
     if run.accelerator.is_main_process:
-        plot_rewards(run.dir / "metrics.jsonl", run.dir / "plots" / "reward.png", names)
+        keys = [f"reward/{n}" for n in names]
+        if g.process_reward:
+            keys.append(f"step_reward/{reward_name(g.process_reward)}")
+        plot_rewards(run.dir / "metrics.jsonl", run.dir / "plots" / "reward.png", keys)
     after = run_eval(run, "after") if cfg.eval.after else None
     rows = [r for r in read_metrics(run.dir / "metrics.jsonl") if "reward" in r]
     summary = {
