@@ -47,7 +47,16 @@ def plan(
 
     Example: `thinktune plan --model smollm2-135m-instruct --method full --batch-size 16 --seq-len 1024 --device 24GB`
     """
-    from thinktune.models.memory import GiB, TrainSetup, estimate, model_shape, parse_size, recommend, unsupported
+    from thinktune.models.memory import (
+        PEFT_METHODS,
+        GiB,
+        TrainSetup,
+        estimate,
+        model_shape,
+        parse_size,
+        recommend,
+        unsupported,
+    )
 
     sets = (
         list(set_ or [])
@@ -77,7 +86,7 @@ def plan(
         batch_size=prompts * (grpo_generations or 1),
         seq_len=seq,
         logits_len=(completion_length or seq) if rl else None,
-        reference_copy=rl and cfg.method.name in ("full", "freeze", "esft"),
+        reference_copy=rl and cfg.method.name not in PEFT_METHODS,  # as ReferencePolicy: a copy unless PEFT
         precision=precision,
         gradient_checkpointing=cfg.train.gradient_checkpointing
         if gradient_checkpointing is None
