@@ -1,6 +1,10 @@
 """Input formats: each is a small adapter from one raw JSON object to the canonical SFT record.
 
-Canonical SFT record: {"messages": [{"role", "content", "reasoning"}], "meta": {...}}.
+Canonical SFT record: {"messages": [{"role", "content", "reasoning"}], "meta": {...}}, plus where the data has them:
+`tools` on the record (OpenAI tool definitions), `tool_calls` on an assistant message (`[{"name", "arguments"}]`),
+`train: False` on an assistant message that is context only (LLaMA-Factory's `loss_weight: 0`), and
+`meta.enable_thinking` (bool) when a record says which thinking mode it is written in. A `tool` message holds a
+tool's result and must follow an assistant message with tool calls.
 Add a format = one function + one entry in FORMATS (+ one DETECT line if it can be recognised by its fields).
 Preference pairs and prompt+answer tasks have their own registries (preference.py, task.py); records.py dispatches.
 """
@@ -11,13 +15,17 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-ROLES = {"system", "user", "assistant"}
-SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
+from thinktune.data.record_error import RecordError
+from thinktune.data.tool_calls import parse_calls, parse_tools
+
+ROLES = {"system", "user", "assistant", "tool"}
+SHAREGPT_ROLES = {
+    "system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+    "function_call": "assistant", "observation": "tool", "tool": "tool",
+}  # fmt: skip
 THINK = re.compile(r"^\s*<think>(.*?)</think>\s*(.*)$", re.DOTALL)
-
-
-class RecordError(ValueError):
-    """This record cannot be used; the message is the reason written to rejects.jsonl."""
+# Content parts: OpenAI's {"type": "text", "text"}; LLaMA-Factory's {"type": "text"|"reasoning"|"tool_call", "value"}.
+PART_TYPES = ("text", "reasoning", "tool_call")
 
 
 def split_think(content: str) -> tuple[str | None, str]:
@@ -30,19 +38,65 @@ def split_think(content: str) -> tuple[str | None, str]:
     return m.group(1).strip(), m.group(2).strip()
 
 
-def message(role: Any, content: Any, reasoning: Any = None, where: str = "") -> dict[str, Any]:
+def content_parts(parts: list[Any], where: str) -> tuple[str, str | None, list[dict[str, Any]]]:
+    """(text, reasoning or None, tool calls) of a list of content parts."""
+    text, reasoning, calls = [], [], []
+    for j, part in enumerate(parts):
+        at = f"{where}content[{j}]: "
+        if not isinstance(part, dict):
+            raise RecordError(f"{at}a content part must be an object")
+        kind = part.get("type")
+        if kind not in PART_TYPES:
+            raise RecordError(f"{at}unknown content part type {kind!r} (expected {', '.join(PART_TYPES)})")
+        value = part.get("text", part.get("value"))
+        if kind == "tool_call":
+            calls += parse_calls(value, at)
+            continue
+        if not isinstance(value, str):
+            raise RecordError(f"{at}a {kind} part needs a string 'value' (or 'text')")
+        (reasoning if kind == "reasoning" else text).append(value)
+    return "".join(text), ("\n".join(reasoning) if reasoning else None), calls
+
+
+def message(
+    role: Any,
+    content: Any,
+    reasoning: Any = None,
+    where: str = "",
+    tool_calls: Any = None,
+    loss_weight: Any = None,
+) -> dict[str, Any]:
     """One canonical message, validated; `where` prefixes the reason (e.g. "messages[2]: ")."""
     if role not in ROLES:
-        raise RecordError(f"{where}unknown role {role!r} (expected system, user or assistant)")
+        raise RecordError(f"{where}unknown role {role!r} (expected system, user, assistant or tool)")
+    calls = parse_calls(tool_calls, f"{where}tool_calls: ") if tool_calls else []
+    if isinstance(content, list):
+        content, part_reasoning, part_calls = content_parts(content, where)
+        reasoning = reasoning if reasoning is not None else part_reasoning
+        calls += part_calls
+    if content is None and calls:
+        content = ""
     if not isinstance(content, str):
         raise RecordError(f"{where}content must be a string, got {type(content).__name__}")
     if reasoning is not None and not isinstance(reasoning, str):
         raise RecordError(f"{where}reasoning_content must be a string")
+    if calls and role != "assistant":
+        raise RecordError(f"{where}only assistant messages make tool calls")
     if role == "assistant" and reasoning is None:
         reasoning, content = split_think(content)
-    if role == "assistant" and not content.strip() and not (reasoning or "").strip():
+    if role == "assistant" and not content.strip() and not (reasoning or "").strip() and not calls:
         raise RecordError(f"{where}empty assistant message")
-    return {"role": role, "content": content, "reasoning": reasoning or None}
+    out: dict[str, Any] = {"role": role, "content": content, "reasoning": reasoning or None}
+    if calls:
+        out["tool_calls"] = calls
+    if loss_weight is not None:
+        if isinstance(loss_weight, bool) or not isinstance(loss_weight, int | float) or loss_weight not in (0, 1):
+            raise RecordError(f"{where}loss_weight must be 0 or 1, got {loss_weight!r}")
+        if loss_weight == 0 and role == "assistant":
+            out["train"] = False
+        elif loss_weight == 1 and role != "assistant":
+            raise RecordError(f"{where}loss_weight 1 on a {role} message: only assistant messages are trained")
+    return out
 
 
 def check_turns(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -50,7 +104,24 @@ def check_turns(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
         raise RecordError("no assistant message to learn from")
     if not any(m["role"] == "user" for m in messages):
         raise RecordError("no user message")
+    last_speaker = None
+    for i, m in enumerate(messages):
+        if m["role"] == "tool" and not (last_speaker and last_speaker.get("tool_calls")):
+            raise RecordError(f"messages[{i}]: a tool message without a preceding assistant tool call")
+        if m["role"] in ("user", "assistant", "system"):
+            last_speaker = m
     return messages
+
+
+def record_extras(raw: dict[str, Any]) -> dict[str, Any]:
+    """Record-level fields every conversation format may carry: `tools` and `enable_thinking`."""
+    out: dict[str, Any] = {}
+    if raw.get("tools") not in (None, "", [], "[]"):
+        out["tools"] = parse_tools(raw["tools"])
+    flag = raw.get("enable_thinking")
+    if flag is not None and not isinstance(flag, bool):
+        raise RecordError(f"field 'enable_thinking' must be true or false, got {flag!r}")
+    return out
 
 
 def from_messages(raw: dict[str, Any]) -> dict[str, Any]:
@@ -61,10 +132,20 @@ def from_messages(raw: dict[str, Any]) -> dict[str, Any]:
     for i, m in enumerate(msgs):
         if not isinstance(m, dict):
             raise RecordError(f"messages[{i}] must be an object")
-        if "content" not in m:
+        if "content" not in m and not m.get("tool_calls"):
             raise RecordError(f"messages[{i}]: missing field 'content'")
-        out.append(message(m.get("role"), m["content"], m.get("reasoning_content"), f"messages[{i}]: "))
-    return {"messages": check_turns(out), "meta": _meta(raw, "messages")}
+        reasoning = m.get("reasoning_content", m.get("reasoning"))
+        out.append(
+            message(
+                m.get("role"),
+                m.get("content"),
+                reasoning,
+                f"messages[{i}]: ",
+                m.get("tool_calls"),
+                m.get("loss_weight"),
+            )
+        )
+    return {"messages": check_turns(out), **record_extras(raw), "meta": _meta(raw, "messages")}
 
 
 def from_alpaca(raw: dict[str, Any]) -> dict[str, Any]:
@@ -97,8 +178,12 @@ def from_sharegpt(raw: dict[str, Any]) -> dict[str, Any]:
         role = SHAREGPT_ROLES.get(turn["from"])
         if role is None:
             raise RecordError(f"conversations[{i}]: unknown speaker {turn['from']!r}")
-        msgs.append(message(role, turn["value"], turn.get("reasoning_content"), f"conversations[{i}]: "))
-    return {"messages": check_turns(msgs), "meta": _meta(raw, "sharegpt")}
+        where = f"conversations[{i}]: "
+        if turn["from"] == "function_call":  # LLaMA-Factory: the assistant's call(s) as a JSON string
+            msgs.append(message(role, "", turn.get("reasoning_content"), where, tool_calls=turn["value"] or None))
+        else:
+            msgs.append(message(role, turn["value"], turn.get("reasoning_content"), where))
+    return {"messages": check_turns(msgs), **record_extras(raw), "meta": _meta(raw, "sharegpt")}
 
 
 def _single_turn(raw: dict[str, Any], prompt_key: str, response_key: str, fmt: str) -> dict[str, Any]:
@@ -181,7 +266,9 @@ def to_sft_record(raw: Any, fmt: str = "auto") -> dict[str, Any]:
     return FORMATS[detect_format(raw) if fmt == "auto" else fmt](raw)
 
 
-KNOWN_FIELDS = frozenset({"messages", "conversations", "instruction", "input", "output", "system", "reasoning_content"})
+KNOWN_FIELDS = frozenset(
+    {"messages", "conversations", "instruction", "input", "output", "system", "reasoning_content", "tools"}
+)
 
 
 def _meta(raw: dict[str, Any], fmt: str, known: set[str] | frozenset[str] = KNOWN_FIELDS) -> dict[str, Any]:

@@ -123,6 +123,10 @@ def _row_message(m: dict[str, Any]) -> dict[str, Any]:
     out = {"role": m["role"], "content": m["content"]}
     if m["reasoning"] is not None:
         out["reasoning_content"] = m["reasoning"]
+    if m.get("tool_calls"):
+        out["tool_calls"] = m["tool_calls"]
+    if m.get("train") is False:
+        out["loss_weight"] = 0
     return out
 
 
@@ -133,7 +137,8 @@ def to_row(rec: dict[str, Any]) -> dict[str, Any]:
         meta["origin"] = f"{rec['meta']['source']}:{rec['meta'].get('line')}"
     kind = record_kind(rec)
     if kind == "sft":
-        return {"messages": [_row_message(m) for m in rec["messages"]], **meta}
+        tools = {"tools": rec["tools"]} if rec.get("tools") else {}
+        return {"messages": [_row_message(m) for m in rec["messages"]], **tools, **meta}
     if kind == "preference":
         body = {"chosen": _row_message(rec["chosen"]), "rejected": _row_message(rec["rejected"])}
         return {"prompt": [_row_message(m) for m in rec["prompt"]], **body, **meta}
