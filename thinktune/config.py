@@ -15,6 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from thinktune.data.dataset_info import with_references
 from thinktune.data.spec import AugmentConfig, CleaningConfig, DatasetSpec
 from thinktune.errors import ConfigError
 
@@ -52,11 +53,40 @@ class DataConfig(Section):
     test: str | None = Field(
         "bundled:arithmetic/test", description="Held-out set for evaluation before and after training."
     )
+    dataset_dir: str | None = Field(
+        None,
+        description="A LLaMA-Factory data folder (holding `dataset_info.json`): `train`, `test` and `validation` may "
+        "then name its datasets (`[alpaca_en_demo, identity]`), read with each entry's formatting, columns, tags, "
+        "ranking and num_samples. Names become references `DIR/dataset_info.json#NAME` in the run's config.yaml.",
+    )
     format: Literal["auto", "messages", "alpaca", "sharegpt", "question_answer", "query_response", "text_context"] = (
         Field("auto", description="Record format; `auto` detects it per record.")
     )
     system_prompt: str | None = Field(
         None, description="System message added to every conversation that has none (training and evaluation)."
+    )
+    thinking: Literal["auto", "on", "off", "per-record"] = Field(
+        "auto",
+        description="Thinking mode each record is rendered in (the template's `enable_thinking`): `auto` = the "
+        "record's `enable_thinking` field, else on when it has reasoning; `on`/`off` = every record (off drops "
+        "reasoning); `per-record` = the record's field, on when absent. Chat, eval and serve use the same switch.",
+    )
+    multi_turn: Literal["every_turn", "last"] = Field(
+        "every_turn",
+        description="`every_turn`: every assistant turn is trained with the history as the template shows it at "
+        "inference (turns whose prompt extends the previous sample share one sequence); `last`: the final turn only.",
+    )
+    empty_think_in_loss: bool = Field(
+        False,
+        description="Non-thinking samples: train the empty think block the template writes after the generation "
+        "prompt (Qwen3 `<think>\\n\\n</think>`), instead of keeping it in the prompt as inference does.",
+    )
+    max_parity_mismatch: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Refuse the run when more than this fraction of samples tokenise differently from the inference "
+        "prompt (each mismatch is a reject with file:line and a short diff).",
     )
     max_length: int = Field(1024, gt=8, description="Token limit per sample; longer samples are rejected, not cut.")
     max_bad_fraction: float = Field(
@@ -77,6 +107,11 @@ class DataConfig(Section):
     @classmethod
     def _one_or_many(cls, v: Any) -> Any:
         return [v] if isinstance(v, (str, dict)) else v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _dataset_names(cls, data: Any) -> Any:
+        return with_references(data) if isinstance(data, dict) else data
 
 
 class MethodConfig(Section):

@@ -6,7 +6,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from thinktune.data.formats import RecordError
-from thinktune.data.render import IGNORE, render_prompt, template_messages, tokenize_conversation
+from thinktune.data.render import IGNORE, render_prompt, template_messages, tokenize_conversation, tokenize_record
 
 
 def m(role: str, content: str, reasoning: str | None = None) -> dict:
@@ -70,48 +70,32 @@ def runs_of_labels(labels: list[int]) -> list[list[int]]:
 
 @pytest.mark.parametrize("name", list(CONVERSATIONS))
 def test_loss_mask_covers_exactly_the_assistant_turns(tokenizer, name):
+    """Every assistant turn is trained once, as thinking + answer + end of turn, right after the exact inference
+    prompt of its history; nothing else is trained."""
     messages = CONVERSATIONS[name]
-    sample = tokenize_conversation(tokenizer, messages)
-    ids, labels = sample.input_ids, sample.labels
     eot = tokenizer.eos_token
     assert eot == "<|im_end|>"
-    assistants = [x for x in messages if x["role"] == "assistant"]
-
-    # the whole conversation is the template's text, nothing added or cut
-    text = tokenizer.apply_chat_template(template_messages(messages), tokenize=False)
-    assert tokenizer.decode(ids) == text
-    assert len(labels) == len(ids)
-    assert all(lab == IGNORE or lab == tok for lab, tok in zip(labels, ids, strict=True))
-
-    # trained tokens decode to each assistant turn + end-of-turn, one contiguous run per turn, in order
-    trained = [tok for tok in labels if tok != IGNORE]
-    expected = "".join(rendered_turn(a) + eot for a in assistants)
-    assert tokenizer.decode(trained) == expected
-    runs = runs_of_labels(labels)
-    assert [tokenizer.decode(r) for r in runs] == [rendered_turn(a) + eot for a in assistants]
-    assert sample.trained_tokens == len(trained)
-
-    # independent character-level check: token k is trained iff it lies inside an assistant span
-    spans, cursor = [], 0
-    for a in assistants:
-        header = "<|im_start|>assistant\n"
-        start = text.index(header + rendered_turn(a) + eot, cursor) + len(header)
-        end = start + len(rendered_turn(a) + eot)
-        spans.append((start, end))
-        cursor = end
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    assert enc["input_ids"] == ids
-    for k, (s, e) in enumerate(enc["offset_mapping"]):
-        inside = any(s >= a and e <= b for a, b in spans)
-        assert (labels[k] != IGNORE) == inside, (k, text[s:e])
-
-    # user / system text and role headers are never trained on
-    masked_text = tokenizer.decode(trained)
-    for other in messages:
-        if other["role"] != "assistant" and other["content"] not in expected:
-            assert other["content"] not in masked_text
-    assert "<|im_start|>" not in masked_text
-    assert "user" not in masked_text and "system" not in masked_text
+    samples = tokenize_record(tokenizer, {"messages": messages, "meta": {}})
+    assistants = [i for i, x in enumerate(messages) if x["role"] == "assistant"]
+    trained_turns = []
+    for sample in samples:
+        ids, labels = sample.input_ids, sample.labels
+        assert len(labels) == len(ids)
+        assert all(lab == IGNORE or lab == tok for lab, tok in zip(labels, ids, strict=True))
+        k = 0
+        for run in runs_of_labels(labels):
+            start = next(j for j in range(k, len(labels)) if labels[j] != IGNORE)
+            k = start + len(run)
+            turn = next(i for i in assistants if tokenizer.decode(run) == rendered_turn(messages[i]) + eot)
+            # what comes before the trained run is the inference prompt of the turn's history, token for token
+            prompt = render_prompt(tokenizer, messages[:turn])
+            assert ids[:start] == tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            trained_turns.append(turn)
+            masked = tokenizer.decode(run)
+            assert "<|im_start|>" not in masked and "user" not in masked and "system" not in masked
+    assert sorted(trained_turns) == assistants
+    if not any(x["reasoning"] for x in messages[: assistants[-1]]):
+        assert len(samples) == 1  # history kept as written: every turn shares one sequence
 
 
 def test_system_prompt_inserted_only_without_system_message(tokenizer):
@@ -185,9 +169,11 @@ def test_template_that_drops_history_reasoning_still_masks_answers(tokenizer):
         "{% if message['role'] == 'assistant' and not loop.last and '</think>' in c %}"
         "{% set c = c.split('</think>')[-1].lstrip() %}{% endif %}"
         "{{ '<|im_start|>' + message['role'] + '\n' + c + '<|im_end|>\n' }}"
-        "{% endfor %}"
+        "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
     )
     conv = CONVERSATIONS["multi_turn_all_reasoning"]
-    sample = tokenize_conversation(tokenizer, conv)
-    trained = [tokenizer.decode(r) for r in runs_of_labels(sample.labels)]
-    assert trained == ["Hello! How are you today?<|im_end|>", rendered_turn(conv[3]) + "<|im_end|>"]
+    first, second = tokenize_record(tokenizer, {"messages": conv, "meta": {}})
+    assert [tokenizer.decode(r) for r in runs_of_labels(first.labels)] == [rendered_turn(conv[1]) + "<|im_end|>"]
+    # the second turn's history shows the first answer without its thinking, as at inference: context, not trained
+    assert "Hello! How are you today?<|im_end|>" in tokenizer.decode(second.input_ids)
+    assert [tokenizer.decode(r) for r in runs_of_labels(second.labels)] == [rendered_turn(conv[3]) + "<|im_end|>"]

@@ -1,7 +1,10 @@
 """The data stage of a run: read the configured datasets, clean, tokenise, and account for every record not used.
 
-    read (streaming, any format) ─► clean (optional) ─► Arrow rows ─► tokenise (datasets.map, num_proc)
+    read (streaming, any format) ─► clean (optional) ─► Arrow rows ─► render + tokenise (datasets.map, num_proc)
         ─► cache (content hash) ─► weights per dataset ─► max_train_samples ─► TrainingData
+
+A record becomes one sample, or several with `data.multi_turn=every_turn` where its turns cannot share a sequence
+(column `part` numbers them; `first` marks a record's first row, so records are counted once).
 
 Rows are written to Arrow as they are read, so a file larger than memory only costs disk; the tokenised result
 stays memory-mapped and `TrainingData.samples` reads rows on demand. Rejected rows (unreadable, cleaned away,
@@ -29,8 +32,9 @@ from thinktune.data.cache import code_digest, data_cache_dir, file_digest, publi
 from thinktune.data.cleaning import Cleaner
 from thinktune.data.formats import RecordError
 from thinktune.data.reading import LoadedRecords, Reject, check_bad_fraction, iter_records, resolve_path
-from thinktune.data.render import TokenizedSample, tokenize_conversations
+from thinktune.data.render import RenderOptions, TokenizedSample, tokenize_record, tokenize_records
 from thinktune.data.spec import CleaningConfig, DataOptions, DatasetSpec, as_spec
+from thinktune.errors import DataError
 
 WRITE_BATCH = 1000
 STALE_BUILD_S = 24 * 3600
@@ -42,6 +46,7 @@ class TrainingData:
     rejects: list[Reject] = field(default_factory=list)
     total_records: int = 0
     records: Sequence[dict[str, Any]] = ()  # canonical records, aligned with samples
+    parts: Sequence[int] | None = None  # which sample of its record each sample is
     cache_hit: bool = False
     cleaning: dict[str, Any] | None = None  # CleaningReport.to_json() when the cleaning stage ran
 
@@ -88,6 +93,7 @@ def _features():
             "input_ids": List(Value("int32")),
             "labels": List(Value("int32")),
             "length": Value("int32"),
+            "part": Value("int32"),
         }
     )
 
@@ -129,20 +135,31 @@ def write_arrow(rows: Iterator[dict[str, Any]], path: Path) -> int:
     return n
 
 
+SAMPLE_COLUMNS = ("input_ids", "labels", "length", "part")
+
+
 def tokenize_rows(
-    batch: dict[str, list], tokenizer: PreTrainedTokenizerBase, system_prompt: str | None, max_length: int
+    batch: dict[str, list], tokenizer: PreTrainedTokenizerBase, options: RenderOptions
 ) -> dict[str, list]:
-    """datasets.map function: tokenise the readable rows of a batch; a failure becomes the row's reason."""
-    n = len(batch["record"])
-    ids, labels, lengths, reasons = [None] * n, [None] * n, [0] * n, list(batch["reason"])
-    todo = [i for i in range(n) if reasons[i] is None]
-    convs = [json.loads(batch["record"][i])["messages"] for i in todo]
-    for i, result in zip(todo, tokenize_conversations(tokenizer, convs, system_prompt, max_length), strict=True):
-        if isinstance(result, RecordError):
-            reasons[i] = str(result)
-        else:
-            ids[i], labels[i], lengths[i] = result.input_ids, result.labels, len(result.input_ids)
-    return {"input_ids": ids, "labels": labels, "length": lengths, "reason": reasons}
+    """datasets.map function: the readable rows of a batch → one row per sample (a failure: the row with its reason)."""
+    kept = [k for k in batch if k not in SAMPLE_COLUMNS]
+    out: dict[str, list] = {k: [] for k in (*kept, *SAMPLE_COLUMNS)}
+    todo = [i for i, reason in enumerate(batch["reason"]) if reason is None]
+    recs = [json.loads(batch["record"][i]) for i in todo]
+    results = dict(zip(todo, tokenize_records(tokenizer, recs, options), strict=True))
+    for i in range(len(batch["record"])):
+        result = results.get(i)
+        samples = result if isinstance(result, list) else [None]
+        for part, sample in enumerate(samples):
+            for key in kept:
+                out[key].append(batch[key][i])
+            if isinstance(result, RecordError):
+                out["reason"][-1] = str(result)
+            out["input_ids"].append(sample.input_ids if sample else None)
+            out["labels"].append(sample.labels if sample else None)
+            out["length"].append(len(sample.input_ids) if sample else 0)
+            out["part"].append(part)
+    return out
 
 
 @contextlib.contextmanager
@@ -162,8 +179,7 @@ def _quiet_datasets(quiet: bool) -> Iterator[None]:
 def build_dataset(
     specs: list[DatasetSpec],
     tokenizer: PreTrainedTokenizerBase,
-    system_prompt: str | None,
-    max_length: int,
+    options: RenderOptions,
     cleaning: CleaningConfig | None,
     out_dir: Path,
     num_proc: int = 1,
@@ -182,7 +198,7 @@ def build_dataset(
                 tokenize_rows,
                 batched=True,
                 batch_size=256,
-                fn_kwargs={"tokenizer": tokenizer, "system_prompt": system_prompt, "max_length": max_length},
+                fn_kwargs={"tokenizer": tokenizer, "options": options},
                 num_proc=min(num_proc, n) if num_proc > 1 else None,
                 features=_features(),
                 cache_file_name=str(work / "tokenized.arrow"),
@@ -206,8 +222,7 @@ def dataset_key(
             {**spec.model_dump(exclude={"weight"}), "sha256": file_digest(resolve_path(spec.path))} for spec in specs
         ],
         "tokenizer": tokenizer_digest(tokenizer),
-        "system_prompt": cfg.system_prompt,
-        "max_length": cfg.max_length,
+        "render": RenderOptions.from_config(cfg).__dict__,
         "cleaning": cleaning.model_dump() if cleaning else None,
         "code": code_digest(),
     }
@@ -242,7 +257,7 @@ def load_or_build(
         tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=root))
         try:
             report = build_dataset(
-                specs, tokenizer, cfg.system_prompt, cfg.max_length, opts.cleaning, tmp / "ds", opts.num_proc
+                specs, tokenizer, RenderOptions.from_config(cfg), opts.cleaning, tmp / "ds", opts.num_proc
             )
             if not opts.cache:
                 return load_from_disk(str(tmp / "ds"), keep_in_memory=True), specs, False, report
@@ -280,19 +295,35 @@ def prepare_training_data(
     rejected = ds.select(bad).select_columns(["file", "line", "reason", "rule"]).to_list() if len(bad) else []
     rejects = [Reject(r["file"], r["line"], r["reason"], r["rule"]) for r in rejected]
     unusable = [r for r in rejects if r.rule is None]  # cleaning removes records on purpose: not a data error
-    check_bad_fraction(LoadedRecords(records=[{}] * len(ok), rejects=unusable), cfg.max_bad_fraction, "training data")
+    records = int((ds.data.column("part").to_numpy() == 0).sum()) if len(ds) else 0
+    check_bad_fraction(
+        LoadedRecords(records=[{}] * (records - len(rejects)), rejects=unusable), cfg.max_bad_fraction, "training data"
+    )
+    check_parity(rejects, records, cfg.max_parity_mismatch)
     indices = weighted_indices(ds.data.column("dataset").to_numpy(), ok, specs, opts.seed)
     if cfg.max_train_samples:
         indices = indices[: cfg.max_train_samples]
-    columns = ds.select_columns(["input_ids", "labels", "length", "record"])
+    columns = ds.select_columns(["input_ids", "labels", "length", "record", "part"])
     return TrainingData(
         samples=ArrowRows(columns, indices, _sample),
         rejects=rejects,
-        total_records=len(ds),
+        total_records=records,
         records=ArrowRows(columns, indices, _record),
+        parts=ds.data.column("part").to_numpy()[indices].tolist(),
         cache_hit=hit,
         cleaning=report,
     )
+
+
+def check_parity(rejects: list[Reject], records: int, limit: float) -> None:
+    """Refuse the run when too many records train something other than what the model sees at inference."""
+    mismatched = [r for r in rejects if r.reason.startswith("parity mismatch")]
+    if mismatched and len(mismatched) / max(records, 1) > limit:
+        first = mismatched[0]
+        raise DataError(
+            f"training data: {len(mismatched)}/{records} records tokenise differently from their inference prompt "
+            f"(> data.max_parity_mismatch={limit}); first: {first.file}:{first.line}: {first.reason}"
+        )
 
 
 class _Overlay(Sequence):
@@ -329,6 +360,12 @@ def epoch_samples(
     varied = vary_templates(
         [data.records[i] for i in chosen], 1.0, opts.seed * 1_000_003 + epoch, opts.augment.templates
     )
-    results = tokenize_conversations(tokenizer, [r["messages"] for r in varied], cfg.system_prompt, cfg.max_length)
-    replaced = {i: s for i, s in zip(chosen, results, strict=True) if isinstance(s, TokenizedSample)}
+    options = RenderOptions.from_config(cfg)
+    replaced = {}
+    for i, rec in zip(chosen, varied, strict=True):
+        part = data.parts[i] if data.parts is not None else 0
+        with contextlib.suppress(RecordError):
+            samples = tokenize_record(tokenizer, rec, options)
+            if part < len(samples):
+                replaced[i] = samples[part]
     return _Overlay(data.samples, replaced)

@@ -19,7 +19,7 @@ from thinktune.data.dedup import exact_key
 from thinktune.data.language import detect_script
 from thinktune.data.reading import Reject
 from thinktune.data.records import conversation, full_text
-from thinktune.data.render import encode_with_offsets, render_conversation
+from thinktune.data.render import RenderOptions, encode_with_offsets, render_record
 
 BATCH = 256
 
@@ -133,7 +133,8 @@ def _token_stats(
     texts = []
     for rec in batch:
         try:
-            texts.append(render_conversation(tokenizer, conversation(rec), system_prompt).text)
+            as_sft = {**rec, "messages": conversation(rec)}
+            texts += [r.text for r in render_record(tokenizer, as_sft, RenderOptions(system_prompt))]
         except RecordError as e:
             stats.untrainable[str(e)] += 1
     for ids, _ in encode_with_offsets(tokenizer, texts):

@@ -8,7 +8,8 @@ Models write calls in their chat template's syntax; `extract_tool_calls` reads t
     Qwen2.5/Qwen3 (Hermes style)  <tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>
     DeepSeek-R1 / V3              <｜tool▁call▁begin｜>function<｜tool▁sep｜>NAME\\n```json\\n{...}\\n```
                                   <｜tool▁call▁end｜>
-`hermes_text` writes calls in the first syntax, for chat templates that have no tool-call syntax of their own.
+`tool_call_text` writes calls in one of these syntaxes, for chat templates that cannot render `tool_calls` themselves
+(DeepSeek-R1-Distill's template needs `content: None`, which transformers 5 drops before rendering).
 """
 
 from __future__ import annotations
@@ -92,6 +93,23 @@ def hermes_text(calls: list[dict[str, Any]]) -> str:
         + "\n</tool_call>"
         for c in calls
     )
+
+
+DEEPSEEK_CALL_TOKEN = "<｜tool▁call▁begin｜>"
+
+
+def deepseek_text(calls: list[dict[str, Any]]) -> str:
+    """DeepSeek-R1 / V3 syntax, as DeepSeek's own chat template writes calls."""
+    body = "\n".join(
+        f"{DEEPSEEK_CALL_TOKEN}function<｜tool▁sep｜>{c['name']}\n```json\n"
+        f"{json.dumps(c['arguments'], ensure_ascii=False)}\n```<｜tool▁call▁end｜>"
+        for c in calls
+    )
+    return f"<｜tool▁calls▁begin｜>{body}<｜tool▁calls▁end｜>"
+
+
+def tool_call_text(calls: list[dict[str, Any]], syntax: str) -> str:
+    return deepseek_text(calls) if syntax == "deepseek" else hermes_text(calls)
 
 
 @dataclass

@@ -25,9 +25,11 @@ from rich.console import Console
 
 from thinktune.config import RunConfig, Section
 from thinktune.data.collate import pad_batch
+from thinktune.data.dataset_info import reference
 from thinktune.data.formats import RecordError
-from thinktune.data.reading import Reject, check_bad_fraction, read_records, resolve_path, write_rejects
-from thinktune.data.render import TokenizedSample, encode_with_offsets, render_conversation, to_sample
+from thinktune.data.reading import KTO, Reject, check_bad_fraction, check_source, is_kto, read_records, write_rejects
+from thinktune.data.render import RenderOptions, TokenizedSample, tokenize_conversation
+from thinktune.data.spec import DatasetSpec
 from thinktune.errors import ConfigError, DataError
 from thinktune.methods import count_parameters
 from thinktune.train.policy import (
@@ -196,9 +198,10 @@ def tokenize_answer(
     tokenizer, prompt: list[dict], answer: dict, system_prompt: str | None, max_length: int | None
 ) -> TokenizedSample:
     """prompt + answer rendered by the chat template; labels on the final assistant turn only."""
-    rendered = render_conversation(tokenizer, [*prompt, answer], system_prompt)
-    [(ids, offsets)] = encode_with_offsets(tokenizer, [rendered.text])
-    return to_sample(ids, offsets, rendered.spans[-1:], max_length)
+    return tokenize_conversation(tokenizer, [*prompt, answer], system_prompt, max_length, opts=LAST_TURN)
+
+
+LAST_TURN = RenderOptions(multi_turn="last")
 
 
 @dataclass
@@ -210,13 +213,23 @@ class PreferenceData:
     rejects: list[Reject]
 
 
-def load_preferences(run: Run, files: list[str], loss: str) -> PreferenceData:
+def preference_kind(ref: str | DatasetSpec, loss: str) -> str:
+    """What a dataset is read as: pairs, or, for KTO, LLaMA-Factory's labelled single answers when it holds those."""
+    return KTO if loss == "kto" and is_kto(ref) else "preference"
+
+
+def _name(ref: str | DatasetSpec) -> str:
+    return ref if isinstance(ref, str) else ref.path
+
+
+def load_preferences(run: Run, files: list[str | DatasetSpec], loss: str) -> PreferenceData:
     cfg = run.cfg.data
-    records, rejects = [], []
+    records, labelled, rejects = [], [], []
     for ref in files:
-        loaded = read_records(ref, cfg.format if cfg.format != "messages" else "auto", kind="preference")
-        check_bad_fraction(loaded, cfg.max_bad_fraction, ref)
-        records += loaded.records
+        kind = preference_kind(ref, loss)
+        loaded = read_records(ref, cfg.format if cfg.format != "messages" else "auto", kind=kind)
+        check_bad_fraction(loaded, cfg.max_bad_fraction, _name(ref))
+        (labelled if kind == KTO else records).extend(loaded.records)
         rejects += loaded.rejects
     data = PreferenceData([], [], [], [], rejects)
     for rec in records:
@@ -231,8 +244,10 @@ def load_preferences(run: Run, files: list[str], loss: str) -> PreferenceData:
         data.rejected.append(r)
         if cfg.max_train_samples and len(data.records) >= cfg.max_train_samples:
             break
+    if labelled:
+        add_labelled_answers(run, data, labelled)
     if not data.records:
-        raise DataError(f"no usable preference pairs in {', '.join(files)} (see rejects.jsonl)")
+        raise DataError(f"no usable preference pairs in {', '.join(map(_name, files))} (see rejects.jsonl)")
     if loss == "kto":
         if len(data.records) < 2:
             raise DataError("dpo.loss=kto needs at least two pairs (its KL term pairs each prompt with another answer)")
@@ -245,6 +260,38 @@ def load_preferences(run: Run, files: list[str], loss: str) -> PreferenceData:
                 sample = data.chosen[i]  # the template refused the mix: fall back to the pair's own answer
             data.mismatched.append(sample)
     return data
+
+
+def add_labelled_answers(run: Run, data: PreferenceData, labelled: list[dict]) -> None:
+    """KTO scores every answer on its own (Ethayarajh et al. 2024, Eq. 8), so unpaired answers labelled desirable or
+    not (LLaMA-Factory's KTO data) need no partner: each is tokenised with its own prompt, and they are zipped into
+    rows (desirable, undesirable) that flow through the pair batches. The shorter side is cycled, so both kinds
+    count equally per epoch; dpo.desirable_weight / undesirable_weight set their balance."""
+    cfg = run.cfg.data
+    sides: dict[bool, list[tuple[dict, TokenizedSample]]] = {True: [], False: []}
+    for rec in labelled:
+        msgs, meta = rec["messages"], rec["meta"]
+        try:
+            if msgs[-1]["role"] != "assistant":
+                raise RecordError("a KTO answer must be the last turn (an assistant turn)")
+            sample = tokenize_answer(run.tokenizer, msgs[:-1], msgs[-1], cfg.system_prompt, cfg.max_length)
+        except RecordError as e:
+            data.rejects.append(Reject(meta.get("source", "?"), meta.get("line", 0), str(e)))
+            continue
+        sides[meta["kto_label"]].append(({"prompt": msgs[:-1], "answer": msgs[-1], "meta": meta}, sample))
+    good, bad = sides[True], sides[False]
+    if not good or not bad:
+        raise DataError(
+            f"dpo.loss=kto on labelled answers needs both kinds: {len(good)} desirable, {len(bad)} undesirable "
+            "usable (see rejects.jsonl)"
+        )
+    for i in range(max(len(good), len(bad))):
+        if cfg.max_train_samples and len(data.records) >= cfg.max_train_samples:
+            break
+        (g, chosen), (b, rejected) = good[i % len(good)], bad[i % len(bad)]
+        data.records.append({"prompt": g["prompt"], "chosen": g["answer"], "rejected": b["answer"], "meta": g["meta"]})
+        data.chosen.append(chosen)
+        data.rejected.append(rejected)
 
 
 def pair_batch(data: PreferenceData, indices: list[int], pad_id: int, ref: dict[str, torch.Tensor] | None):
@@ -356,8 +403,10 @@ def run_dpo(
     console = console or Console()
     wall = time.perf_counter()
     files = data_files or list(cfg.data.train)
+    if data_files and cfg.data.dataset_dir:  # --data may name datasets of data.dataset_dir, as data.train may
+        files = [reference(f, cfg.data.dataset_dir) for f in data_files]
     for ref in files:
-        resolve_path(ref)  # a missing file fails before the model loads
+        check_source(ref, preference_kind(ref, dpo.loss))  # a missing file or a non-pair dataset fails before loading
     run, test_rejects = setup_run(cfg, console)
     data = load_preferences(run, files, dpo.loss)
     write_rejects(data.rejects + test_rejects, run.dir / "rejects.jsonl")
