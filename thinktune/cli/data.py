@@ -1,6 +1,7 @@
 """`thinktune data ...`: check, describe, show, clean and split datasets.
 
 thinktune data validate my_train.jsonl
+thinktune data validate --dataset-dir data glaive_toolcall_en_demo dpo_en_demo --kind preference
 thinktune data stats my_train.jsonl --model smollm2-135m-instruct --max-length 2048
 thinktune data inspect my_train.jsonl -n 3 --no-thinking
 thinktune data clean raw.jsonl -o clean.jsonl --pii
@@ -20,9 +21,18 @@ import typer
 from thinktune.cli.app import console, data_app, user_errors
 from thinktune.errors import DataError, UserError
 
-Files = Annotated[list[str], typer.Argument(help="JSONL/JSON/CSV/TSV/Parquet files, `datasets` dirs, or bundled:NAME.")]
+Files = Annotated[
+    list[str],
+    typer.Argument(
+        help="JSONL/JSON/CSV/TSV/Parquet files, `datasets` dirs, bundled:NAME, or dataset names of --dataset-dir."
+    ),
+]
 FormatOpt = Annotated[str, typer.Option("--format", help="Record format (see docs/data.md); auto detects it.")]
-KindOpt = Annotated[str, typer.Option("--kind", help="sft, preference or task.")]
+KindOpt = Annotated[str, typer.Option("--kind", help="sft, preference, task, or kto (LLaMA-Factory KTO data).")]
+DatasetDirOpt = Annotated[
+    str | None,
+    typer.Option("--dataset-dir", help="LLaMA-Factory data folder: FILES may name datasets of its dataset_info.json."),
+]
 ColumnsOpt = Annotated[
     str | None,
     typer.Option("--columns", help='Column mapping: prompt=q,response=a  or JSON {"prompt": "q", ...}.'),
@@ -57,13 +67,18 @@ def parse_columns(text: str | None):
         raise UserError(f"--columns {text!r}: {detail}") from None
 
 
-def _sources(files: list[str], fmt: str, kind: str, columns: str | None, split: str | None) -> list[Any]:
+def _sources(
+    files: list[str], fmt: str, kind: str, columns: str | None, split: str | None, dataset_dir: str | None = None
+) -> list[Any]:
+    from thinktune.data.dataset_info import reference
+    from thinktune.data.reading import KTO
     from thinktune.data.records import check_format
     from thinktune.data.spec import DatasetSpec
 
-    check_format(fmt, kind)
+    check_format(fmt, "sft" if kind == KTO else kind)
     cols = parse_columns(columns)
-    return [DatasetSpec(path=f, format=fmt, columns=cols, split=split) for f in files]
+    refs = [reference(f, dataset_dir) for f in files] if dataset_dir else files
+    return [DatasetSpec(path=r, format=fmt, columns=cols, split=split) for r in refs]
 
 
 def _items(sources: list[Any], kind: str):
@@ -99,6 +114,7 @@ def data_validate(
     kind: KindOpt = "sft",
     columns: ColumnsOpt = None,
     split: SplitOpt = None,
+    dataset_dir: DatasetDirOpt = None,
 ) -> None:
     """Check that every record of each file is usable; list the bad ones with file, line and reason.
 
@@ -108,7 +124,7 @@ def data_validate(
     from thinktune.data.records import conversation
 
     bad = 0
-    for spec in _sources(files, format_, kind, columns, split):
+    for name, spec in zip(files, _sources(files, format_, kind, columns, split, dataset_dir), strict=True):
         usable, rejects, with_reasoning = 0, [], 0
         for item in _items([spec], kind):
             if isinstance(item, Reject):
@@ -117,7 +133,7 @@ def data_validate(
                 usable += 1
                 with_reasoning += any(m["reasoning"] for m in conversation(item))
         bad += len(rejects)
-        console.print(f"{spec.path}: {usable} usable, {len(rejects)} rejected, {with_reasoning} with reasoning")
+        console.print(f"{name}: {usable} usable, {len(rejects)} rejected, {with_reasoning} with reasoning")
         for r in rejects:
             console.print(f"  {r.file}:{r.line}: {r.reason}", highlight=False)
     if bad:
@@ -138,6 +154,7 @@ def data_stats(
     kind: KindOpt = "sft",
     columns: ColumnsOpt = None,
     split: SplitOpt = None,
+    dataset_dir: DatasetDirOpt = None,
 ) -> None:
     """Counts, token-length and thinking-length histograms, roles, duplicates, scripts, and how many records
     `--max-length` would reject.
@@ -146,7 +163,7 @@ def data_stats(
     """
     from thinktune.data.stats import compute_stats, histogram, summary, write_histogram_png
 
-    sources = _sources(files, format_, kind, columns, split)
+    sources = _sources(files, format_, kind, columns, split, dataset_dir)
     tokenizer = load_tokenizer_only(model)
     stats = compute_stats(_items(sources, kind), tokenizer, max_length, system_prompt)
     image = None if no_png else write_histogram_png(stats, png or Path("data_stats.png"), ", ".join(files))
@@ -185,7 +202,17 @@ def data_inspect(
     files: Files,
     num: Annotated[int, typer.Option("--num", "-n", help="Records to show.")] = 3,
     skip: Annotated[int, typer.Option("--skip", help="Records to skip first.")] = 0,
-    no_thinking: Annotated[bool, typer.Option("--no-thinking", help="Strip reasoning before rendering.")] = False,
+    no_thinking: Annotated[bool, typer.Option("--no-thinking", help="Same as --thinking off.")] = False,
+    thinking: Annotated[
+        str, typer.Option("--thinking", help="data.thinking: auto, on, off or per-record (see docs/data.md).")
+    ] = "auto",
+    multi_turn: Annotated[
+        str, typer.Option("--multi-turn", help="data.multi_turn: every_turn (one sample per turn) or last.")
+    ] = "every_turn",
+    empty_think_in_loss: Annotated[
+        bool, typer.Option("--empty-think-in-loss", help="data.empty_think_in_loss: train the empty think block.")
+    ] = False,
+    max_length: MaxLenOpt = 1024,
     color: Annotated[
         bool | None, typer.Option("--color/--no-color", help="Colour trained tokens (default: on a terminal).")
     ] = None,
@@ -195,17 +222,30 @@ def data_inspect(
     kind: KindOpt = "sft",
     columns: ColumnsOpt = None,
     split: SplitOpt = None,
+    dataset_dir: DatasetDirOpt = None,
 ) -> None:
-    """Render records exactly as training sees them: trained tokens in colour (or inside [[ ]] when piped).
+    """Render records exactly as training sees them: each sample (inference prompt + trained completion), trained
+    tokens in colour (or inside [[ ]] when piped), where the sample differs from the template's own render, and the
+    parity check of the training tokens against the inference prompt.
 
-    Example: `thinktune data inspect my_train.jsonl -n 2 --no-thinking | less`
+    Example: `thinktune data inspect my_train.jsonl -n 2 --thinking off | less`
     """
     from thinktune.data.formats import RecordError
-    from thinktune.data.inspection import masked_view
+    from thinktune.data.inspection import masked_views
     from thinktune.data.reading import Reject
-    from thinktune.data.records import conversation, record_kind, strip_reasoning
+    from thinktune.data.records import conversation, record_kind
+    from thinktune.data.render import THINKING_MODES, RenderOptions
 
-    sources = _sources(files, format_, kind, columns, split)
+    if no_thinking:
+        thinking = "off"
+    if thinking not in THINKING_MODES or multi_turn not in ("every_turn", "last"):
+        raise UserError(
+            f"--thinking {thinking} --multi-turn {multi_turn}: choose thinking from "
+            f"{', '.join(THINKING_MODES)} and multi-turn from every_turn, last"
+        )
+    options = RenderOptions(system_prompt, thinking, multi_turn, empty_think_in_loss, max_length)
+
+    sources = _sources(files, format_, kind, columns, split, dataset_dir)
     tokenizer = load_tokenizer_only(model)
     use_color = console.is_terminal if color is None else color
     out = console
@@ -216,27 +256,30 @@ def data_inspect(
     shown = 0
     records = (x for x in _items(sources, kind) if not isinstance(x, Reject))
     for rec in islice(records, skip, skip + num):
-        if no_thinking:
-            rec = strip_reasoning(rec)
         where = f"{rec['meta']['source']}:{rec['meta']['line']}"
         which = ("chosen", "rejected") if record_kind(rec) == "preference" else ("chosen",)
         for side in which:
             label = f" ({side})" if len(which) > 1 else ""
             try:
-                view = masked_view(tokenizer, conversation(rec, side), system_prompt)
+                views = masked_views(tokenizer, {**rec, "messages": conversation(rec, side)}, options)
             except RecordError as e:
                 out.print(f"── {where}{label}: cannot be trained on: {e}", highlight=False, soft_wrap=True)
                 continue
-            out.print(
-                f"── {where}{label} · {view.tokens} tokens · {view.trained_tokens} trained ──",
-                highlight=False,
-                soft_wrap=True,
-                style="bold" if use_color else None,
-            )
-            if use_color:
-                out.print(view.rich(), highlight=False, markup=False, soft_wrap=True)
-            else:
-                out.out(view.plain(), highlight=False)
+            for n, view in enumerate(views, start=1):
+                part = f" · sample {n}/{len(views)}" if len(views) > 1 else ""
+                out.print(
+                    f"── {where}{label}{part} · {view.tokens} tokens · {view.trained_tokens} trained · "
+                    f"parity {view.parity} ──",
+                    highlight=False,
+                    soft_wrap=True,
+                    style="bold" if use_color else None,
+                )
+                for note in view.notes:
+                    out.print(f"   note: {note}", highlight=False, soft_wrap=True)
+                if use_color:
+                    out.print(view.rich(), highlight=False, markup=False, soft_wrap=True)
+                else:
+                    out.out(view.plain(), highlight=False)
         shown += 1
     if not shown:
         raise DataError(f"no usable records to show in {', '.join(files)} (skip={skip})")
@@ -272,6 +315,7 @@ def data_clean(
     kind: KindOpt = "sft",
     columns: ColumnsOpt = None,
     split: SplitOpt = None,
+    dataset_dir: DatasetDirOpt = None,
 ) -> None:
     """Remove duplicates and low-quality records, optionally anonymise personal data; every removed record goes to
     the rejects file with the rule that removed it.
@@ -305,7 +349,7 @@ def data_clean(
     except ValidationError as e:
         err = e.errors()[0]
         raise UserError(f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}") from None
-    sources = _sources(files, format_, kind, columns, split)
+    sources = _sources(files, format_, kind, columns, split, dataset_dir)
     cleaner, removed = Cleaner(cfg), []
 
     def kept():
@@ -346,6 +390,7 @@ def data_split(
     kind: KindOpt = "sft",
     columns: ColumnsOpt = None,
     split: SplitOpt = None,
+    dataset_dir: DatasetDirOpt = None,
 ) -> None:
     """Split into train/test (or any named parts) so that duplicates and near-duplicates never straddle splits.
 
@@ -361,7 +406,7 @@ def data_split(
     if on not in ("prompt", "conversation"):
         raise UserError(f"--on {on}: choose prompt or conversation")
     records, rejects = [], []
-    for item in _items(_sources(files, format_, kind, columns, split), kind):
+    for item in _items(_sources(files, format_, kind, columns, split, dataset_dir), kind):
         (rejects if isinstance(item, Reject) else records).append(item)
     if not records:
         raise DataError(f"no usable records in {', '.join(files)}")
