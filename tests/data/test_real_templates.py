@@ -90,7 +90,7 @@ def test_r1_trains_the_reasoning_its_template_drops(r1, rec):
         == "<think>"
     )
     [view] = masked_views(r1, rec)
-    assert view.parity == "ok" and any("drops this turn's reasoning" in n for n in view.notes)
+    assert view.parity == "ok" and any("does not write this turn's reasoning" in n for n in view.notes)
 
 
 def test_r1_multi_turn_history_as_at_inference_each_turn_with_its_thinking(r1):
@@ -314,7 +314,7 @@ def test_r1_tiny_model_trains_end_to_end_on_the_think_trace(r1_model_dir, tmp_pa
     r = thinktune("data", "inspect", str(data), "-n", "1", "--model", str(r1_model_dir), "--no-color")
     assert r.returncode == 0, r.stderr[-2000:]
     assert "[[<think>\n1 + 2 = 3\n</think>\n\n\\boxed{3}<｜end▁of▁sentence｜>]]" in r.stdout
-    assert "parity ok" in r.stdout and "drops this turn's reasoning" in r.stdout
+    assert "parity ok" in r.stdout and "does not write this turn's reasoning" in r.stdout
     out = tmp_path / "run"
     r = thinktune(
         "train", "-o", str(out), "--set", f"model.name_or_path={r1_model_dir}", "--set", f"data.train=[{data}]",

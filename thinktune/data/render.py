@@ -224,7 +224,7 @@ def build_turn(
     reasoning = (turn.get("reasoning") or "").strip()
     dropped = bool(reasoning) and reasoning not in completion
     if dropped:
-        notes.append("the chat template drops this turn's reasoning: thinking trained from prompt + completion")
+        notes.append("the chat template does not write this turn's reasoning: its thinking is added to the completion")
     pos = min((completion.find(w) for w in written if w), default=0)  # where what the assistant says begins
     if dropped or (prefill and not completion.startswith(prefill)):
         completion = completion[:pos] + think_block(reasoning) + completion[pos:]
