@@ -5,6 +5,7 @@ formats.py      SFT adapters (messages, sharegpt, alpaca, question_answer, query
 preference.py   preference-pair adapters; task.py: prompt + answer adapters; columns.py: column mappings
 records.py      the three record kinds and what later stages ask of any record
 spec.py         DatasetSpec, ColumnMap, CleaningConfig, AugmentConfig (pydantic; config.py may import them)
+dataset_info.py LLaMA-Factory data folders: dataset_info.json names → references (config.py imports it)
 cleaning.py     quality filters, PII (pii.py), exact/near dedup (dedup.py); language.py: script detection
 render.py       chat template + loss mask; inspection.py: the masked view of `thinktune data inspect`
 prepare.py      the data stage of a run (Arrow, datasets.map, cache.py); packing.py + collate.py: batches

@@ -1,7 +1,8 @@
 """Read dataset files into canonical records; every unusable row becomes a reject with file, line and reason.
 
 Inputs: JSONL (streamed line by line, never read whole), JSON arrays, CSV/TSV, Parquet (streamed in batches),
-`datasets` directories written by `save_to_disk`, and the bundled sets (`bundled:arithmetic/train`).
+`datasets` directories written by `save_to_disk`, the bundled sets (`bundled:arithmetic/train`), and the entries of a
+LLaMA-Factory data folder (`data/dataset_info.json#alpaca_en_demo`: see dataset_info.py).
 A reference may end in a row slice, as `datasets` split strings do: `train.jsonl[:90%]`,
 `bundled:arithmetic/train[480:]`, `data.parquet[-100:]` (rows counted in file order, rejected rows included).
 "line" is the line a row starts on for text files (a CSV header is line 1) and the 1-based row number for
@@ -12,22 +13,31 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import copy
 import csv
 import json
+import random
 import re
-from collections.abc import Iterable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from thinktune.data.columns import kto_label
+from thinktune.data.dataset_info import INFO_FILE, entry_of
 from thinktune.data.formats import RecordError
 from thinktune.data.records import check_format, to_record, to_row
 from thinktune.data.spec import ColumnMap, DatasetSpec, as_spec
 from thinktune.errors import DataError
 
 BUNDLED_PREFIX = "bundled:"
-DATASET_DIR_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
+# What save_to_disk writes; a folder with only a dataset_info.json is a LLaMA-Factory data folder, not a dataset.
+DATASET_DIR_MARKERS = ("state.json", "dataset_dict.json")
+KTO = "kto"  # LLaMA-Factory KTO rows: SFT records whose meta.kto_label says if the last answer is desirable
+KIND_WORDS = {"sft": "conversations", "preference": "preference pairs", "task": "tasks", KTO: "KTO labelled answers"}
+NUM_SAMPLES_SEED = 0
 PARQUET_BATCH = 1024
 # CSV/Parquet cells holding a JSON list or object are decoded for these fields (a CSV cell is always text).
 STRUCTURED_FIELDS = {"messages", "conversations", "prompt", "chosen", "rejected"}
@@ -83,10 +93,11 @@ def split_row_slice(ref: str) -> tuple[str, tuple[str | None, str | None] | None
     return ref[: m.start()], (m.group(1), m.group(2))
 
 
-def row_range(bounds: tuple[str | None, str | None], path: Path, split: str | None) -> range:
-    """The rows a slice selects, as Python slicing does (negative = from the end, percentages of all rows)."""
-    needs_count = any(b is not None and (b.endswith("%") or b.startswith("-")) for b in bounds)
-    n = sum(1 for _ in iter_raw(path, split)) if needs_count else None
+def row_range(bounds: tuple[str | None, str | None], count: Callable[[], int], exact: bool = False) -> range:
+    """The rows a slice selects, as Python slicing does (negative = from the end, percentages of all rows);
+    `count` gives the number of rows, asked only when the bounds (or `exact`) need it."""
+    needs_count = exact or any(b is not None and (b.endswith("%") or b.startswith("-")) for b in bounds)
+    n = count() if needs_count else None
 
     def index(b: str | None) -> int | None:
         if b is None:
@@ -99,9 +110,20 @@ def row_range(bounds: tuple[str | None, str | None], path: Path, split: str | No
     return range(start or 0, stop if stop is not None else 2**62)
 
 
+def sample_rows(rows: range, k: int) -> Counter[int]:
+    """LLaMA-Factory's `num_samples`: k of the rows drawn without replacement, then with replacement for those
+    beyond the number of rows (every row is used before any repeats); seeded, so a run reads the same rows again."""
+    if not rows:
+        return Counter()
+    rng = random.Random(NUM_SAMPLES_SEED)
+    picks = rng.sample(rows, min(k, len(rows)))
+    return Counter(picks + [rng.choice(rows) for _ in range(k - len(picks))])
+
+
 def resolve_path(ref: str) -> Path:
-    """`bundled:arithmetic/train` → the JSONL shipped in the package; anything else is a file or dataset dir (a row
-    slice at the end is ignored here: see `split_row_slice`)."""
+    """`bundled:arithmetic/train` → the JSONL shipped in the package; `DIR/dataset_info.json#NAME` → the entry's file
+    or folder; anything else is a file or dataset dir (a row slice at the end is ignored here: see
+    `split_row_slice`)."""
     ref, _ = split_row_slice(ref)
     if ref.startswith(BUNDLED_PREFIX):
         name = ref[len(BUNDLED_PREFIX) :].replace("/", "_")
@@ -109,12 +131,28 @@ def resolve_path(ref: str) -> Path:
         if not path.is_file():
             raise DataError(f"{ref}: no such bundled dataset (available: {', '.join(bundled_names())})")
         return path
+    entry = entry_of(ref)
+    if entry is not None:
+        return entry.path
     path = Path(ref)
     if path.is_file() or is_dataset_dir(path):
         return path
+    if path.is_dir() and (path / INFO_FILE).is_file():
+        raise DataError(
+            f"{ref}: a LLaMA-Factory data folder (it holds {INFO_FILE}): set data.dataset_dir: {ref} (thinktune data: "
+            "--dataset-dir) and name its datasets"
+        )
     if path.is_dir():
         raise DataError(f"{ref}: data file not found (a directory that is not a `datasets` save_to_disk folder)")
+    if "/" not in ref and not path.suffix:
+        raise DataError(f"{ref}: data file not found (a dataset of a LLaMA-Factory data folder? set data.dataset_dir)")
     raise DataError(f"{ref}: data file not found")
+
+
+def source_files(ref: str) -> list[Path]:
+    """The files (or `datasets` directory) a reference reads, in order: one, or every file of an entry's folder."""
+    entry = entry_of(split_row_slice(ref)[0])
+    return list(entry.files) if entry is not None else [resolve_path(ref)]
 
 
 def bundled_names() -> list[str]:
@@ -297,33 +335,100 @@ def raw_error_reason(err: Exception) -> str:
     return str(err)
 
 
+def check_kind(spec: DatasetSpec, kind: str) -> None:
+    """Refuse, before a row is read, a dataset whose records are of another kind than the one asked for: a
+    LLaMA-Factory ranking entry outside preference data, a KTO dataset (a `kto_tag` column) outside KTO."""
+    if kind == KTO:
+        check_format(spec.format, "sft", f"{spec.path}: format")
+    else:
+        check_format(spec.format, kind, f"{spec.path}: format")
+    entry = entry_of(split_row_slice(spec.path)[0])
+    label = entry.where if entry else spec.path
+    wanted = KIND_WORDS.get(kind, kind)
+    kto_tag = spec.columns.kto_tag if spec.columns else None
+    if kto_tag and kind != KTO:
+        raise DataError(
+            f"{label}: a KTO dataset (single answers labelled by column '{kto_tag}'), not {wanted}: train on it with "
+            "`thinktune dpo --loss kto` (thinktune data: --kind kto)"
+        )
+    if kind == KTO and not kto_tag:
+        raise DataError(f"{label}: not a KTO dataset (no kto_tag column labels its answers desirable or not)")
+    if entry and entry.ranking and kind != "preference":
+        raise DataError(
+            f"{label}: a ranking dataset (ranking: true) holds preference pairs, not {wanted}: train on it with "
+            "`thinktune dpo` (thinktune data: --kind preference)"
+        )
+    if entry and not entry.ranking and kind == "preference":
+        raise DataError(f"{label}: not a ranking dataset (no ranking: true), so it holds no preference pairs")
+
+
+def check_source(source: str | DatasetSpec, kind: str = "sft") -> None:
+    """What iter_records refuses before reading a row (a missing file, a dataset of another kind), checked now:
+    recipes call it before loading a model."""
+    spec = as_spec(source)
+    check_kind(spec, kind)
+    source_files(spec.path)
+
+
+def is_kto(source: str | DatasetSpec) -> bool:
+    """Whether a dataset holds KTO's labelled single answers (a `kto_tag` column) rather than pairs."""
+    spec = as_spec(source)
+    return bool(spec.columns and spec.columns.kto_tag)
+
+
 def iter_records(
     source: str | DatasetSpec, fmt: str = "auto", kind: str = "sft", columns: ColumnMap | None = None
 ) -> Iterator[dict[str, Any] | Reject]:
-    """Canonical records and rejects, in file order, one row in memory at a time (JSONL, CSV, Parquet, dirs)."""
+    """Canonical records and rejects, in file order, one row in memory at a time (JSONL, CSV, Parquet, dirs).
+
+    kind "kto" reads a KTO dataset as SFT records with `meta.kto_label`. A dataset's `num_samples` repeats a row
+    drawn more than once (the copies are consecutive)."""
     spec = as_spec(source, fmt)
     if columns is not None:
         spec = spec.model_copy(update={"columns": columns})
-    check_format(spec.format, kind, f"{spec.path}: format")
-    path = resolve_path(spec.path)
+    check_kind(spec, kind)
+    files = source_files(spec.path)
     _, bounds = split_row_slice(spec.path)
-    rows = row_range(bounds, path, spec.split) if bounds else None
-    name = str(path)
-    for i, (line, raw) in enumerate(iter_raw(path, spec.split)):
+    rows = picks = None
+    if bounds or spec.num_samples:
+        count = lambda: sum(1 for _ in _file_rows(files, spec.split))  # noqa: E731
+        rows = row_range(bounds or (None, None), count, exact=spec.num_samples is not None)
+    if spec.num_samples:
+        picks = sample_rows(rows, spec.num_samples)
+    for i, (name, line, raw) in enumerate(_file_rows(files, spec.split)):
         if rows is not None and i not in rows:
             if i >= rows.stop:
                 break
             continue
-        if isinstance(raw, Exception):
-            yield Reject(name, line, raw_error_reason(raw))
-            continue
-        try:
+        times = picks[i] if picks is not None else 1
+        if times:
+            item = _record(raw, name, line, spec, kind)
+            yield item
+            for _ in range(times - 1):
+                yield copy.deepcopy(item)
+
+
+def _file_rows(files: list[Path], split: str | None) -> Iterator[tuple[str, int, Any | Exception]]:
+    for path in files:
+        name = str(path)
+        for line, raw in iter_raw(path, split):
+            yield name, line, raw
+
+
+def _record(raw: Any, name: str, line: int, spec: DatasetSpec, kind: str) -> dict[str, Any] | Reject:
+    if isinstance(raw, Exception):
+        return Reject(name, line, raw_error_reason(raw))
+    try:
+        if kind == KTO:
+            label = kto_label(raw, spec.columns)
+            rec = to_record(raw, "sft", spec.format, spec.columns)
+            rec["meta"]["kto_label"] = label
+        else:
             rec = to_record(raw, kind, spec.format, spec.columns)
-        except RecordError as e:
-            yield Reject(name, line, str(e))
-            continue
-        rec["meta"].update(source=name, line=line)
-        yield rec
+    except RecordError as e:
+        return Reject(name, line, str(e))
+    rec["meta"].update(source=name, line=line)
+    return rec
 
 
 def read_records(

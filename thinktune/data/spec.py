@@ -7,7 +7,6 @@ rest, so the data stage works the same before and after the fields are added to 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,17 +26,26 @@ class ColumnMap(_Section):
     prompt: str | None = Field(None, description="Column with the user's prompt (instruction).")
     query: str | None = Field(None, description="Column appended to the prompt after a blank line (alpaca `input`).")
     response: str | None = Field(None, description="Column with the assistant's answer.")
+    history: str | None = Field(None, description="Column with earlier [prompt, response] pairs (alpaca `history`).")
     system: str | None = Field(None, description="Column with the system prompt.")
+    tools: str | None = Field(None, description="Column with the tool definitions (a list or a JSON string).")
     reasoning: str | None = Field(None, description="Column with the assistant's reasoning (thinking).")
     messages: str | None = Field(None, description="Column with a list of turns (instead of prompt/response).")
     chosen: str | None = Field(None, description="Preference: column with the preferred answer.")
     rejected: str | None = Field(None, description="Preference: column with the dispreferred answer.")
+    kto_tag: str | None = Field(None, description="KTO: column whose true/false says if the last answer is desirable.")
     answer: str | None = Field(None, description="Reference answer (tasks; kept as meta.answer for SFT).")
     role_tag: str | None = Field(None, description="Key of a turn's role (default: `role`, else `from`).")
     content_tag: str | None = Field(None, description="Key of a turn's text (default: `content`, else `value`).")
     user_tag: str | None = Field(None, description="Role value of user turns (default: `user` or `human`).")
     assistant_tag: str | None = Field(None, description="Role value of assistant turns (default: `assistant`/`gpt`).")
     system_tag: str | None = Field(None, description="Role value of system turns (default: `system`).")
+    observation_tag: str | None = Field(
+        None, description="Role value of tool results (default: `observation` or `tool`)."
+    )
+    function_tag: str | None = Field(
+        None, description="Role value of the assistant's tool calls (default: `function_call`)."
+    )
 
     @model_validator(mode="after")
     def _something_mapped(self) -> ColumnMap:
@@ -47,20 +55,30 @@ class ColumnMap(_Section):
 
     @classmethod
     def from_dataset_info(cls, entry: dict[str, Any]) -> ColumnMap:
-        """The mapping of one LLaMA-Factory `dataset_info.json` entry (`formatting`, `columns`, `tags`)."""
-        cols = {k: v for k, v in (entry.get("columns") or {}).items() if k in cls.model_fields and v}
+        """The mapping of one LLaMA-Factory `dataset_info.json` entry (`formatting`, `columns`, `tags`, `ranking`).
+
+        As in LLaMA-Factory, the default columns (`instruction`/`input`/`output`, `chosen`/`rejected`) apply only
+        to an entry without `columns`: an entry that lists its columns has exactly those."""
+        listed = entry.get("columns")
+        cols = {k: v for k, v in (listed or {}).items() if k in cls.model_fields and v}
         tags = {k: v for k, v in (entry.get("tags") or {}).items() if k in cls.model_fields and v}
-        if entry.get("formatting", "alpaca") == "sharegpt":
+        if entry.get("formatting", "alpaca") in ("sharegpt", "openai"):
             cols.setdefault("messages", "conversations")
-        else:  # LLaMA-Factory's alpaca defaults
+        else:
             cols.setdefault("prompt", "instruction")
-            cols.setdefault("query", "input")
-            if not entry.get("ranking"):
-                cols.setdefault("response", "output")
+            if listed is None:
+                cols.setdefault("query", "input")
+                if not entry.get("ranking"):
+                    cols.setdefault("response", "output")
+        if listed is None and entry.get("ranking"):
+            cols.update(chosen="chosen", rejected="rejected")
         return cls(**cols, **tags)
 
     def source_columns(self) -> set[str]:
-        fields = ("prompt", "query", "response", "system", "reasoning", "messages", "chosen", "rejected", "answer")
+        fields = (
+            "prompt", "query", "response", "history", "system", "tools", "reasoning", "messages", "chosen",
+            "rejected", "kto_tag", "answer",
+        )  # fmt: skip
         return {getattr(self, f) for f in fields if getattr(self, f)}
 
 
@@ -68,7 +86,8 @@ class DatasetSpec(_Section):
     """One input dataset of a run: where it is, how to read it, and how much of it to use."""
 
     path: str = Field(
-        description="JSON/JSONL/CSV/TSV/Parquet file, a `datasets` save_to_disk directory, or bundled:NAME."
+        description="JSON/JSONL/CSV/TSV/Parquet file, a `datasets` save_to_disk directory, bundled:NAME, or an "
+        "entry of a LLaMA-Factory data folder: DIR/dataset_info.json#NAME."
     )
     format: str = Field("auto", description="Record format of this dataset (`auto` detects it per record).")
     columns: ColumnMap | None = Field(None, description="Column mapping; overrides `format`.")
@@ -76,6 +95,12 @@ class DatasetSpec(_Section):
         1.0, ge=0, description="Times each record is used per epoch: 2 = twice, 0.5 = a random half, 0 = skipped."
     )
     split: str | None = Field(None, description="Split of a `datasets` DatasetDict directory (default: the only one).")
+    num_samples: int | None = Field(
+        None,
+        gt=0,
+        description="Read this many rows drawn at random (seeded); more than there are repeats rows "
+        "(LLaMA-Factory's `num_samples`).",
+    )
 
     @field_validator("path")
     @classmethod
@@ -86,15 +111,8 @@ class DatasetSpec(_Section):
 
 
 def dataset_info_spec(path: str | Path, name: str, weight: float = 1.0) -> DatasetSpec:
-    """A DatasetSpec from entry `name` of a LLaMA-Factory dataset_info.json (its file_name is relative to it)."""
-    info_path = Path(path)
-    entry = json.loads(info_path.read_text()).get(name)
-    if not isinstance(entry, dict) or "file_name" not in entry:
-        raise ValueError(f"{info_path}: no dataset {name!r} with a file_name")
-    file = info_path.parent / entry["file_name"]
-    return DatasetSpec(
-        path=str(file), columns=ColumnMap.from_dataset_info(entry), weight=weight, split=entry.get("split")
-    )
+    """A DatasetSpec for entry `name` of a LLaMA-Factory dataset_info.json (see `data/dataset_info.py`)."""
+    return as_spec(DatasetSpec(path=f"{Path(path).as_posix()}#{name}", weight=weight))
 
 
 class CleaningConfig(_Section):
@@ -160,9 +178,12 @@ class DataOptions(_Section):
 
 
 def as_spec(item: str | DatasetSpec | dict[str, Any], fmt: str = "auto") -> DatasetSpec:
-    """A `data.train` entry (a path string, a spec, or a spec as a dict) as a DatasetSpec."""
-    if isinstance(item, DatasetSpec):
-        return item
+    """A `data.train` entry (a path string, a spec, or a spec as a dict) as a DatasetSpec; a reference to a
+    LLaMA-Factory entry (`data/dataset_info.json#name`) gets the entry's columns and num_samples."""
+    from thinktune.data.dataset_info import expand_spec  # it reads ColumnMap and DatasetSpec from this module
+
     if isinstance(item, str):
-        return DatasetSpec(path=item, format=fmt)
-    return DatasetSpec.model_validate({"format": fmt, **item})
+        item = DatasetSpec(path=item, format=fmt)
+    elif not isinstance(item, DatasetSpec):
+        item = DatasetSpec.model_validate({"format": fmt, **item})
+    return expand_spec(item)
