@@ -155,9 +155,15 @@ BAD = [
     ("missing_role", {"messages": [{"content": "hi"}]}, "auto", "unknown role None"),
     (
         "non_string_content",
+        {"messages": [{"role": "user", "content": 5}, {"role": "assistant", "content": "x"}]},
+        "auto",
+        "messages[0]: content must be a string, got int",
+    ),
+    (
+        "content_parts_not_objects",
         {"messages": [{"role": "user", "content": ["a", "b"]}, {"role": "assistant", "content": "x"}]},
         "auto",
-        "messages[0]: content must be a string, got list",
+        "messages[0]: content[0]: a content part must be an object",
     ),
     (
         "non_string_reasoning",
