@@ -19,11 +19,16 @@ def chat(
     adapter: Annotated[Path | None, typer.Option(help="PEFT adapter directory to apply.")] = None,
     prompt: Annotated[str | None, typer.Option("--prompt", "-p", help="Ask once and exit.")] = None,
     max_new_tokens: Annotated[int, typer.Option(help="Answer length limit.")] = 256,
+    thinking: Annotated[
+        bool | None,
+        typer.Option("--thinking/--no-thinking", help="The template's thinking switch (default: data.thinking)."),
+    ] = None,
 ) -> None:
     """Talk to a model: interactive, or one-shot with --prompt. Thinking is shown dimmed.
 
     Example: `thinktune chat --adapter runs/quickstart/adapter -p "Ana has 3 bags of 4 apples. How many apples?"`
     """
+    from thinktune.data.render import inference_thinking
     from thinktune.eval.job import load_adapter
     from thinktune.models import load_pretrained
     from thinktune.serve.chat import ChatSession
@@ -33,7 +38,8 @@ def chat(
         m, tok, _ = load_pretrained(cfg.model)
         if adapter:
             m = load_adapter(m, adapter)
-    session = ChatSession(m, tok, cfg.data.system_prompt, max_new_tokens)
+    enable_thinking = thinking if thinking is not None else inference_thinking(cfg.data.thinking)
+    session = ChatSession(m, tok, cfg.data.system_prompt, max_new_tokens, enable_thinking)
 
     def answer(text: str) -> None:
         thinking, reply = session.ask(text)

@@ -174,6 +174,16 @@ def record_thinking(rec: dict[str, Any], mode: str) -> bool | None:
     return flag
 
 
+def inference_thinking(mode: str, flag: bool | None = None) -> bool | None:
+    """The `enable_thinking` of a generation (eval, chat, GRPO rollouts) under `data.thinking`: `on`/`off` force it,
+    otherwise the task's own flag, else the template's default (thinking on)."""
+    if mode == "off":
+        return False
+    if mode == "on":
+        return True
+    return flag
+
+
 def _without_reasoning(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{**m, "reasoning": None} for m in messages]
 

@@ -39,7 +39,7 @@ from rich.console import Console
 
 from thinktune.config import DataConfig, RunConfig, Section
 from thinktune.data.reading import Reject, check_bad_fraction, read_records, write_rejects
-from thinktune.data.render import render_prompt
+from thinktune.data.render import inference_thinking, render_prompt
 from thinktune.errors import ConfigError, DataError
 from thinktune.eval.generate import stop_token_ids
 from thinktune.methods import count_parameters
@@ -331,7 +331,17 @@ def sample_groups(
     """G scored completions for each task, with group-relative advantages (on the CPU); with a step reward also
     per-token advantages (`token_advantages`: the completion's advantage plus its process advantages)."""
     model = run.accelerator.unwrap_model(run.model)
-    prompts = [render_prompt(run.tokenizer, t["prompt"], run.cfg.data.system_prompt) for t in tasks]
+    data = run.cfg.data
+    prompts = [
+        render_prompt(
+            run.tokenizer,
+            t["prompt"],
+            data.system_prompt,
+            tools=t.get("tools"),
+            enable_thinking=inference_thinking(data.thinking, t.get("meta", {}).get("enable_thinking")),
+        )
+        for t in tasks
+    ]
     was_training = model.training
     model.eval()
     batch, completions = sample_completions(
