@@ -94,6 +94,7 @@ class ScriptedModel(torch.nn.Module):
         self.device = torch.device("cpu")
         self.active_adapter: str | None = None
         self.calls: list[tuple[str | None, int]] = []  # (adapter, rows) per generate()
+        self.prompts: list[list[int]] = []  # each row's prompt ids (left padding included), per generate()
         self.steps = 0  # decoding steps run, over all calls
         self.step_seconds = 0.0  # pretend each step takes this long
 
@@ -108,6 +109,7 @@ class ScriptedModel(torch.nn.Module):
 
     def generate(self, input_ids, max_new_tokens, logits_processor, stopping_criteria, pad_token_id, **kwargs):
         self.calls.append((self.active_adapter, input_ids.shape[0]))
+        self.prompts += input_ids.tolist()
         done = torch.zeros(input_ids.shape[0], dtype=torch.bool)
         for step in range(max_new_tokens):
             self.steps += 1
@@ -132,14 +134,14 @@ THINKING_TEMPLATE = (
 )
 
 
-def scripted(adapters: tuple[str, ...] = ()) -> ServedModel:
-    """A ServedModel over ScriptedModel (adapter names are accepted, and only recorded)."""
+def scripted(adapters: tuple[str, ...] = (), text: str = SCRIPT, template: str = THINKING_TEMPLATE) -> ServedModel:
+    """A ServedModel over ScriptedModel writing `text` (adapter names are accepted, and only recorded)."""
     tokenizer = build_tiny_tokenizer()
-    tokenizer.chat_template = THINKING_TEMPLATE
-    return ServedModel(ScriptedModel(tokenizer, SCRIPT), tokenizer, "scripted", {a: Path(a) for a in adapters})
+    tokenizer.chat_template = template
+    return ServedModel(ScriptedModel(tokenizer, text), tokenizer, "scripted", {a: Path(a) for a in adapters})
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def make_scripted():
     return scripted
 

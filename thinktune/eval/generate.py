@@ -29,8 +29,8 @@ def generate_batch(
     temperature: float = 0.7,
 ) -> list[tuple[str, int]]:
     """(completion text, number of generated tokens) for each prompt."""
-    tokenizer.padding_side = "left"
-    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+    enc = left_padded(tokenizer(prompts, add_special_tokens=False)["input_ids"], tokenizer.pad_token_id)
+    enc = {k: v.to(model.device) for k, v in enc.items()}
     stops = stop_token_ids(tokenizer, model)
     kwargs = {"do_sample": True, "temperature": temperature} if do_sample else {"do_sample": False}
     out = model.generate(
@@ -48,6 +48,15 @@ def generate_batch(
         n = next((i + 1 for i, t in enumerate(ids) if t in stops), len(ids))
         results.append((tokenizer.decode(ids[:n], skip_special_tokens=True), n))
     return results
+
+
+def left_padded(rows: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """input_ids and attention_mask, padded on the left. Padded by hand: the tokenizer's own padding would change
+    its padding side and leave padding switched on in its Rust backend for whoever calls that directly next."""
+    width = max(len(r) for r in rows)
+    ids = [[pad_id] * (width - len(r)) + r for r in rows]
+    mask = [[0] * (width - len(r)) + [1] * len(r) for r in rows]
+    return {"input_ids": torch.tensor(ids), "attention_mask": torch.tensor(mask)}
 
 
 def batched(items: list, size: int) -> Iterator[list]:

@@ -1,4 +1,7 @@
-"""Run a model over evaluation tasks: batched generation, answer checking, format compliance, held-out loss."""
+"""Run a model over evaluation tasks: batched generation, answer checking, format compliance, held-out loss.
+
+A task whose reference is a tool call (`task["tool_calls"]`, see tasks.py) is scored on its calls (eval/tool_calls.py):
+`correct` means the calls equal the reference's, and the headline gains `tool_call_accuracy` and `tool_call_tasks`."""
 
 from __future__ import annotations
 
@@ -15,10 +18,12 @@ from thinktune.config import EvalConfig
 from thinktune.data.collate import pad_batch
 from thinktune.data.formats import RecordError
 from thinktune.data.render import render_prompt, tokenize_conversation
+from thinktune.data.tool_calls import calls_equal
 from thinktune.errors import ConfigError
 from thinktune.eval.generate import batched, generate_batch
 from thinktune.eval.metrics import compute_metrics, perplexity_from_loss
 from thinktune.eval.reasoning import answers_match, format_report, maj_at_k_correct, parse_output, pass_at_k
+from thinktune.eval.tool_calls import majority_calls_correct, score_tool_calls, tool_call_summary
 
 
 @dataclass
@@ -32,7 +37,7 @@ class EvalResult:
     n: int
     seconds: float
     samples: list[dict[str, Any]] = field(default_factory=list)
-    extra: dict[str, float] = field(default_factory=dict)
+    extra: dict[str, float | int] = field(default_factory=dict)
 
     def headline(self) -> dict[str, Any]:
         d = asdict(self)
@@ -49,7 +54,7 @@ def heldout_loss(
     samples = []
     for t in tasks:
         try:
-            samples.append(tokenize_conversation(tokenizer, t["messages"], system_prompt))
+            samples.append(tokenize_conversation(tokenizer, t["messages"], system_prompt, tools=t.get("tools")))
         except RecordError:
             continue
     total, count = 0.0, 0
@@ -74,7 +79,7 @@ def evaluate(
     model.eval()
     k = cfg.num_samples
     schema = load_schema(cfg.json_schema)
-    prompts = [render_prompt(tokenizer, t["prompt"], system_prompt) for t in tasks]
+    prompts = [render_prompt(tokenizer, t["prompt"], system_prompt, tools=t.get("tools")) for t in tasks]
     # Similar lengths together: less padding per batch. Results are put back in task order.
     order = sorted(range(len(tasks)), key=lambda i: len(prompts[i]))
     jobs = [i for i in order for _ in range(k)]
@@ -90,7 +95,8 @@ def evaluate(
     samples = [score_sample(t, outputs[i], tokenizer, schema) for i, t in enumerate(tasks)]
     loss = heldout_loss(model, tokenizer, tasks, system_prompt, cfg.batch_size)
     n = max(1, len(samples))
-    extra: dict[str, float] = {}
+    extra: dict[str, float | int] = {}
+    extra.update(tool_call_summary(samples))
     if k > 1:
         extra[f"pass@{k}"] = sum(s["pass_at_k"] for s in samples) / n
         extra[f"maj@{k}"] = sum(s["maj_correct"] for s in samples) / n
@@ -129,14 +135,27 @@ def score_sample(task: dict, outs: list[tuple[str, int]], tokenizer, schema: dic
         "think_tokens": think_tokens,
         "output_tokens": n_tokens,
     }
-    if len(outs) > 1:
-        answers = [parse_output(o).answer for o, _ in outs]
-        c = sum(answers_match(a, task["answer"]) for a in answers)
+    reference = task.get("tool_calls")
+    if reference:
+        score = score_tool_calls(text, reference)
         sample.update(
-            samples=[o for o, _ in outs],
-            pass_at_k=pass_at_k(len(outs), c, len(outs)),
-            maj_correct=maj_at_k_correct(answers, task["answer"]),
+            predicted=json.dumps(score.predicted, ensure_ascii=False) if score.predicted else None,
+            predicted_calls=score.predicted,
+            tool_call_errors=score.errors,
+            correct=score.correct,
+            tool_call_correct=score.correct,
+            format_ok=score.well_formed,
         )
+    if len(outs) > 1:
+        if reference:
+            predictions = [score_tool_calls(o, reference).predicted for o, _ in outs]
+            c = sum(calls_equal(p, reference) for p in predictions)
+            maj = majority_calls_correct(predictions, reference)
+        else:
+            answers = [parse_output(o).answer for o, _ in outs]
+            c = sum(answers_match(a, task["answer"]) for a in answers)
+            maj = maj_at_k_correct(answers, task["answer"])
+        sample.update(samples=[o for o, _ in outs], pass_at_k=pass_at_k(len(outs), c, len(outs)), maj_correct=maj)
     return sample
 
 

@@ -1,7 +1,8 @@
-"""Evaluation tasks: canonical SFT records turned into {prompt, answer, reference} records."""
+"""Evaluation tasks: canonical SFT records turned into {prompt, answer, reference} records (+ tools, tool_calls)."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from thinktune.data.formats import RecordError
@@ -10,15 +11,26 @@ from thinktune.eval.reasoning import extract_answer
 
 
 def to_task_record(sft: dict[str, Any]) -> dict[str, Any]:
-    """Prompt = messages before the last assistant turn; answer = the record's `answer` field or its boxed answer."""
+    """Prompt = messages before the last assistant turn; answer = the record's `answer` field or its boxed answer.
+
+    When that turn makes tool calls, they are the reference (`tool_calls`; `answer` shows them as JSON). The record's
+    `tools` go along, so the prompt is rendered with them."""
     msgs = sft["messages"]
     last = max(i for i, m in enumerate(msgs) if m["role"] == "assistant")
+    calls = msgs[last].get("tool_calls")
     answer = sft["meta"].get("answer")
+    if answer is None and calls:
+        answer = json.dumps(calls, ensure_ascii=False)
     if answer is None:
         answer = extract_answer(msgs[last]["content"])
     if answer is None:
         raise RecordError("no reference answer: add an 'answer' field or a \\boxed{} answer")
-    return {"prompt": msgs[:last], "answer": str(answer), "messages": msgs[: last + 1], "meta": sft["meta"]}
+    task = {"prompt": msgs[:last], "answer": str(answer), "messages": msgs[: last + 1], "meta": sft["meta"]}
+    if sft.get("tools"):
+        task["tools"] = sft["tools"]
+    if calls:
+        task["tool_calls"] = calls
+    return task
 
 
 def load_tasks(ref: str, fmt: str = "auto", limit: int | None = None) -> LoadedRecords:

@@ -1,4 +1,4 @@
-"""Serving: interactive chat now; the OpenAI-compatible server arrives here.
+"""Serving: interactive chat and the OpenAI-compatible server.
 
 chat.py           `thinktune chat`: a chat session over a loaded model
 server.py         `thinktune serve`: uvicorn, SIGTERM drains; BackgroundServer for tests and benchmarks
@@ -9,6 +9,7 @@ engine.py         the dynamic batcher: bounded queue (429), one worker thread ow
 sampling.py       per-row temperature / top-k / top-p / repetition penalty / seed inside one generate()
 detokenize.py     tokens → text one at a time; stop strings
 thinking.py       streamed <think> split into reasoning_content and content
+reply.py          generated text → reasoning_content, content and tool_calls (whole, or as stream deltas)
 adapters.py       base model + named LoRA adapters in one PeftModel
 metrics.py        Prometheus metrics of one server
 vllm_backend.py   `--backend vllm`: vLLM's OpenAI server with the same config

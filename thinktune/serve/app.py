@@ -1,6 +1,7 @@
 """The OpenAI-compatible HTTP API over the batching engine.
 
-POST /v1/chat/completions   chat; R1 thinking → `reasoning_content`, the answer → `content`; SSE with `stream: true`
+POST /v1/chat/completions   chat; R1 thinking → `reasoning_content`, the answer → `content` and `tool_calls`; SSE
+                            with `stream: true`
 POST /v1/completions        raw text completion
 GET  /v1/models             the base model and every adapter, by the name a request's `model` uses
 GET  /health                200 while serving, 503 while shutting down (readiness / liveness probes)
@@ -24,7 +25,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from thinktune.config import ServeConfig
-from thinktune.data.render import template_messages
+from thinktune.data.record_error import RecordError
+from thinktune.data.render import render_prompt
 from thinktune.serve.adapters import ServedModel
 from thinktune.serve.engine import (
     Engine,
@@ -43,6 +45,7 @@ from thinktune.serve.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
     GenerationFields,
+    canonical_messages,
     chat_chunk,
     chat_response,
     completion_chunk,
@@ -52,8 +55,9 @@ from thinktune.serve.protocol import (
     sse,
     usage_chunk,
 )
+from thinktune.serve.reply import ReplyStream, whole_reply
 from thinktune.serve.sampling import SamplingParams
-from thinktune.serve.thinking import ThinkingSplitter, prompt_opens_thinking, split_text
+from thinktune.serve.thinking import prompt_opens_thinking
 
 log = logging.getLogger("thinktune.serve")
 
@@ -107,18 +111,19 @@ class Api:
         reserved = RESERVED_TEMPLATE_KWARGS & set(body.chat_template_kwargs)
         if reserved:
             raise ApiError(400, f"chat_template_kwargs may not set {sorted(reserved)}", param="chat_template_kwargs")
-        messages = [
-            {"role": "system" if m.role == "developer" else m.role, "content": m.text(), "reasoning": None}
-            for m in body.messages  # earlier turns' reasoning is not shown to the model again, as in R1
-        ]
-        kwargs = {**body.chat_template_kwargs, "enable_thinking": body.thinking}
+        messages = canonical_messages(body.messages)
+        extra = {k: v for k, v in body.chat_template_kwargs.items() if k != "enable_thinking"}
         try:
-            return self.tokenizer.apply_chat_template(
-                template_messages(messages, self.served.system_prompt),
-                tokenize=False,
-                add_generation_prompt=True,
-                **kwargs,
+            return render_prompt(
+                self.tokenizer,
+                messages,
+                self.served.system_prompt,
+                tools=body.template_tools,
+                enable_thinking=body.thinking,
+                template_kwargs=extra,
             )
+        except RecordError as e:
+            raise ApiError(400, str(e), param="messages") from None
         except Exception as e:  # the template's own checks (role order, ...) raise many types
             raise ApiError(400, f"the chat template rejected these messages: {e}", param="messages") from None
 
@@ -215,26 +220,25 @@ class Api:
         in_thinking = prompt_opens_thinking(prompt)
         request, events = self.submit(prompt_ids, params, adapter)
         id = new_id("chatcmpl")
+        tools = bool(body.template_tools)
         if not body.stream:
             text, finished = await self.collect(request, events, model)
-            reasoning, content = split_text(text, in_thinking)
-            return chat_response(id, model, reasoning if body.thinking else None, content, finished)
+            message, reason = whole_reply(text, finished.reason, in_thinking, body.thinking, tools)
+            return chat_response(id, model, message, reason, finished)
 
         async def chunks(event: Event, next_event) -> AsyncIterator[dict[str, Any]]:
-            splitter = ThinkingSplitter(in_thinking)
+            reply = ReplyStream(in_thinking, body.thinking, tools)
             yield chat_chunk(id, model, {"role": "assistant", "content": ""})
-            while True:
-                parts = splitter.feed(event.text) if isinstance(event, TextDelta) else splitter.finish()
-                if parts.reasoning and body.thinking:
-                    yield chat_chunk(id, model, {"reasoning_content": parts.reasoning})
-                if parts.content:
-                    yield chat_chunk(id, model, {"content": parts.content})
-                if isinstance(event, Finished):
-                    yield chat_chunk(id, model, {}, event.reason)
-                    if body.include_usage:
-                        yield usage_chunk(id, model, "chat.completion.chunk", event)
-                    return
+            while isinstance(event, TextDelta):
+                for delta in reply.feed(event.text):
+                    yield chat_chunk(id, model, delta)
                 event = await next_event()
+            deltas, reason = reply.finish(event.reason)
+            for delta in deltas:
+                yield chat_chunk(id, model, delta)
+            yield chat_chunk(id, model, {}, reason)
+            if body.include_usage:
+                yield usage_chunk(id, model, "chat.completion.chunk", event)
 
         return await self.stream(request, events, model, chunks)
 

@@ -3,6 +3,9 @@
 Extensions that vLLM also accepts: `top_k`, `repetition_penalty`, `ignore_eos`, `chat_template_kwargs` (e.g.
 `{"enable_thinking": false}`, as for Qwen3) and a top-level `enable_thinking`. Reasoning comes back as
 `message.reasoning_content` / `delta.reasoning_content`, the field vLLM and DeepSeek use.
+
+Tools: `tools`, `tool_choice` "auto" / "none", assistant messages with `tool_calls` (and `reasoning_content`), `tool`
+messages; `canonical_messages` turns a request's messages into the data layer's canonical messages.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from thinktune.data.record_error import RecordError
+from thinktune.data.tool_calls import parse_calls, parse_tools
 from thinktune.serve.engine import Finished
 from thinktune.serve.sampling import SamplingParams
 
@@ -53,6 +58,9 @@ class Message(BaseModel):
     model_config = ConfigDict(extra="ignore")
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
+    reasoning_content: str | None = None
+    tool_calls: list[Any] | None = None  # OpenAI's {"id", "type", "function": {"name", "arguments"}}; see parse_calls
+    tool_call_id: str | None = None
 
     def text(self) -> str:
         if isinstance(self.content, list):
@@ -132,12 +140,27 @@ class ChatCompletionRequest(GenerationFields):
     chat_template_kwargs: dict[str, Any] = Field(default_factory=dict)
     enable_thinking: bool | None = None
     tools: list[Any] | None = None
+    tool_choice: Any = None
 
-    @model_validator(mode="after")
-    def _no_tools(self) -> ChatCompletionRequest:
-        if self.tools:
-            raise ValueError("tools are not supported")
-        return self
+    @field_validator("tools")
+    @classmethod
+    def _tools(cls, v: list[Any] | None) -> list[dict[str, Any]] | None:
+        try:
+            return parse_tools(v, "") if v else None
+        except RecordError as e:
+            raise ValueError(str(e)) from None
+
+    @field_validator("tool_choice")
+    @classmethod
+    def _tool_choice(cls, v: Any) -> str | None:
+        if v not in (None, "auto", "none"):
+            raise ValueError('only "auto" and "none" are supported (no forced or required calls)')
+        return v
+
+    @property
+    def template_tools(self) -> list[dict[str, Any]] | None:
+        """The tools the model is shown and whose calls are parsed from its answer; none for tool_choice "none"."""
+        return None if self.tool_choice == "none" else self.tools
 
     @property
     def thinking(self) -> bool:
@@ -145,6 +168,42 @@ class ChatCompletionRequest(GenerationFields):
         if self.enable_thinking is not None:
             return self.enable_thinking
         return bool(self.chat_template_kwargs.get("enable_thinking", True))
+
+
+def canonical_messages(messages: list[Message]) -> list[dict[str, Any]]:
+    """The request's messages as canonical messages (thinktune.data.formats): developer → system, tool calls as
+    `{"name", "arguments": dict}`, assistant `reasoning_content` kept (the chat template decides whether history shows
+    it). Raises ApiError (400) for calls whose arguments are not JSON and tool messages that answer no call."""
+    out: list[dict[str, Any]] = []
+    call_ids: set[str] | None = None  # ids of the calls the latest assistant message made (None: it made none)
+    for i, m in enumerate(messages):
+        where = f"messages[{i}]: "
+        msg: dict[str, Any] = {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+        msg["reasoning"] = m.reasoning_content if m.role == "assistant" and m.reasoning_content else None
+        if m.tool_calls and m.role != "assistant":
+            raise ApiError(400, f"{where}only assistant messages have tool_calls", param="messages")
+        if m.role == "assistant":
+            call_ids = None
+            if m.tool_calls:
+                try:
+                    msg["tool_calls"] = parse_calls(m.tool_calls, f"{where}tool_calls: ")
+                except RecordError as e:
+                    raise ApiError(400, str(e), param="messages") from None
+                call_ids = {c["id"] for c in m.tool_calls if isinstance(c, dict) and isinstance(c.get("id"), str)}
+        elif m.role == "tool":
+            if call_ids is None:
+                raise ApiError(
+                    400, f"{where}a tool message must follow an assistant message with tool_calls", param="messages"
+                )
+            if m.tool_call_id and call_ids and m.tool_call_id not in call_ids:
+                raise ApiError(
+                    400, f"{where}tool_call_id {m.tool_call_id!r} answers none of the preceding tool_calls",
+                    param="messages",
+                )  # fmt: skip
+        else:
+            call_ids = None
+        out.append(msg)
+    return out
 
 
 class CompletionRequest(GenerationFields):
@@ -175,14 +234,15 @@ def usage(finished: list[Finished]) -> dict[str, int]:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
-def chat_response(id: str, model: str, reasoning: str | None, content: str, finished: Finished) -> dict[str, Any]:
-    message = {"role": "assistant", "content": content, "reasoning_content": reasoning}
+def chat_response(
+    id: str, model: str, message: dict[str, Any], finish_reason: str, finished: Finished
+) -> dict[str, Any]:
     return {
         "id": id,
         "object": "chat.completion",
         "created": now(),
         "model": model,
-        "choices": [{"index": 0, "message": message, "finish_reason": finished.reason, "logprobs": None}],
+        "choices": [{"index": 0, "message": message, "finish_reason": finish_reason, "logprobs": None}],
         "usage": usage([finished]),
     }
 

@@ -2,7 +2,8 @@
 
 Equivalent command line (what `vllm_args` builds):
     vllm serve MODEL_DIR --served-model-name NAME --host H --port P --max-num-seqs MAX_BATCH \\
-        --enable-lora --max-lora-rank R --lora-modules name=adapter_dir ... [--reasoning-parser qwen3|deepseek_r1]
+        --enable-lora --max-lora-rank R --lora-modules name=adapter_dir ... [--reasoning-parser qwen3|deepseek_r1] \\
+        [--enable-auto-tool-choice --tool-call-parser hermes|deepseek_v3]
 Not exercised by the test suite (no GPU there): only the argument list and the missing-vLLM error are tested.
 """
 
@@ -16,9 +17,9 @@ import sys
 from pathlib import Path
 
 from thinktune.config import RunConfig
-from thinktune.errors import EnvironmentProblem
+from thinktune.errors import EnvironmentProblem, ModelNotFoundError
 from thinktune.models import resolve_model
-from thinktune.models.loading import load_tokenizer
+from thinktune.models.loading import ModelSource, load_tokenizer
 
 VLLM_SERVER = "vllm.entrypoints.openai.api_server"
 LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # the values vLLM's --max-lora-rank accepts
@@ -59,6 +60,24 @@ def reasoning_parser(model_dir: Path) -> str | None:
     return "deepseek_r1" if "</think>" in vocab else None
 
 
+def tool_call_parser(chat_template: str) -> str | None:
+    """vLLM's parser for the tool-call syntax the chat template teaches (the syntax our server reads too)."""
+    if "<tool_call>" in chat_template:
+        return "hermes"  # Qwen2.5 / Qwen3
+    if "<｜tool▁calls▁begin｜>" in chat_template:
+        return "deepseek_v3"  # DeepSeek-V3 / R1
+    return None
+
+
+def chat_template(cfg: RunConfig, source: ModelSource) -> str:
+    if cfg.model.chat_template or source.gguf_file:
+        return cfg.model.chat_template or ""
+    try:
+        return load_tokenizer(source).chat_template or ""
+    except ModelNotFoundError:  # no template at all: vLLM serves completions only
+        return ""
+
+
 def vllm_args(cfg: RunConfig, served_model_name: str | None = None) -> list[str]:
     source = resolve_model(cfg.model.name_or_path, cfg.model.gguf_file)
     model = str(source.path / source.gguf_file) if source.gguf_file else str(source.path)
@@ -78,6 +97,9 @@ def vllm_args(cfg: RunConfig, served_model_name: str | None = None) -> list[str]
     parser = None if source.gguf_file else reasoning_parser(source.path)
     if parser:
         args += ["--reasoning-parser", parser]
+    tools = tool_call_parser(chat_template(cfg, source))
+    if tools:  # without these vLLM refuses requests with tools and tool_choice "auto"
+        args += ["--enable-auto-tool-choice", "--tool-call-parser", tools]
     if cfg.serve.adapters:
         args += ["--enable-lora", "--max-loras", str(len(cfg.serve.adapters))]
         args += ["--max-lora-rank", str(max_lora_rank(cfg.serve.adapters))]
