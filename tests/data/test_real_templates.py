@@ -12,11 +12,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from transformers import AutoTokenizer
 
 from thinktune.data.formats import RecordError, to_sft_record
 from thinktune.data.inspection import masked_views
 from thinktune.data.render import IGNORE, RenderOptions, render_prompt, render_record, tokenize_record
+from thinktune.models.loading import ModelSource, load_tokenizer
 
 ROOT = Path(__file__).parents[2]
 TEMPLATES = ROOT.parent / "shared" / "templates"
@@ -26,7 +26,7 @@ R1_GGUF = "deepseek-r1-distill-qwen.vocab.gguf"
 @pytest.fixture(scope="module")
 def r1():
     assert (TEMPLATES / R1_GGUF).is_file(), f"missing {TEMPLATES / R1_GGUF} (CI has ../shared beside the checkout)"
-    return AutoTokenizer.from_pretrained(TEMPLATES, gguf_file=R1_GGUF)
+    return load_tokenizer(ModelSource(TEMPLATES, R1_GGUF))  # as thinktune loads a GGUF model's tokenizer
 
 
 @pytest.fixture(scope="module")

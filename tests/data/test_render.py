@@ -177,3 +177,14 @@ def test_template_that_drops_history_reasoning_still_masks_answers(tokenizer):
     # the second turn's history shows the first answer without its thinking, as at inference: context, not trained
     assert "Hello! How are you today?<|im_end|>" in tokenizer.decode(second.input_ids)
     assert [tokenizer.decode(r) for r in runs_of_labels(second.labels)] == [rendered_turn(conv[3]) + "<|im_end|>"]
+
+
+def test_padding_left_on_by_a_batch_call_does_not_reach_training_samples(tokenizer):
+    """Generation pads batches (`tokenizer(..., padding=True)`), which switches padding on in the Rust backend."""
+    conv = CONVERSATIONS["single_turn_reasoning"]
+    before = tokenize_conversation(tokenizer, conv)
+    tokenizer.padding_side = "left"
+    tokenizer(["a", "a b c d e f g h"], padding=True)
+    after = tokenize_conversation(tokenizer, conv)
+    assert after.input_ids == before.input_ids and after.labels == before.labels
+    assert tokenizer(["a", "a b"], padding=True)["input_ids"][0][0] == tokenizer.pad_token_id  # still padding

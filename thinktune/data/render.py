@@ -309,7 +309,17 @@ def encode_with_offsets(tokenizer: PreTrainedTokenizerBase, texts: list[str]) ->
     Calls the Rust tokenizer directly when there is one: the Python wrapper costs more than the encoding itself."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
-        return [(e.ids, e.offsets) for e in backend.encode_batch(texts, add_special_tokens=False)]
+        # padding / truncation an earlier `tokenizer(..., padding=True)` switched on stay on the backend: not here
+        padding, truncation = backend.padding, backend.truncation
+        backend.no_padding()
+        backend.no_truncation()
+        try:
+            return [(e.ids, e.offsets) for e in backend.encode_batch(texts, add_special_tokens=False)]
+        finally:
+            if padding:
+                backend.enable_padding(**{k: v for k, v in padding.items() if k != "length" or v is not None})
+            if truncation:
+                backend.enable_truncation(**truncation)
     enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
     return list(zip(enc["input_ids"], enc["offset_mapping"], strict=True))
 

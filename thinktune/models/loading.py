@@ -93,6 +93,10 @@ def _needs_gguf_package(source: ModelSource) -> None:
 def load_tokenizer(source: ModelSource, chat_template: str | None = None) -> PreTrainedTokenizerBase:
     _needs_gguf_package(source)
     tok = AutoTokenizer.from_pretrained(source.path, gguf_file=source.gguf_file)
+    if source.gguf_file:
+        from thinktune.models.gguf_tokenizer import restore_control_tokens
+
+        tok = restore_control_tokens(tok, Path(source.path) / source.gguf_file)
     if chat_template:
         tok.chat_template = chat_template
     if tok.chat_template is None:
