@@ -230,7 +230,8 @@ def build_turn(
         completion = completion[: completion.rindex(facts.end_of_turn) + len(facts.end_of_turn)]
     written = [turn["content"].strip()] + [c["name"] for c in turn.get("tool_calls") or []]
     if not all(w in completion for w in written if w):
-        raise RecordError(f"messages[{len(history)}]: assistant text not found in the chat template's output")
+        why = " (the answer contains '</think>', where the template cuts it)" if "</think>" in turn["content"] else ""
+        raise RecordError(f"messages[{len(history)}]: assistant text not found in the chat template's output{why}")
     reasoning = (turn.get("reasoning") or "").strip()
     dropped = bool(reasoning) and reasoning not in completion
     if dropped:
