@@ -325,3 +325,17 @@ def test_r1_tiny_model_trains_end_to_end_on_the_think_trace(r1_model_dir, tmp_pa
     assert (out / "adapter" / "adapter_config.json").is_file()
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert any("loss" in m for m in metrics)
+
+
+def test_eval_prompts_follow_the_thinking_switch(qwen3):
+    from thinktune.eval.runner import task_prompts
+
+    tasks = [
+        {"prompt": [{"role": "user", "content": "3 + 4?", "reasoning": None}], "meta": {}},
+        {"prompt": [{"role": "user", "content": "Hi", "reasoning": None}], "meta": {"enable_thinking": False}},
+    ]
+    empty = "<|im_start|>assistant\n<think>\n\n</think>\n\n"
+    auto = task_prompts(qwen3, tasks, None, "auto")
+    assert not auto[0].endswith(empty) and auto[1].endswith(empty)  # the task's own flag, else thinking
+    assert all(p.endswith(empty) for p in task_prompts(qwen3, tasks, None, "off"))
+    assert not any(p.endswith(empty) for p in task_prompts(qwen3, tasks, None, "on"))

@@ -64,7 +64,15 @@ def compare_models(cfg: RunConfig, candidates: list[str], out_dir: Path, console
         with task_progress(console, f"eval {label}") as bar:
             task = bar.add_task(label, total=len(loaded.records))
             advance = lambda n, t=task: bar.advance(t, n)  # noqa: E731
-            results[label] = evaluate(model, tok, loaded.records, cfg.eval, cfg.data.system_prompt, progress=advance)
+            results[label] = evaluate(
+                model,
+                tok,
+                loaded.records,
+                cfg.eval,
+                cfg.data.system_prompt,
+                progress=advance,
+                thinking=cfg.data.thinking,
+            )
         del model
     write_comparison(results, candidates, cfg, out_dir)
     return results

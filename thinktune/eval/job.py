@@ -72,6 +72,7 @@ def run_eval_job(
                 cfg.eval,
                 cfg.data.system_prompt,
                 progress=lambda n: bar.advance(task, n),
+                thinking=cfg.data.thinking,
             )
         if extras.robustness:
             from thinktune.eval.robustness import robustness_report

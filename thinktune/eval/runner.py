@@ -17,7 +17,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from thinktune.config import EvalConfig
 from thinktune.data.collate import pad_batch
 from thinktune.data.formats import RecordError
-from thinktune.data.render import render_prompt, tokenize_conversation
+from thinktune.data.render import RenderOptions, inference_thinking, render_prompt, tokenize_conversation
 from thinktune.data.tool_calls import calls_equal
 from thinktune.errors import ConfigError
 from thinktune.eval.generate import batched, generate_batch
@@ -48,13 +48,20 @@ class EvalResult:
 
 @torch.inference_mode()
 def heldout_loss(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, tasks: list[dict], system_prompt: str | None, bs: int
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    tasks: list[dict],
+    system_prompt: str | None,
+    bs: int,
+    thinking: str = "auto",
 ) -> float | None:
-    """Mean cross-entropy on the reference answers' tokens (teacher forcing)."""
-    samples = []
+    """Mean cross-entropy on the reference answers' tokens (teacher forcing), rendered as training renders them."""
+    samples, opts = [], RenderOptions(thinking=thinking)
     for t in tasks:
         try:
-            samples.append(tokenize_conversation(tokenizer, t["messages"], system_prompt, tools=t.get("tools")))
+            samples.append(
+                tokenize_conversation(tokenizer, t["messages"], system_prompt, tools=t.get("tools"), opts=opts)
+            )
         except RecordError:
             continue
     total, count = 0.0, 0
@@ -66,6 +73,22 @@ def heldout_loss(
     return total / count if count else None
 
 
+def task_prompts(
+    tokenizer: PreTrainedTokenizerBase, tasks: list[dict], system_prompt: str | None, thinking: str = "auto"
+) -> list[str]:
+    """The inference prompt of each task, with its tools and the thinking switch `data.thinking` gives it."""
+    return [
+        render_prompt(
+            tokenizer,
+            t["prompt"],
+            system_prompt,
+            tools=t.get("tools"),
+            enable_thinking=inference_thinking(thinking, t.get("meta", {}).get("enable_thinking")),
+        )
+        for t in tasks
+    ]
+
+
 def evaluate(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -73,13 +96,14 @@ def evaluate(
     cfg: EvalConfig,
     system_prompt: str | None = None,
     progress=None,
+    thinking: str = "auto",
 ) -> EvalResult:
     """Generate for every task (k samples each when eval.num_samples > 1), check answers, format and extra metrics."""
     start = time.perf_counter()
     model.eval()
     k = cfg.num_samples
     schema = load_schema(cfg.json_schema)
-    prompts = [render_prompt(tokenizer, t["prompt"], system_prompt, tools=t.get("tools")) for t in tasks]
+    prompts = task_prompts(tokenizer, tasks, system_prompt, thinking)
     # Similar lengths together: less padding per batch. Results are put back in task order.
     order = sorted(range(len(tasks)), key=lambda i: len(prompts[i]))
     jobs = [i for i in order for _ in range(k)]
@@ -93,7 +117,7 @@ def evaluate(
         if progress is not None:
             progress(len(set(chunk)) if k > 1 else len(chunk))
     samples = [score_sample(t, outputs[i], tokenizer, schema) for i, t in enumerate(tasks)]
-    loss = heldout_loss(model, tokenizer, tasks, system_prompt, cfg.batch_size)
+    loss = heldout_loss(model, tokenizer, tasks, system_prompt, cfg.batch_size, thinking)
     n = max(1, len(samples))
     extra: dict[str, float | int] = {}
     extra.update(tool_call_summary(samples))

@@ -158,6 +158,7 @@ def run_eval(run: Run, label: str) -> EvalResult | None:
             run.cfg.eval,
             run.cfg.data.system_prompt,
             progress=lambda n: bar.advance(task, n),
+            thinking=run.cfg.data.thinking,
         )
     write_report(result, run.dir / "eval", label, f"{label}: {run.cfg.model.name_or_path}")
     run.console.print(
@@ -277,7 +278,9 @@ def validate(run: Run) -> dict[str, float]:
     loss = heldout_loss(model, run.tokenizer, run.validation, run.cfg.data.system_prompt, run.cfg.eval.batch_size)
     if loss is not None:
         values["val_loss"] = loss
-    r = evaluate(model, run.tokenizer, run.validation, run.cfg.eval, run.cfg.data.system_prompt)
+    r = evaluate(
+        model, run.tokenizer, run.validation, run.cfg.eval, run.cfg.data.system_prompt, thinking=run.cfg.data.thinking
+    )
     values.update(accuracy=r.accuracy, format_compliance=r.format_compliance, **r.extra)
     return values
 
