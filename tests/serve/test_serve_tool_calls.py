@@ -373,3 +373,19 @@ def test_vllm_args_enable_tools_for_a_qwen3_template(tiny_base):
     cfg = validate({"model": {"name_or_path": str(tiny_base), "chat_template": QWEN3_TEMPLATE.read_text()}})
     args = vllm_backend.vllm_args(cfg)
     assert "--enable-auto-tool-choice" in args and args[args.index("--tool-call-parser") + 1] == "hermes"
+
+
+def test_thinking_default_follows_the_runs_data_thinking(make_scripted):
+    """A run trained with `data.thinking: off` is served in non-thinking mode unless a request turns thinking on."""
+    served = make_scripted(text="Hello.", template=QWEN3_TEMPLATE.read_text())
+    served.thinking = False
+    with BackgroundServer(create_app(served, ServeConfig(max_tokens_limit=50))) as server:
+        server.served = served
+        chat = client(server).chat.completions
+        chat.create(model="scripted", messages=[{"role": "user", "content": "Hi"}], max_tokens=5)
+        assert last_prompt(server).endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+        chat.create(
+            model="scripted", messages=[{"role": "user", "content": "Hi"}], max_tokens=5,
+            extra_body={"chat_template_kwargs": {"enable_thinking": True}},
+        )  # fmt: skip
+        assert last_prompt(server).endswith("<|im_start|>assistant\n")

@@ -25,6 +25,7 @@ class ServedModel:
     base_name: str
     adapters: dict[str, Path] = field(default_factory=dict)
     system_prompt: str | None = None  # added to chats that have none, as in training
+    thinking: bool = True  # a request's thinking switch when it sets none (`data.thinking: off` → False)
 
     @property
     def names(self) -> list[str]:

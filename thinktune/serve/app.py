@@ -119,7 +119,7 @@ class Api:
                 messages,
                 self.served.system_prompt,
                 tools=body.template_tools,
-                enable_thinking=body.thinking,
+                enable_thinking=body.thinking_or(self.served.thinking),
                 template_kwargs=extra,
             )
         except RecordError as e:
@@ -223,11 +223,12 @@ class Api:
         tools = bool(body.template_tools)
         if not body.stream:
             text, finished = await self.collect(request, events, model)
-            message, reason = whole_reply(text, finished.reason, in_thinking, body.thinking, tools)
+            thinking = body.thinking_or(self.served.thinking)
+            message, reason = whole_reply(text, finished.reason, in_thinking, thinking, tools)
             return chat_response(id, model, message, reason, finished)
 
         async def chunks(event: Event, next_event) -> AsyncIterator[dict[str, Any]]:
-            reply = ReplyStream(in_thinking, body.thinking, tools)
+            reply = ReplyStream(in_thinking, body.thinking_or(self.served.thinking), tools)
             yield chat_chunk(id, model, {"role": "assistant", "content": ""})
             while isinstance(event, TextDelta):
                 for delta in reply.feed(event.text):

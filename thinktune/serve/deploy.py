@@ -99,7 +99,12 @@ def write_deployment(run_dir: Path, out: Path, spec: DeploySpec = DeploySpec()) 
         copies.append("adapters/")
     serve = cfg.serve.model_dump(mode="json") | {"host": "0.0.0.0", "port": spec.port, "adapters": adapters}
     serve["api_key"] = None  # from the THINKTUNE_API_KEY environment variable (a Kubernetes Secret), never baked in
-    config = {"name": run.name, "model": model, "data": {"system_prompt": cfg.data.system_prompt}, "serve": serve}
+    config = {
+        "name": run.name,
+        "model": model,
+        "data": {"system_prompt": cfg.data.system_prompt, "thinking": cfg.data.thinking},
+        "serve": serve,
+    }
     (out / "serve.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
 
     wheel = Path(spec.thinktune_requirement)

@@ -165,9 +165,13 @@ class ChatCompletionRequest(GenerationFields):
     @property
     def thinking(self) -> bool:
         """Thinking on unless turned off, by `enable_thinking` or `chat_template_kwargs.enable_thinking`."""
+        return self.thinking_or(True)
+
+    def thinking_or(self, default: bool) -> bool:
+        """The request's thinking switch, else the server's default (the run's `data.thinking`)."""
         if self.enable_thinking is not None:
             return self.enable_thinking
-        return bool(self.chat_template_kwargs.get("enable_thinking", True))
+        return bool(self.chat_template_kwargs.get("enable_thinking", default))
 
 
 def canonical_messages(messages: list[Message]) -> list[dict[str, Any]]:

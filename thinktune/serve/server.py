@@ -45,6 +45,7 @@ def api_key(cfg: RunConfig) -> str | None:
 def build_app(cfg: RunConfig, served_model_name: str | None = None) -> tuple[FastAPI, Lifecycle, ServedModel]:
     """Load the model and adapters of `cfg` and wrap them in the API."""
     served = load_served_model(cfg.model, cfg.serve.adapters, served_model_name, cfg.data.system_prompt)
+    served.thinking = cfg.data.thinking != "off"  # as the run was trained
     lifecycle = Lifecycle()
     return create_app(served, cfg.serve, api_key(cfg), lifecycle), lifecycle, served
 
