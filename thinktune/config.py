@@ -29,9 +29,15 @@ class Section(BaseModel):
 class ModelConfig(Section):
     name_or_path: str = Field(
         "smollm2-135m-instruct",
-        description="Bundled model name (`smollm2-135m-instruct`), a local Hugging Face directory, or a `.gguf` file.",
+        description="Bundled model name (`smollm2-135m-instruct`), a local Hugging Face directory, a `.gguf` file, "
+        "or a Hugging Face Hub id `org/name` (read from the HF cache, downloaded into it when online).",
     )
-    gguf_file: str | None = Field(None, description="GGUF file name inside `name_or_path` when it is a directory.")
+    revision: str | None = Field(
+        None, description="Hub ids only: branch, tag or commit of the model repo (default: main)."
+    )
+    gguf_file: str | None = Field(
+        None, description="GGUF file name inside `name_or_path` when it is a directory or a Hub repo."
+    )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="Weight dtype: `auto` is bfloat16 on a GPU that supports it, float32 otherwise."
     )
