@@ -2,6 +2,10 @@
 
 Written to a temp dir then renamed, so a kill at any moment leaves the previous checkpoint loadable; the last K are
 kept. Only trainable tensors are stored (a LoRA checkpoint is megabytes, not the whole model).
+
+A PEFT run's checkpoint is also a loadable adapter: `adapter_config.json` + `adapter_model.safetensors` written by the
+PeftModel's own save_pretrained next to the resume state, so `PeftModel.from_pretrained(base, "checkpoints/step-N")`
+and `thinktune eval/chat/serve/export --adapter runs/x/checkpoints/step-N` work while the run goes on.
 """
 
 from __future__ import annotations
@@ -52,10 +56,15 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     scheduler,
     keep: int,
+    adapter: torch.nn.Module | None = None,
 ) -> Path:
+    """`adapter`: the (unwrapped) PeftModel being trained; save_adapter_files writes its adapter files into the
+    checkpoint, inside the same temp dir, so the rename publishes resume state and adapter together."""
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{PREFIX}{position.step}"
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=root))
+    if adapter is not None:
+        save_adapter_files(adapter, tmp)
     save_file({n: p.detach().contiguous().cpu() for n, p in params}, str(tmp / "trainable.safetensors"))
     torch.save(
         {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
@@ -68,6 +77,16 @@ def save_checkpoint(
     for old in list_checkpoints(root)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def save_adapter_files(model: torch.nn.Module, out: Path) -> None:
+    """adapter_config.json + adapter_model.safetensors of the PeftModel in `out`, saved as the run's final adapter
+    is (save_lora: PEFT's save_pretrained; a PiSSA init converted to a plain LoRA on the original base)."""
+    from thinktune.methods.lora import save_lora
+
+    with tempfile.TemporaryDirectory(dir=out) as scratch:
+        for f in save_lora(model, None, Path(scratch)).iterdir():
+            f.rename(out / f.name)
 
 
 def list_checkpoints(root: Path) -> list[Path]:

@@ -255,8 +255,15 @@ class TrainLoop:
     def _save(self, pos: TrainPosition) -> None:
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
+            model = self.accelerator.unwrap_model(self.model)
             save_checkpoint(
-                self.checkpoint_root, pos, self.params, self.optimizer, self.scheduler, self.cfg.save_total_limit
+                self.checkpoint_root,
+                pos,
+                self.params,
+                self.optimizer,
+                self.scheduler,
+                self.cfg.save_total_limit,
+                adapter=model if hasattr(model, "peft_config") else None,  # the checkpoint is a PEFT adapter too
             )
         self.accelerator.wait_for_everyone()
 
