@@ -41,7 +41,7 @@ from thinktune.methods import (
     optimizer_parameters,
 )
 from thinktune.models import load_pretrained
-from thinktune.train.engine.loggers import MetricsLog
+from thinktune.train.engine.loggers import MetricsLog, check_trackers
 from thinktune.train.engine.loop import TrainLoop
 from thinktune.train.engine.losses import trained_positions
 from thinktune.train.engine.optim import build_optimizer, build_scheduler, total_optimizer_steps
@@ -58,6 +58,7 @@ def setup_run(cfg: RunConfig, console: Console) -> tuple[Run, list[Reject]]:
 
     Returns the run and the unusable test records (the recipe writes them to rejects.jsonl with its own)."""
     check_method_environment(cfg.method, cfg.train)  # before any weights load
+    check_trackers(cfg.train.loggers)
     configure_threads(cfg.train.num_threads)
     acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=mixed_precision(cfg.train.mixed_precision))
     if not acc.is_main_process:

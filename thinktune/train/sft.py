@@ -44,7 +44,7 @@ from thinktune.methods import (
 from thinktune.models import load_pretrained
 from thinktune.train.engine.checkpoint import resolve_resume
 from thinktune.train.engine.ewc import EWCPenalty, compute_fisher, load_fisher, save_fisher
-from thinktune.train.engine.loggers import MetricsLog
+from thinktune.train.engine.loggers import MetricsLog, check_trackers
 from thinktune.train.engine.loop import TrainLoop
 from thinktune.train.engine.monitor import plot_update_heatmap
 from thinktune.train.engine.optim import build_optimizer, build_scheduler, total_optimizer_steps
@@ -111,6 +111,7 @@ def setup(cfg: RunConfig, console: Console) -> Run:
 
     check_method_environment(cfg.method, cfg.train)  # before any weights load (qlora without CUDA, esft + decay)
     check_speed_environment(cfg.train)  # liger without CUDA
+    check_trackers(cfg.train.loggers)  # a tracker's package missing: one line, before any weights load
     quantization = None
     if cfg.method.name == "qlora":
         from thinktune.methods.qlora import quantization_config
