@@ -250,7 +250,7 @@ class EvalConfig(Section):
 
 
 class ExportConfig(Section):
-    formats: list[Literal["merged", "onnx", "int8", "gguf"]] = Field(
+    formats: list[Literal["merged", "onnx", "int8", "gguf", "adapter"]] = Field(
         default_factory=lambda: ["merged"], description="Artefacts `thinktune export` writes."
     )
     gguf_type: Literal["f16", "bf16", "q8_0", "q4_0"] = Field("q8_0", description="GGUF tensor type.")

@@ -2,6 +2,7 @@
 
 thinktune export --run-dir runs/quickstart --format gguf --gguf-type q8_0 -o exports/gguf
 thinktune export --model smollm2-135m-instruct --adapter runs/quickstart/adapter --format merged -o exports/merged
+thinktune export --run-dir runs/quickstart --format adapter --push-to-hub me/quickstart-lora --dry-run
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import typer
 from rich.table import Table
 
 from thinktune.cli.app import ConfigOpt, SetOpt, app, build_config, console, user_errors
-from thinktune.errors import ModelNotFoundError
+from thinktune.errors import ModelNotFoundError, UserError
 
 
 @app.command()
@@ -28,7 +29,8 @@ def export(
         typer.Option(help="A training run: model from RUN/config.yaml plus RUN/adapter (or RUN/model if saved)."),
     ] = None,
     format_: Annotated[
-        str | None, typer.Option("--format", "-f", help="merged | onnx | int8 | gguf (default: export.formats).")
+        str | None,
+        typer.Option("--format", "-f", help="merged | onnx | int8 | gguf | adapter (default: export.formats)."),
     ] = None,
     gguf_type: Annotated[str | None, typer.Option(help="GGUF tensor type: f16 | bf16 | q8_0 | q4_0.")] = None,
     kv_cache: Annotated[
@@ -51,11 +53,23 @@ def export(
     output_dir: Annotated[
         Path | None, typer.Option("--output-dir", "-o", help="Artefact directory (default: RUN/export/FORMAT).")
     ] = None,
+    push_to_hub: Annotated[
+        str | None, typer.Option(help="Upload the exported folder to this Hub model repo (org/name).")
+    ] = None,
+    private: Annotated[bool, typer.Option(help="--push-to-hub: create the repo private.")] = False,
+    revision: Annotated[
+        str | None, typer.Option(help="--push-to-hub: branch to commit to (created if missing; default main).")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option(help="--push-to-hub: export, then list the files that would be sent; send nothing.")
+    ] = False,
 ) -> None:
     """Export a model (+ adapter) and verify the artefact against it; numbers are printed and saved as verify.json.
 
     Example: `thinktune export --run-dir runs/quickstart --format gguf --gguf-type q4_0 -o exports/q4`
     """
+    if (private or revision or dry_run) and not push_to_hub:
+        raise UserError("--private, --revision and --dry-run go with --push-to-hub REPO")
     sets = list(set_ or [])
     if run_dir is not None:
         run_config = run_dir / "config.yaml"
@@ -72,6 +86,14 @@ def export(
     sets += [f"export.gguf_type={gguf_type}"] if gguf_type else []
     sets += [f"export.onnx_kv_cache={str(kv_cache).lower()}"] if kv_cache is not None else []
     cfg = build_config(config, sets)  # config errors show before torch is imported
+    formats = cfg.export.formats
+    if push_to_hub:
+        from thinktune.export.hub import check_can_push, check_repo_id
+
+        check_repo_id(push_to_hub)
+        if len(formats) > 1:
+            raise UserError(f"--push-to-hub sends one folder: pick one format (--format), not {', '.join(formats)}")
+        check_can_push(dry_run)  # before a long export, not after
 
     from thinktune.export import ExportOptions, run_export
 
@@ -84,14 +106,28 @@ def export(
         quant_bits=bits,
         int8_scheme=int8_scheme,
     )
-    formats = cfg.export.formats
     for fmt in formats:
         out = output_dir or cfg.run_dir / "export"
         out = out / fmt if len(formats) > 1 or output_dir is None else out
         with console.status(f"exporting {fmt} to {out}"):
-            record = run_export(cfg.model, fmt, out, options, adapter)
+            record = run_export(cfg.model, fmt, out, options, adapter, run_dir)
         console.print(verification_table(record))
         console.print(f"artefact: [bold]{record['artefact']}[/] · numbers: {out / 'verify.json'}")
+        if push_to_hub:
+            push(out, push_to_hub, private, revision, dry_run)
+
+
+def push(folder: Path, repo_id: str, private: bool, revision: str | None, dry_run: bool) -> None:
+    from thinktune.export.hub import plan_push, push_folder
+
+    plan = plan_push(folder, repo_id, private, revision)
+    if dry_run:
+        for line in plan.describe():
+            typer.echo(line)
+        return
+    with console.status(f"pushing {len(plan.files)} files ({plan.total_bytes:,} bytes) to {repo_id}"):
+        url = push_folder(plan)
+    console.print(f"pushed to [bold]{repo_id}[/] ({revision or 'main'}): {url}")
 
 
 def verification_table(record: dict[str, Any]) -> Table:

@@ -59,6 +59,7 @@ class ExportSource:
     adapter: Path | None = None
     checkpoint_dtype: str = "float32"  # how the base weights are stored (the model itself is loaded in float32)
     merged: bool = field(default=False)
+    name_or_path: str = ""  # the model reference as configured (the bundled name, not its cache directory)
 
     @property
     def description(self) -> str:
@@ -103,7 +104,9 @@ def load_source(model_cfg: ModelConfig, adapter: Path | None = None) -> ExportSo
         if not (adapter / "adapter_config.json").is_file():
             raise ModelNotFoundError(f"{adapter}: not a PEFT adapter directory (no adapter_config.json)")
         model = PeftModel.from_pretrained(model, adapter).eval()
-    return ExportSource(model, tokenizer, origin, adapter, checkpoint_dtype(origin))
+    return ExportSource(
+        model, tokenizer, origin, adapter, checkpoint_dtype(origin), name_or_path=model_cfg.name_or_path
+    )
 
 
 def checkpoint_dtype(origin: ModelSource) -> str:

@@ -302,6 +302,10 @@ def save(run: Run) -> Path:
     if run.accelerator.is_main_process:
         adapter_dir = save_trained(run.accelerator.unwrap_model(run.model), run.cfg.method, run.dir)
         run.tokenizer.save_pretrained(adapter_dir)
+        if (adapter_dir / "adapter_config.json").is_file():  # PEFT wrote the path the weights loaded from
+            from thinktune.export.model_card import record_base_model
+
+            record_base_model(adapter_dir, run.cfg.model.name_or_path)
         plot_metrics(run.dir / "metrics.jsonl", run.dir / "plots")
         plot_update_heatmap(run.dir / "metrics.jsonl", run.dir / "plots" / "update_heatmap.png")
         if run.cfg.train.save_fisher:
@@ -350,4 +354,8 @@ def run_sft(cfg: RunConfig, console: Console | None = None, resume: str | None =
     }
     if run.accelerator.is_main_process:
         (run.dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        if (adapter_dir / "adapter_config.json").is_file():  # replaces PEFT's card: base, config, before/after
+            from thinktune.export.model_card import write_model_card
+
+            write_model_card(adapter_dir, "adapter", cfg.model.name_or_path, run_dir=run.dir)
     return summary
