@@ -89,4 +89,16 @@ def run_checks() -> list[Check]:
                 True,
             )
         )
+    checks += hub_cache_checks()
+    return checks
+
+
+def hub_cache_checks() -> list[Check]:
+    """One line per repo in the HF cache (models by Hub id, `hf:` datasets): size and revisions."""
+    from thinktune.hub import cached_repos, hub_cache_dir, offline
+
+    mode = "offline (HF_HUB_OFFLINE)" if offline() else "online: Hub ids are downloaded on first use"
+    checks = [Check("hf cache", f"{hub_cache_dir()} ({mode})")]
+    for repo_id, kind, size, revs in cached_repos():
+        checks.append(Check(f"cached {kind} {repo_id}", f"{size / 2**20:,.1f} MiB · {', '.join(revs)}"))
     return checks

@@ -32,6 +32,26 @@ SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override 
 OutOpt = Annotated[Path | None, typer.Option("--output-dir", "-o", help="Where to write results.")]
 
 
+def _offline(value: bool) -> bool:
+    if value:
+        from thinktune.hub import go_offline
+
+        go_offline()
+    return value
+
+
+# An environment switch, not a config field: whether this machine may download is a fact about the machine, not
+# about the run (a run's config.yaml copied elsewhere must not stay offline); it also reaches torchrun workers.
+OfflineOpt = Annotated[
+    bool,
+    typer.Option(
+        "--offline",
+        callback=_offline,
+        help="Read Hub models and datasets (org/name, hf:org/name) only from the local HF cache (HF_HUB_OFFLINE=1).",
+    ),
+]
+
+
 def user_errors(fn):
     """UserError → one line on stderr and exit code 2; no traceback."""
 

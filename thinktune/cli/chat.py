@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from thinktune.cli.app import ConfigOpt, SetOpt, app, build_config, console, user_errors
+from thinktune.cli.app import ConfigOpt, OfflineOpt, SetOpt, app, build_config, console, user_errors
 
 
 @app.command()
@@ -23,6 +23,7 @@ def chat(
         bool | None,
         typer.Option("--thinking/--no-thinking", help="The template's thinking switch (default: data.thinking)."),
     ] = None,
+    offline: OfflineOpt = False,
 ) -> None:
     """Talk to a model: interactive, or one-shot with --prompt. Thinking is shown dimmed.
 

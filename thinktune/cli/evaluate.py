@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from thinktune.cli.app import ConfigOpt, OutOpt, SetOpt, app, build_config, console, user_errors
+from thinktune.cli.app import ConfigOpt, OfflineOpt, OutOpt, SetOpt, app, build_config, console, user_errors
 
 
 @app.command("eval")
@@ -35,6 +35,7 @@ def eval_(
         str | None, typer.Option(help="lm-evaluation-harness tasks (comma-separated), datasets available locally.")
     ] = None,
     lm_eval_include: Annotated[Path | None, typer.Option(help="Directory of extra lm-eval task YAMLs.")] = None,
+    offline: OfflineOpt = False,
 ) -> None:
     """Evaluate a model (and optional adapter): accuracy, format compliance, think length, held-out loss.
 

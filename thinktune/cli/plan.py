@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from thinktune.cli.app import ConfigOpt, SetOpt, app, build_config, console, user_errors
+from thinktune.cli.app import ConfigOpt, OfflineOpt, SetOpt, app, build_config, console, user_errors
 from thinktune.errors import UserError
 
 
@@ -41,6 +41,7 @@ def plan(
         int | None,
         typer.Option(help="GRPO: completion tokens (within --seq-len); the LM head runs on these only."),
     ] = None,
+    offline: OfflineOpt = False,
 ) -> None:
     """Predict peak memory per device — weights, gradients, optimizer state, activations — and, with --device,
     the largest batch / sequence that fits (gradient checkpointing on, QLoRA when nothing else fits).

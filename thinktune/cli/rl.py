@@ -18,7 +18,7 @@ import typer
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from thinktune.cli.app import ConfigOpt, OutOpt, SetOpt, app, console, user_errors
+from thinktune.cli.app import ConfigOpt, OfflineOpt, OutOpt, SetOpt, app, console, user_errors
 from thinktune.errors import ConfigError
 from thinktune.eval.significance import describe
 
@@ -123,6 +123,7 @@ def dpo(
     beta: Annotated[float | None, typer.Option(help="β (ORPO: λ); default per loss.")] = None,
     reference: Annotated[str | None, typer.Option(help="cached | live reference log-probs.")] = None,
     adapter: AdapterOpt = None,
+    offline: OfflineOpt = False,
 ) -> None:
     """Preference tuning on {prompt, chosen, rejected} pairs with DPO, IPO, SimPO, ORPO or KTO.
 
@@ -164,6 +165,7 @@ def grpo(
         str | None,
         typer.Option(help="Step reward for process supervision: arithmetic_steps or pkg.module:function."),
     ] = None,
+    offline: OfflineOpt = False,
 ) -> None:
     """GRPO with verifiable rewards: sample G answers per prompt, reward them, push up the better ones.
 

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from thinktune.cli.app import ConfigOpt, SetOpt, app, build_config, console, user_errors
+from thinktune.cli.app import ConfigOpt, OfflineOpt, SetOpt, app, build_config, console, user_errors
 
 
 @app.command()
@@ -35,6 +35,7 @@ def serve(
     ] = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads for torch (default: all cores).")] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+    offline: OfflineOpt = False,
 ) -> None:
     """Serve a model and its adapters over an OpenAI-compatible API (/v1/chat/completions, /v1/completions).
 

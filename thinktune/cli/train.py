@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from thinktune.cli.app import ConfigOpt, OutOpt, SetOpt, app, build_config, console, user_errors
+from thinktune.cli.app import ConfigOpt, OfflineOpt, OutOpt, SetOpt, app, build_config, console, user_errors
 from thinktune.errors import UserError
 from thinktune.eval.significance import describe
 
@@ -28,6 +28,7 @@ def train(
     num_processes: Annotated[
         int, typer.Option(help="Data-parallel processes on this machine (DDP through torchrun + Accelerate).")
     ] = 1,
+    offline: OfflineOpt = False,
 ) -> None:
     """Evaluate, fine-tune and re-evaluate a model; everything lands in the run directory.
 

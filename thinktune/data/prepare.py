@@ -28,10 +28,10 @@ from transformers import PreTrainedTokenizerBase
 
 from thinktune.config import DataConfig
 from thinktune.data.cache import cache_key as make_key
-from thinktune.data.cache import code_digest, data_cache_dir, file_digest, publish, tokenizer_digest
+from thinktune.data.cache import code_digest, data_cache_dir, publish, tokenizer_digest
 from thinktune.data.cleaning import Cleaner
 from thinktune.data.formats import RecordError
-from thinktune.data.reading import LoadedRecords, Reject, check_bad_fraction, iter_records, resolve_path
+from thinktune.data.reading import LoadedRecords, Reject, check_bad_fraction, iter_records, source_digest
 from thinktune.data.render import RenderOptions, TokenizedSample, tokenize_record, tokenize_records
 from thinktune.data.spec import CleaningConfig, DataOptions, DatasetSpec, as_spec
 from thinktune.errors import DataError
@@ -218,9 +218,7 @@ def dataset_key(
     specs: list[DatasetSpec], tokenizer: PreTrainedTokenizerBase, cfg: DataConfig, cleaning: CleaningConfig | None
 ) -> str:
     parts = {
-        "inputs": [
-            {**spec.model_dump(exclude={"weight"}), "sha256": file_digest(resolve_path(spec.path))} for spec in specs
-        ],
+        "inputs": [{**spec.model_dump(exclude={"weight"}), "sha256": source_digest(spec.path)} for spec in specs],
         "tokenizer": tokenizer_digest(tokenizer),
         "render": RenderOptions.from_config(cfg).__dict__,
         "cleaning": cleaning.model_dump() if cleaning else None,

@@ -1,12 +1,13 @@
 """Read dataset files into canonical records; every unusable row becomes a reject with file, line and reason.
 
 Inputs: JSONL (streamed line by line, never read whole), JSON arrays, CSV/TSV, Parquet (streamed in batches),
-`datasets` directories written by `save_to_disk`, the bundled sets (`bundled:arithmetic/train`), and the entries of a
-LLaMA-Factory data folder (`data/dataset_info.json#alpaca_en_demo`: see dataset_info.py).
+`datasets` directories written by `save_to_disk`, the bundled sets (`bundled:arithmetic/train`), the entries of a
+LLaMA-Factory data folder (`data/dataset_info.json#alpaca_en_demo`: see dataset_info.py), and datasets by Hub id
+(`hf:openai/gsm8k:main[train]`: see hub_datasets.py).
 A reference may end in a row slice, as `datasets` split strings do: `train.jsonl[:90%]`,
 `bundled:arithmetic/train[480:]`, `data.parquet[-100:]` (rows counted in file order, rejected rows included).
 "line" is the line a row starts on for text files (a CSV header is line 1) and the 1-based row number for
-Parquet and `datasets` directories.
+Parquet, `datasets` directories and Hub datasets.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Any
 from thinktune.data.columns import kto_label
 from thinktune.data.dataset_info import INFO_FILE, entry_of
 from thinktune.data.formats import RecordError
+from thinktune.data.hub_datasets import ends_in_split, hub_dataset_digest, hub_dataset_dir, is_hf_ref, iter_hub_rows
 from thinktune.data.records import check_format, to_record, to_row
 from thinktune.data.spec import ColumnMap, DatasetSpec, as_spec
 from thinktune.errors import DataError
@@ -85,7 +87,7 @@ ROW_SLICE = re.compile(r"\[(-?\d+%?)?:(-?\d+%?)?\]$")
 def split_row_slice(ref: str) -> tuple[str, tuple[str | None, str | None] | None]:
     """`train.jsonl[10:50%]` → ("train.jsonl", ("10", "50%")); a reference without a slice (or a file whose name
     really ends in brackets) → (ref, None)."""
-    if not ref.endswith("]") or Path(ref).exists():
+    if not ref.endswith("]") or Path(ref).exists() or ends_in_split(ref):
         return ref, None
     m = ROW_SLICE.search(ref)
     if m is None:
@@ -122,9 +124,11 @@ def sample_rows(rows: range, k: int) -> Counter[int]:
 
 def resolve_path(ref: str) -> Path:
     """`bundled:arithmetic/train` → the JSONL shipped in the package; `DIR/dataset_info.json#NAME` → the entry's file
-    or folder; anything else is a file or dataset dir (a row slice at the end is ignored here: see
-    `split_row_slice`)."""
+    or folder; `hf:org/name...` → the dataset repo's snapshot in the HF cache (downloaded when online); anything else
+    is a file or dataset dir (a row slice at the end is ignored here: see `split_row_slice`)."""
     ref, _ = split_row_slice(ref)
+    if is_hf_ref(ref):
+        return hub_dataset_dir(ref)
     if ref.startswith(BUNDLED_PREFIX):
         name = ref[len(BUNDLED_PREFIX) :].replace("/", "_")
         path = Path(str(resources.files("thinktune.data.bundled").joinpath(f"{name}.jsonl")))
@@ -147,6 +151,16 @@ def resolve_path(ref: str) -> Path:
     if "/" not in ref and not path.suffix:
         raise DataError(f"{ref}: data file not found (a dataset of a LLaMA-Factory data folder? set data.dataset_dir)")
     raise DataError(f"{ref}: data file not found")
+
+
+def source_digest(ref: str) -> str:
+    """What identifies a reference's contents for the data cache: a Hub dataset's commit, else the files' sha256."""
+    ref, _ = split_row_slice(ref)
+    if is_hf_ref(ref):
+        return hub_dataset_digest(ref)
+    from thinktune.data.cache import file_digest
+
+    return file_digest(resolve_path(ref))
 
 
 def source_files(ref: str) -> list[Path]:
@@ -388,14 +402,14 @@ def iter_records(
         spec = spec.model_copy(update={"columns": columns})
     check_kind(spec, kind)
     files = source_files(spec.path)
-    _, bounds = split_row_slice(spec.path)
+    ref, bounds = split_row_slice(spec.path)
     rows = picks = None
     if bounds or spec.num_samples:
-        count = lambda: sum(1 for _ in _file_rows(files, spec.split))  # noqa: E731
+        count = lambda: sum(1 for _ in _source_rows(ref, files, spec.split))  # noqa: E731
         rows = row_range(bounds or (None, None), count, exact=spec.num_samples is not None)
     if spec.num_samples:
         picks = sample_rows(rows, spec.num_samples)
-    for i, (name, line, raw) in enumerate(_file_rows(files, spec.split)):
+    for i, (name, line, raw) in enumerate(_source_rows(ref, files, spec.split)):
         if rows is not None and i not in rows:
             if i >= rows.stop:
                 break
@@ -406,6 +420,12 @@ def iter_records(
             yield item
             for _ in range(times - 1):
                 yield copy.deepcopy(item)
+
+
+def _source_rows(ref: str, files: list[Path], split: str | None) -> Iterator[tuple[str, int, Any | Exception]]:
+    if is_hf_ref(ref):
+        return ((ref, line, _decode_cells(raw)) for line, raw in iter_hub_rows(ref, split))
+    return _file_rows(files, split)
 
 
 def _file_rows(files: list[Path], split: str | None) -> Iterator[tuple[str, int, Any | Exception]]:

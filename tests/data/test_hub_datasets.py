@@ -1,0 +1,89 @@
+"""Datasets by Hub id (`hf:org/name:config[split]`), offline, from a real huggingface_hub cache the test builds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.hub_cache import add_to_hub_cache, gsm8k_repo
+from thinktune.data.hub_datasets import HubDatasetRef, parse_hf_ref
+from thinktune.data.reading import read_records, resolve_path, source_digest, split_row_slice
+from thinktune.errors import DataError
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch) -> Path:
+    cache = tmp_path / "hf" / "hub"
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "datasets"))
+    add_to_hub_cache(cache, "some-org/gsm8k-mini", gsm8k_repo(tmp_path / "repo"), repo_type="dataset")
+    return cache
+
+
+@pytest.mark.parametrize(
+    ("ref", "parsed"),
+    [
+        ("hf:openai/gsm8k", HubDatasetRef("openai/gsm8k", None, None, None)),
+        ("hf:openai/gsm8k:main[train]", HubDatasetRef("openai/gsm8k", None, "main", "train")),
+        ("hf:openai/gsm8k@v1.0:main[test]", HubDatasetRef("openai/gsm8k", "v1.0", "main", "test")),
+        ("hf:org/name[train]", HubDatasetRef("org/name", None, None, "train")),
+    ],
+)
+def test_parse_hf_ref(ref, parsed):
+    assert parse_hf_ref(ref) == parsed
+
+
+@pytest.mark.parametrize(
+    ("ref", "split"),
+    [
+        ("hf:org/name[train]", ("hf:org/name[train]", None)),
+        ("hf:org/name:main[train][:100]", ("hf:org/name:main[train]", (None, "100"))),
+        ("hf:org/name[10:50%]", ("hf:org/name", ("10", "50%"))),
+    ],
+)
+def test_split_brackets_are_not_row_slices(ref, split):
+    assert split_row_slice(ref) == split
+
+
+def test_reads_a_config_and_split_offline(hub_cache):
+    loaded = read_records("hf:some-org/gsm8k-mini:main[train]")
+    assert len(loaded.records) == 12 and not loaded.rejects
+    first = loaded.records[0]
+    assert first["meta"]["source"] == "hf:some-org/gsm8k-mini:main[train]" and first["meta"]["line"] == 1
+    assert first["messages"][0]["content"] == "What is 0 + 0?"
+    assert [r["meta"]["line"] for r in read_records("hf:some-org/gsm8k-mini:main[test]").records] == list(range(1, 9))
+    assert len(read_records("hf:some-org/gsm8k-mini:other[train]").records) == 2
+
+
+def test_row_slices_as_for_files(hub_cache):
+    rows = read_records("hf:some-org/gsm8k-mini:main[train][2:5]").records
+    assert [r["meta"]["line"] for r in rows] == [3, 4, 5]
+    assert len(read_records("hf:some-org/gsm8k-mini:main[train][:50%]").records) == 6
+    assert len(read_records("hf:some-org/gsm8k-mini:main[train][-2:]").records) == 2
+
+
+def test_bad_split_or_config_is_one_line(hub_cache):
+    with pytest.raises(DataError, match=r"available: train, test"):
+        read_records("hf:some-org/gsm8k-mini:main[validation]")
+    with pytest.raises(DataError, match="choose a split"):
+        read_records("hf:some-org/gsm8k-mini:main")
+    with pytest.raises(DataError, match="nope") as e:
+        read_records("hf:some-org/gsm8k-mini:nope[train]")
+    assert "\n" not in str(e.value)
+
+
+def test_uncached_dataset_offline_names_it_and_the_cache(hub_cache):
+    with pytest.raises(DataError) as e:
+        resolve_path("hf:nobody/nothing:main[train]")
+    msg = str(e.value)
+    assert "\n" not in msg and "nobody/nothing" in msg and str(hub_cache) in msg and "offline" in msg
+
+
+def test_cache_key_is_the_resolved_commit(hub_cache, tmp_path):
+    digest = source_digest("hf:some-org/gsm8k-mini:main[train][:4]")
+    assert digest.startswith("some-org/gsm8k-mini@") and digest == source_digest("hf:some-org/gsm8k-mini[test]")
+    repo = gsm8k_repo(tmp_path / "repo2", n_train=10)  # a new commit on main changes the key
+    add_to_hub_cache(hub_cache, "some-org/gsm8k-mini", repo, repo_type="dataset")
+    assert source_digest("hf:some-org/gsm8k-mini:main[train]") != digest
