@@ -188,3 +188,43 @@ def test_push_errors_are_one_line(tiny_run, tiny_model_dirs, no_token, monkeypat
         assert needle in result.output and "Traceback" not in result.output, result.output
         assert len(result.output.strip().splitlines()) == 1, result.output
     assert not (tmp_path / "o").exists()  # refused before exporting
+
+
+def test_cli_push_sends_the_exported_gguf_folder(tiny_run, tmp_path, monkeypatch):
+    apis: list[RecordingHfApi] = []
+
+    def recording_api():
+        apis.append(RecordingHfApi())
+        return apis[-1]
+
+    monkeypatch.setattr("thinktune.export.hub.HfApi", recording_api)
+    out = tmp_path / "gguf"
+    args = ["export", "--run-dir", str(tiny_run), "--format", "gguf", "-o", str(out)]
+    args += ["--push-to-hub", "me/x", "--private", "--revision", "q8"]
+    result = CliRunner().invoke(app, args, env={**ENV, "HF_TOKEN": "hf_x"})
+    assert result.exit_code == 0, result.output
+    assert "pushed to me/x (q8): https://huggingface.co/me/x/commit/" in result.output
+    (api,) = apis
+    assert [name for name, _ in api.calls] == ["create_repo", "create_branch", "create_commit"]
+    assert api.calls[0][1]["private"] is True and api.calls[2][1]["revision"] == "q8"
+    assert sorted(api.contents) == ["Modelfile", "README.md", "run-q8_0.gguf", "verify.json"]
+    assert api.contents["run-q8_0.gguf"] == (out / "run-q8_0.gguf").read_bytes()
+
+
+def test_a_hub_refusal_is_one_user_error(tmp_path):
+    import httpx
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from thinktune.errors import UserError
+
+    class Forbidden(RecordingHfApi):
+        def create_repo(self, repo_id, **kwargs):
+            request = httpx.Request("POST", "https://huggingface.co/api/repos/create")
+            response = httpx.Response(403, request=request)
+            raise HfHubHTTPError("403 Forbidden: you cannot create repos under 'org'.\nmore detail", response=response)
+
+    (tmp_path / "a.txt").write_text("a")
+    with pytest.raises(
+        UserError, match=r"^push to org/x failed: 403 Forbidden: you cannot create repos under 'org'\.$"
+    ):
+        push_folder(plan_push(tmp_path, "org/x"), Forbidden())

@@ -12,10 +12,12 @@ import pytest
 import torch
 
 from tests.hub_cache import add_to_hub_cache, gsm8k_repo, repo_folder
-from thinktune.config import ModelConfig
+from thinktune.config import DataConfig, ModelConfig
+from thinktune.data.reading import resolve_path
 from thinktune.errors import ModelNotFoundError
 from thinktune.hub import cached_repos, go_offline, hub_cache_dir, is_hub_id
 from thinktune.models.loading import load_pretrained, resolve_model
+from thinktune.models.memory import model_shape
 
 ROOT = Path(__file__).parents[2]
 TEMPLATES = ROOT.parent / "shared" / "templates"
@@ -74,6 +76,7 @@ def test_revision_picks_a_branch(hub_cache, tiny_model_dirs):
     assert resolve_model("tiny-org/m").path.name == main
     assert resolve_model("tiny-org/m", revision="qwen").path.name == other
     assert resolve_model("tiny-org/m", revision=other).path.name == other  # a commit hash works too
+    assert model_shape("tiny-org/m", revision="qwen") == model_shape(str(tiny_model_dirs["qwen3"]))  # thinktune plan
     cfg = ModelConfig(name_or_path="tiny-org/m", revision="qwen", dtype="float32")
     model, _, _ = load_pretrained(cfg)
     assert model.config.model_type == "qwen3"
@@ -92,7 +95,16 @@ def test_local_paths_and_bundled_name_never_ask_the_hub(hub_cache, tiny_model_di
         raise AssertionError("the Hub was asked")
 
     monkeypatch.setattr("thinktune.models.loading.snapshot", no_hub)
+    monkeypatch.setattr("thinktune.data.hub_datasets.snapshot", no_hub)
     assert resolve_model(str(tiny_model_dirs["llama"])).path == tiny_model_dirs["llama"]
+    # `thinktune train` with no arguments: the bundled model (already converted) and the bundled data
+    monkeypatch.setenv("THINKTUNE_HOME", str(hub_cache.parent / "tt"))
+    converted = hub_cache.parent / "tt" / "models" / "smollm2-135m-instruct"
+    converted.mkdir(parents=True)
+    (converted / "config.json").write_text("{}")
+    assert resolve_model(ModelConfig().name_or_path).path == converted
+    for ref in (*DataConfig().train, DataConfig().test):
+        assert resolve_path(ref).is_file()
     with pytest.raises(ModelNotFoundError, match="local model directory"):
         resolve_model("no/such/dir")
 

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from thinktune.cli.app import ConfigOpt, SetOpt, app, build_config, console, user_errors
+from thinktune.cli.app import ConfigOpt, OfflineOpt, SetOpt, app, build_config, console, user_errors
 from thinktune.errors import ModelNotFoundError, UserError
 
 
@@ -63,6 +63,7 @@ def export(
     dry_run: Annotated[
         bool, typer.Option(help="--push-to-hub: export, then list the files that would be sent; send nothing.")
     ] = False,
+    offline: OfflineOpt = False,
 ) -> None:
     """Export a model (+ adapter) and verify the artefact against it; numbers are printed and saved as verify.json.
 

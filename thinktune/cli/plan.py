@@ -95,7 +95,7 @@ def plan(
         gpus=gpus,
     )
     with console.status(f"reading {cfg.model.name_or_path}"):
-        shape = model_shape(cfg.model.name_or_path, cfg.model.gguf_file)
+        shape = model_shape(cfg.model.name_or_path, cfg.model.gguf_file, cfg.model.revision)
     problem = unsupported(shape, cfg.method)
     if problem:
         raise UserError(f"{cfg.model.name_or_path}: {problem}")

@@ -87,7 +87,7 @@ def model_type(model_cfg: ModelConfig) -> str:
     """`config.model_type` without loading the weights (to refuse an unsupported export early)."""
     from transformers import AutoConfig
 
-    origin = resolve_model(model_cfg.name_or_path, model_cfg.gguf_file)
+    origin = resolve_model(model_cfg.name_or_path, model_cfg.gguf_file, model_cfg.revision)
     config = AutoConfig.from_pretrained(
         origin.path, gguf_file=origin.gguf_file, trust_remote_code=model_cfg.trust_remote_code
     )

@@ -495,11 +495,11 @@ def _largest_fitting(shape: ModelShape, setup: TrainSetup, device_bytes: int) ->
     return None
 
 
-def model_shape(name_or_path: str, gguf_file: str | None = None) -> ModelShape:
-    """ModelShape of a model reference (bundled name, directory, .gguf); reads its config only."""
+def model_shape(name_or_path: str, gguf_file: str | None = None, revision: str | None = None) -> ModelShape:
+    """ModelShape of a model reference (bundled name, directory, .gguf, Hub id); reads its config only."""
     from transformers import AutoConfig
 
     from thinktune.models.loading import resolve_model
 
-    source = resolve_model(name_or_path, gguf_file)
+    source = resolve_model(name_or_path, gguf_file, revision)
     return shape_from_config(AutoConfig.from_pretrained(source.path, gguf_file=source.gguf_file))

@@ -79,7 +79,7 @@ def chat_template(cfg: RunConfig, source: ModelSource) -> str:
 
 
 def vllm_args(cfg: RunConfig, served_model_name: str | None = None) -> list[str]:
-    source = resolve_model(cfg.model.name_or_path, cfg.model.gguf_file)
+    source = resolve_model(cfg.model.name_or_path, cfg.model.gguf_file, cfg.model.revision)
     model = str(source.path / source.gguf_file) if source.gguf_file else str(source.path)
     args = [
         "--model", model,
