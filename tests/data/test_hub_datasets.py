@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.hub_cache import add_to_hub_cache, gsm8k_repo
-from thinktune.data.hub_datasets import HubDatasetRef, parse_hf_ref
+from thinktune.data.hub_datasets import HubDatasetRef, config_files, parse_hf_ref
 from thinktune.data.reading import read_records, resolve_path, source_digest, split_row_slice
 from thinktune.errors import DataError
 
@@ -87,3 +87,53 @@ def test_cache_key_is_the_resolved_commit(hub_cache, tmp_path):
     repo = gsm8k_repo(tmp_path / "repo2", n_train=10)  # a new commit on main changes the key
     add_to_hub_cache(hub_cache, "some-org/gsm8k-mini", repo, repo_type="dataset")
     assert source_digest("hf:some-org/gsm8k-mini:main[train]") != digest
+
+
+GSM8K_CARD = {
+    "configs": [
+        {
+            "config_name": "main",
+            "data_files": [{"split": "train", "path": "main/train-*"}, {"split": "test", "path": "main/test-*"}],
+        },
+        {"config_name": "socratic", "data_files": [{"split": "train", "path": ["socratic/train-*"]}]},
+    ]
+}
+
+
+@pytest.mark.parametrize(
+    ("card", "config", "files"),
+    [
+        (GSM8K_CARD, "main", ["README.md", "main/train-*", "main/test-*"]),
+        (GSM8K_CARD, "socratic", ["README.md", "socratic/train-*"]),
+        ({"configs": [{"config_name": "default", "data_files": "data/*.jsonl"}]}, None, ["README.md", "data/*.jsonl"]),
+        ({"configs": [{"config_name": "a", "data_files": {"train": "a.csv"}}]}, None, ["README.md", "a.csv"]),
+        ({"license": "mit"}, None, None),  # no configs: datasets reads the layout of the whole repo
+        (None, "main", None),
+    ],
+)
+def test_config_files_from_the_card(card, config, files):
+    assert config_files(card, config) == files
+
+
+def test_unknown_or_missing_config_is_refused_before_downloading():
+    with pytest.raises(DataError, match=r"no config 'nope' \(available: main, socratic\)"):
+        config_files(GSM8K_CARD, "nope")
+    with pytest.raises(DataError, match="choose a config"):
+        config_files(GSM8K_CARD, None)
+
+
+def test_online_downloads_the_card_then_only_the_config(hub_cache, monkeypatch):
+    import thinktune.data.hub_datasets as hd
+
+    asked = []
+    real = hd.snapshot
+
+    def recording(repo, revision, repo_type, allow=None):
+        asked.append(allow)
+        return real(repo, revision, repo_type, allow)  # still served from the cache: the test has no network
+
+    monkeypatch.setattr(hd, "offline", lambda: False)
+    monkeypatch.setattr(hd, "snapshot", recording)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert len(read_records("hf:some-org/gsm8k-mini:other[train]").records) == 2
+    assert asked[:2] == [["README.md"], ["README.md", "other/train-*"]]

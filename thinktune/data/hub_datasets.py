@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from thinktune.errors import DataError
-from thinktune.hub import HubMissing, snapshot
+from thinktune.hub import HubMissing, offline, snapshot
 
 HF_PREFIX = "hf:"
+CARD = "README.md"  # the dataset card: its YAML `configs:` name each config's data files
 HF_REF = re.compile(
     r"^hf:(?P<repo>[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)(?:@(?P<revision>[^:\[\]]+))?"
     r"(?::(?P<config>[^\[\]]+))?(?:\[(?P<split>[\w.-]+)\])?$"
@@ -51,12 +52,53 @@ def parse_hf_ref(ref: str) -> HubDatasetRef:
 
 
 def hub_dataset_dir(ref: str) -> Path:
-    """The dataset repo's snapshot folder (downloaded first when online); its name is the commit it holds."""
+    """The dataset repo's snapshot folder; its name is the commit it holds. Online, the card is downloaded first,
+    then only the files of the config asked for (a repo of many configs is not downloaded whole)."""
     hub = parse_hf_ref(ref)
     try:
-        return snapshot(hub.repo, hub.revision, "dataset")
+        if offline():
+            return snapshot(hub.repo, hub.revision, "dataset")
+        card = snapshot(hub.repo, hub.revision, "dataset", [CARD]) / CARD
+        try:
+            files = config_files(card_metadata(card), hub.config)
+        except DataError as e:
+            raise DataError(f"{ref}: {e}") from None
+        return snapshot(hub.repo, hub.revision, "dataset", files)
     except HubMissing as e:
         raise DataError(f"{ref}: {e}") from None
+
+
+def card_metadata(card: Path) -> dict | None:
+    from huggingface_hub.repocard import metadata_load
+
+    return metadata_load(card) if card.is_file() else None
+
+
+def config_files(card: dict | None, config: str | None) -> list[str] | None:
+    """Patterns of the files one config reads, from the card's `configs:` (as `datasets` reads them), plus the card;
+    None = the whole repo (a card without `configs:`: `datasets` infers the layout from every file). A config the
+    card does not name is refused here, before anything large is downloaded."""
+    configs = [c for c in (card or {}).get("configs") or [] if isinstance(c, dict)]
+    if not configs:
+        return None
+    named = {c.get("config_name", "default"): c for c in configs}
+    if config is None:
+        default = next((c for c in configs if c.get("default")), None) or named.get("default")
+        chosen = default or (configs[0] if len(configs) == 1 else None)
+        if chosen is None:
+            raise DataError(f"choose a config, as hf:org/name:CONFIG[split] (available: {', '.join(named)})")
+    elif config not in named:
+        raise DataError(f"no config '{config}' (available: {', '.join(named)})")
+    else:
+        chosen = named[config]
+    data_files = chosen.get("data_files")
+    if isinstance(data_files, dict):  # {split: pattern(s)}
+        data_files = list(data_files.values())
+    patterns: list[str] = []
+    for item in data_files if isinstance(data_files, list) else [data_files]:
+        paths = item.get("path") if isinstance(item, dict) else item
+        patterns += [p for p in (paths if isinstance(paths, list) else [paths]) if isinstance(p, str)]
+    return [CARD, *patterns] if patterns else None
 
 
 def hub_dataset_digest(ref: str) -> str:
