@@ -108,7 +108,8 @@ def test_bundled_and_hub_bases_are_named_by_their_hub_id(tmp_path):
     ("train", "hub", "other"),
     [
         (["hf:open-r1/OpenR1-Math-220k"], ["open-r1/OpenR1-Math-220k"], []),
-        (["openai/gsm8k", "data/train.jsonl"], ["openai/gsm8k"], ["train.jsonl"]),
+        (["hf:openai/gsm8k@v1:main[train]", "hf:a/b[test]"], ["openai/gsm8k", "a/b"], []),
+        (["data/gsm8k", "data/train.jsonl"], [], ["gsm8k", "train.jsonl"]),
         ([{"path": "hf:a/b", "weight": 0.5}, "bundled:arithmetic/train"], ["a/b"], ["bundled:arithmetic/train"]),
         (["lf-data/dataset_info.json#alpaca_en_demo"], [], ["alpaca_en_demo"]),
     ],

@@ -32,7 +32,6 @@ FORMAT_TAGS = {
     "gguf": ["gguf", "quantized"],
 }
 
-DATA_FILE_SUFFIXES = {".json", ".jsonl", ".csv", ".parquet", ".arrow", ".txt", ".tsv"}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _HF_CACHE_SNAPSHOT = re.compile(r"models--([^/]+)--([^/]+)/snapshots/")
 
@@ -78,14 +77,14 @@ def find_run_dir(run_dir: Path | None, adapter: Path | None) -> Path | None:
 
 
 def dataset_references(train: list[Any]) -> tuple[list[str], list[str]]:
-    """(Hub dataset ids for the metadata, everything else by name for the body) from a config's `data.train`."""
+    """(Hub dataset ids for the metadata, everything else by name for the body) from a config's `data.train`.
+
+    Only `hf:` references are Hub datasets (a plain `org/name` in data.train is a local path)."""
     hub, other = [], []
     for entry in train:
         ref = str(entry.get("path", "") if isinstance(entry, dict) else entry)
-        if ref.startswith("hf:"):
-            hub.append(ref[3:])
-        elif is_hub_id(ref) and Path(ref).suffix.lower() not in DATA_FILE_SUFFIXES:
-            hub.append(ref)
+        if ref.startswith("hf:"):  # hf:org/name[@revision][:config][[split]] (data/hub_datasets.py)
+            hub.append(re.split(r"[@:\[]", ref[3:], maxsplit=1)[0])
         elif "#" in ref:  # LLaMA-Factory entry: DIR/dataset_info.json#NAME
             other.append(ref.rsplit("#", 1)[1])
         elif ref.startswith("bundled:"):
