@@ -54,7 +54,8 @@ class DataConfig(Section):
     train: list[str | DatasetSpec] = Field(
         default_factory=lambda: ["bundled:arithmetic/train"],
         description="Training files (JSON/JSONL/CSV/Parquet/datasets dir), bundled sets such as "
-        "`bundled:arithmetic/train`, or specs {path, format, columns, weight, split} to mix several.",
+        "`bundled:arithmetic/train`, Hub datasets (`hf:openai/gsm8k:main[train]`, from the HF cache), or specs "
+        "{path, format, columns, weight, split} to mix several.",
     )
     test: str | None = Field(
         "bundled:arithmetic/test", description="Held-out set for evaluation before and after training."
