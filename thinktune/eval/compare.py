@@ -43,7 +43,8 @@ def load_candidate(cfg: RunConfig, ref: str):
     if (Path(ref) / "adapter_config.json").is_file():
         model, tok, _ = load_pretrained(cfg.model)
         return load_adapter(model, ref), tok
-    model, tok, _ = load_pretrained(cfg.model.model_copy(update={"name_or_path": ref, "gguf_file": None}))
+    other = cfg.model.model_copy(update={"name_or_path": ref, "gguf_file": None, "revision": None})
+    model, tok, _ = load_pretrained(other)
     return model, tok
 
 
