@@ -137,3 +137,15 @@ def test_online_downloads_the_card_then_only_the_config(hub_cache, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert len(read_records("hf:some-org/gsm8k-mini:other[train]").records) == 2
     assert asked[:2] == [["README.md"], ["README.md", "other/train-*"]]
+
+
+def test_data_validate_names_the_reference_with_its_brackets(hub_cache):
+    from typer.testing import CliRunner
+
+    from thinktune.cli import app
+
+    r = CliRunner().invoke(app, ["data", "validate", "hf:some-org/gsm8k-mini:main[train][:5]"])
+    assert r.exit_code == 0, r.output
+    assert "hf:some-org/gsm8k-mini:main[train][:5]: 5 usable, 0 rejected" in r.output
+    r = CliRunner().invoke(app, ["data", "validate", "hf:some-org/missing[train]"])
+    assert r.exit_code == 2 and "some-org/missing" in r.output

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from thinktune.cli.app import console, data_app, user_errors
 from thinktune.errors import DataError, UserError
@@ -133,9 +134,11 @@ def data_validate(
                 usable += 1
                 with_reasoning += any(m["reasoning"] for m in conversation(item))
         bad += len(rejects)
-        console.print(f"{name}: {usable} usable, {len(rejects)} rejected, {with_reasoning} with reasoning")
+        # markup=False: references hold brackets (`hf:org/name[train]`, `file[:90%]`) rich would take for tags
+        line = f"{name}: {usable} usable, {len(rejects)} rejected, {with_reasoning} with reasoning"
+        console.print(line, markup=False)
         for r in rejects:
-            console.print(f"  {r.file}:{r.line}: {r.reason}", highlight=False)
+            console.print(f"  {r.file}:{r.line}: {r.reason}", highlight=False, markup=False)
     if bad:
         raise typer.Exit(1)
 
@@ -171,7 +174,7 @@ def data_stats(
         console.print_json(data={**stats.to_json(), "png": str(image) if image else None})
         return
     n = stats.records
-    console.print(f"[bold]{n}[/] records, {stats.rejects} rejected while reading ({', '.join(files)})")
+    console.print(f"[bold]{n}[/] records, {stats.rejects} rejected while reading ({escape(', '.join(files))})")
     for reason, k in stats.reject_reasons.most_common(5):
         console.print(f"  {k} × {reason}", highlight=False)
     turns = ", ".join(f"{t} msgs: {k}" for t, k in sorted(stats.turns.items()))
