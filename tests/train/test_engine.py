@@ -361,7 +361,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tiny_model_d
     common = ["eval.before=false", "eval.after=false", "method.dropout=0"]
     one = cli("train", *[x for s in base_sets(model, tmp_path / "one", 6, *common) for x in ("--set", s)])
     assert one.wait(timeout=300) == 0, one.stderr.read()[-2000:]
-    two_sets = base_sets(model, tmp_path / "two", 6, *common, "train.batch_size=2")
+    two_sets = base_sets(model, tmp_path / "two", 6, *common, "train.batch_size=2", "train.save_steps=3")
     two = cli("train", "--num-processes", "2", *[x for s in two_sets for x in ("--set", s)])
     out, err = two.communicate(timeout=300)
     assert two.returncode == 0, err[-3000:]
@@ -369,6 +369,12 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tiny_model_d
     assert len(a) == len(b) == 6
     # Same samples, same global batch; only float summation order differs (gloo all-reduce).
     assert max(abs(x - y) for x, y in zip(a, b, strict=True)) < 1e-4
+    # The main process alone writes each checkpoint, its PEFT adapter included: the last one is the run's adapter.
+    from safetensors.torch import load_file
+
+    last = load_file(tmp_path / "two" / "checkpoints" / "step-6" / "adapter_model.safetensors")
+    final = load_file(tmp_path / "two" / "adapter" / "adapter_model.safetensors")
+    assert last.keys() == final.keys() and all(torch.equal(last[k], final[k]) for k in final)
 
 
 def test_ewc_and_distillation_through_the_recipe(tiny_model_dirs, tmp_path):
