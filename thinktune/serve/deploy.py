@@ -21,7 +21,8 @@ import yaml
 
 import thinktune
 from thinktune.config import RunConfig, load_config
-from thinktune.models.loading import BUNDLED, BUNDLED_INSTALL
+from thinktune.hub import is_hub_id
+from thinktune.models.loading import BUNDLED, BUNDLED_INSTALL, resolve_model
 from thinktune.serve.run_dir import read_run_dir
 
 APP = Path("/app")
@@ -60,7 +61,7 @@ def copy_tree(src: Path, dst: Path) -> None:
 
     def link_or_copy(s: str, d: str) -> None:
         try:
-            os.link(s, d)
+            os.link(os.path.realpath(s), d)  # link(2) would link a symlink itself (HF cache snapshots are symlinks)
         except OSError:
             shutil.copy2(s, d)
 
@@ -86,6 +87,9 @@ def write_deployment(run_dir: Path, out: Path, spec: DeploySpec = DeploySpec()) 
     else:
         if cfg.model.name_or_path not in BUNDLED:
             base = Path(cfg.model.name_or_path).expanduser()
+            if is_hub_id(cfg.model.name_or_path):  # ship the cached snapshot: the image runs with HF_HUB_OFFLINE=1
+                base = resolve_model(cfg.model.name_or_path, cfg.model.gguf_file, cfg.model.revision).path
+                model["revision"] = None
             if base.is_file():  # a .gguf file
                 (out / "model").mkdir(exist_ok=True)
                 shutil.copy2(base, out / "model" / base.name)
