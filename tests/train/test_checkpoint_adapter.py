@@ -103,3 +103,19 @@ def test_non_peft_checkpoints_hold_only_the_resume_state(tiny_model_dirs, tmp_pa
     run_sft(load_config(None, sets(tiny_model_dirs["llama"], run, "method.name=freeze", "train.max_steps=2")), QUIET)
     ckpt = run / "checkpoints" / "step-2"
     assert (ckpt / "trainable.safetensors").is_file() and not (ckpt / "adapter_config.json").exists()
+
+
+def test_a_second_adapter_stays_out_of_the_checkpoint(tiny_model_dirs, tmp_path):
+    """GRPO continuing an adapter keeps a frozen 'reference' copy beside it; the checkpoint holds the trained one."""
+    from peft import LoraConfig, get_peft_model
+
+    from thinktune.train.engine.checkpoint import TrainPosition, save_checkpoint
+
+    peft = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dirs["llama"]), LoraConfig(r=4))
+    peft.add_adapter("reference", peft.peft_config["default"])
+    params = [(n, p) for n, p in peft.named_parameters() if p.requires_grad]
+    opt = torch.optim.AdamW([p for _, p in params])
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    ckpt = save_checkpoint(tmp_path, TrainPosition(step=1), params, opt, sched, keep=1, adapter=peft)
+    assert (ckpt / "adapter_config.json").is_file() and not (ckpt / "reference").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-1"]  # no scratch dirs left behind

@@ -84,9 +84,11 @@ def save_adapter_files(model: torch.nn.Module, out: Path) -> None:
     is (save_lora: PEFT's save_pretrained; a PiSSA init converted to a plain LoRA on the original base)."""
     from thinktune.methods.lora import save_lora
 
+    others = set(getattr(model, "peft_config", {})) - {model.active_adapter}  # GRPO's frozen reference copy
     with tempfile.TemporaryDirectory(dir=out) as scratch:
         for f in save_lora(model, None, Path(scratch)).iterdir():
-            f.rename(out / f.name)
+            if f.name not in others:  # PEFT writes other adapters to subfolders; the trained one is the checkpoint's
+                f.rename(out / f.name)
 
 
 def list_checkpoints(root: Path) -> list[Path]:
