@@ -406,7 +406,7 @@ def fake_run(model, tokenizer):
     return SimpleNamespace(
         model=model,
         tokenizer=tokenizer,
-        cfg=SimpleNamespace(data=SimpleNamespace(system_prompt=None)),
+        cfg=SimpleNamespace(data=SimpleNamespace(system_prompt=None, thinking="auto")),
         accelerator=Accelerator(cpu=True),
     )
 
