@@ -177,9 +177,9 @@ class TrainConfig(Section):
     num_threads: int | None = Field(None, gt=0, description="CPU threads for torch (default: all cores).")
     save_steps: int | None = Field(None, gt=0, description="Checkpoint every N optimizer steps (and at epoch end).")
     save_total_limit: int = Field(2, gt=0, description="Keep the last K checkpoints.")
-    loggers: list[Literal["tensorboard", "mlflow", "wandb", "swanlab", "trackio"]] = Field(
+    report_to: list[Literal["tensorboard", "mlflow", "wandb", "swanlab", "trackio"]] = Field(
         default_factory=lambda: ["tensorboard"],
-        description="Experiment trackers besides metrics.jsonl (transformers' `report_to`), each fed the same scalars "
+        description="Experiment trackers besides metrics.jsonl (the name transformers uses), each fed the same scalars "
         "and the run config: tensorboard (`run_dir/tensorboard`), mlflow (`mlflow_tracking_uri`), wandb (`WANDB_DIR` "
         "or the run dir; `WANDB_MODE=offline` needs no account), swanlab (`SWANLAB_LOGDIR` or `run_dir/swanlog`; "
         "`SWANLAB_MODE=offline`), trackio (its local store, `TRACKIO_DIR`). Extras: `pip install 'thinktune[wandb]'` "

@@ -487,7 +487,7 @@ def dpo_cfg(model_dir, out, data_dir):
             "data.train=[dpo_en_demo]",
             "train.max_steps=2",
             "train.batch_size=2",
-            "train.loggers=[]",
+            "train.report_to=[]",
             "eval.before=false",
             "eval.after=false",
         ],

@@ -36,7 +36,7 @@ def sets(model_dir, out, *extra):
         "train.learning_rate=5e-3",
         "train.save_steps=2",
         "train.save_total_limit=3",
-        "train.loggers=[]",
+        "train.report_to=[]",
         *extra,
     ]
 

@@ -262,7 +262,7 @@ def tiny_cfg(model_dir, out, *extra):
             "train.max_steps=2",
             "train.batch_size=2",
             "train.learning_rate=1e-2",
-            "train.loggers=[]",
+            "train.report_to=[]",
             "eval.before=false",
             "eval.after=false",
             *extra,

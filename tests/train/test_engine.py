@@ -231,7 +231,7 @@ def scripted_loop(tiny_model_dirs, tmp_path, values: list[float], **train):
     from tests.train.test_speed import tiny_loop
     from thinktune.config import TrainConfig
 
-    cfg = TrainConfig(batch_size=2, max_steps=6, learning_rate=5e-2, loggers=[], warmup_ratio=0.0, **train)
+    cfg = TrainConfig(batch_size=2, max_steps=6, learning_rate=5e-2, report_to=[], warmup_ratio=0.0, **train)
     seen: list[dict[str, torch.Tensor]] = []
 
     def validate():
@@ -302,7 +302,7 @@ def test_tensorboard_mlflow_and_update_heatmap(tiny_model_dirs, tmp_path):
             4,
             "eval.before=false",
             "eval.after=false",
-            "train.loggers=[tensorboard,mlflow]",
+            "train.report_to=[tensorboard,mlflow]",
             "train.layer_stats_steps=2",
         ),
     )

@@ -462,7 +462,7 @@ def tiny_cfg(model_dir, out, *extra):
             "train.batch_size=2",
             "train.learning_rate=5e-2",
             "train.warmup_ratio=0",
-            "train.loggers=[]",
+            "train.report_to=[]",
             "eval.max_samples=2",
             "eval.max_new_tokens=6",
             "eval.batch_size=2",
@@ -573,7 +573,7 @@ def test_cli_grpo_with_a_yaml_section(llama, tmp_path):
     cfg_file = tmp_path / "rl.yaml"
     cfg_file.write_text(
         f"name: tiny\nmodel:\n  name_or_path: {llama}\ndata:\n  max_train_samples: 4\n"
-        "train:\n  max_steps: 1\n  batch_size: 2\n  loggers: []\neval:\n  before: false\n  after: false\n"
+        "train:\n  max_steps: 1\n  batch_size: 2\n  report_to: []\neval:\n  before: false\n  after: false\n"
         "grpo:\n  num_generations: 2\n  max_completion_length: 6\n  beta: 0.5\n"
     )
     out = tmp_path / "cli"

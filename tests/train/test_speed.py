@@ -195,7 +195,7 @@ def tiny_loop(tiny_model_dirs, cfg: TrainConfig, run_dir, steps: int, lengths=No
 
 def train_steps(tiny_model_dirs, tmp_path, **levers) -> list[float]:
     """A few TrainLoop steps on a tiny LoRA model."""
-    cfg = TrainConfig(batch_size=4, max_steps=4, learning_rate=1e-2, loggers=[], seed=0, warmup_ratio=0.0, **levers)
+    cfg = TrainConfig(batch_size=4, max_steps=4, learning_rate=1e-2, report_to=[], seed=0, warmup_ratio=0.0, **levers)
     lengths = (7, 19, 4, 12, 9, 3, 15, 6, 11, 5, 17, 8, 2, 14, 10, 13)
     loop, params, data = tiny_loop(tiny_model_dirs, cfg, tmp_path / ("fast" if levers else "plain"), 4, lengths)
     result = loop.run()

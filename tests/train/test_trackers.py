@@ -1,4 +1,4 @@
-"""Experiment trackers (train.loggers): one tiny CLI run feeds all five, each read back from its own offline store
+"""Experiment trackers (train.report_to): one tiny CLI run feeds all five, each read back from its own offline store
 with the same scalars as metrics.jsonl and the run config; a missing package is one line before any weights load."""
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def train_args(model_dir, out, loggers):
         "train.max_steps=3",
         "train.batch_size=4",
         "train.layer_stats_steps=2",
-        f"train.loggers=[{','.join(loggers)}]",
+        f"train.report_to=[{','.join(loggers)}]",
     ]
     return ["train", *[x for s in sets for x in ("--set", s)]]
 

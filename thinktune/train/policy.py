@@ -58,7 +58,7 @@ def setup_run(cfg: RunConfig, console: Console) -> tuple[Run, list[Reject]]:
 
     Returns the run and the unusable test records (the recipe writes them to rejects.jsonl with its own)."""
     check_method_environment(cfg.method, cfg.train)  # before any weights load
-    check_trackers(cfg.train.loggers)
+    check_trackers(cfg.train.report_to)
     configure_threads(cfg.train.num_threads)
     acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=mixed_precision(cfg.train.mixed_precision))
     if not acc.is_main_process:
@@ -246,7 +246,7 @@ def run_policy_loop(
     """The shared TrainLoop (checkpoints, guards, loggers, distributed) over the items; the reference released after."""
     tcfg, acc = run.cfg.train, run.accelerator
     log = (
-        MetricsLog(run.dir, tcfg.loggers, tcfg.mlflow_tracking_uri, run.cfg.name, flat_params(run.cfg))
+        MetricsLog(run.dir, tcfg.report_to, tcfg.mlflow_tracking_uri, run.cfg.name, flat_params(run.cfg))
         if acc.is_main_process
         else None
     )

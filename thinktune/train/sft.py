@@ -111,7 +111,7 @@ def setup(cfg: RunConfig, console: Console) -> Run:
 
     check_method_environment(cfg.method, cfg.train)  # before any weights load (qlora without CUDA, esft + decay)
     check_speed_environment(cfg.train)  # liger without CUDA
-    check_trackers(cfg.train.loggers)  # a tracker's package missing: one line, before any weights load
+    check_trackers(cfg.train.report_to)  # a tracker's package missing: one line, before any weights load
     quantization = None
     if cfg.method.name == "qlora":
         from thinktune.methods.qlora import quantization_config
@@ -213,7 +213,7 @@ def train(run: Run, resume: str | None = None) -> dict[str, Any]:
 
     log = None
     if acc.is_main_process:
-        log = MetricsLog(run.dir, cfg.loggers, cfg.mlflow_tracking_uri, run.cfg.name, flat_params(run.cfg))
+        log = MetricsLog(run.dir, cfg.report_to, cfg.mlflow_tracking_uri, run.cfg.name, flat_params(run.cfg))
     loop = TrainLoop(
         cfg=cfg,
         accelerator=acc,

@@ -1,4 +1,4 @@
-"""Metric sinks: metrics.jsonl (always) plus the experiment trackers named in `train.loggers`.
+"""Metric sinks: metrics.jsonl (always) plus the experiment trackers named in `train.report_to`.
 
 Every tracker gets the same scalars at the same steps and the run's config (flattened `section.key` params):
 
@@ -138,7 +138,7 @@ def _start(name: str, hint: str, init):
         return init()
     except Exception as e:  # each tracker raises its own types; the user needs the first line and the fix
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise EnvironmentProblem(f"train.loggers: {name} could not start ({first}); {hint}") from None
+        raise EnvironmentProblem(f"train.report_to: {name} could not start ({first}); {hint}") from None
 
 
 # name → (sink, importable module, pip extra that installs it; None = a core dependency)
@@ -157,7 +157,7 @@ def check_trackers(loggers: list[str]) -> None:
         _, module, extra = TRACKERS[name]
         if importlib.util.find_spec(module) is None:
             fix = f"pip install 'thinktune[{extra}]'" if extra else f"pip install {module}"
-            raise EnvironmentProblem(f"train.loggers includes {name}, which is not installed: {fix}")
+            raise EnvironmentProblem(f"train.report_to includes {name}, which is not installed: {fix}")
 
 
 class MetricsLog:
