@@ -288,6 +288,11 @@ def test_recipe_trains_every_loss(tiny_model_dirs, tmp_path, loss):
         assert "kl" in rows[0]
     lora = load_file(out / "adapter" / "adapter_model.safetensors")
     assert any("lora_B" in k and v.abs().sum() > 0 for k, v in lora.items())
+    if loss == "dpo":  # the adapter names its base and has a model card, as an SFT run's does
+        from huggingface_hub import ModelCard
+
+        card = ModelCard.load(out / "adapter" / "README.md")
+        assert card.data.library_name == "peft" and "thinktune" in card.data.tags
     assert (
         json.loads((out / "rejects.jsonl").read_text().splitlines()[0])["reason"] == "chosen and rejected are identical"
     )

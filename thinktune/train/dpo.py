@@ -11,7 +11,6 @@ Log-probs are sums over the completion tokens of the last assistant turn only (a
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable
@@ -41,7 +40,7 @@ from thinktune.train.policy import (
     setup_run,
     token_logprobs,
 )
-from thinktune.train.sft import Run, paired_before_after, run_eval, save
+from thinktune.train.sft import Run, paired_before_after, run_eval, save, write_summary
 
 LossName = Literal["dpo", "ipo", "simpo", "orpo", "kto"]
 DEFAULT_BETA = {"dpo": 0.1, "ipo": 0.1, "simpo": 2.0, "orpo": 0.1, "kto": 0.1}
@@ -437,6 +436,5 @@ def run_dpo(
         **stats,
         "wall_seconds": time.perf_counter() - wall,
     }
-    if run.accelerator.is_main_process:
-        (run.dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_summary(run, adapter_dir, summary)
     return summary

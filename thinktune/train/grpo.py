@@ -27,7 +27,6 @@ over every sampled group, kept or not, so they stay comparable with runs without
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from collections.abc import Callable
@@ -54,7 +53,7 @@ from thinktune.train.policy import (
     token_logprobs,
 )
 from thinktune.train.rewards import Completion, resolve_reward, resolve_step_reward, reward_name, score
-from thinktune.train.sft import Run, paired_before_after, run_eval, save
+from thinktune.train.sft import Run, paired_before_after, run_eval, save, write_summary
 
 Aggregation = Literal["sequence_mean", "token", "dr_grpo"]
 
@@ -632,6 +631,5 @@ def run_grpo(
         **stats,
         "wall_seconds": time.perf_counter() - wall,
     }
-    if run.accelerator.is_main_process:
-        (run.dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_summary(run, adapter_dir, summary)
     return summary

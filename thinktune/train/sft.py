@@ -352,10 +352,16 @@ def run_sft(cfg: RunConfig, console: Console | None = None, resume: str | None =
         **stats,
         "wall_seconds": time.perf_counter() - wall_start,
     }
-    if run.accelerator.is_main_process:
-        (run.dir / "summary.json").write_text(json.dumps(summary, indent=2))
-        if (adapter_dir / "adapter_config.json").is_file():  # replaces PEFT's card: base, config, before/after
-            from thinktune.export.model_card import write_model_card
-
-            write_model_card(adapter_dir, "adapter", cfg.model.name_or_path, run_dir=run.dir)
+    write_summary(run, adapter_dir, summary)
     return summary
+
+
+def write_summary(run: Run, adapter_dir: Path, summary: dict) -> None:
+    """summary.json, then the adapter's model card (base, config, before/after), replacing PEFT's: every recipe."""
+    if not run.accelerator.is_main_process:
+        return
+    (run.dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    if (adapter_dir / "adapter_config.json").is_file():
+        from thinktune.export.model_card import write_model_card
+
+        write_model_card(adapter_dir, "adapter", run.cfg.model.name_or_path, run_dir=run.dir)
