@@ -330,7 +330,7 @@ def child_thinktune(spec: dict) -> dict:
         "train.weight_decay=0.0",
         "train.max_grad_norm=1.0",
         f"train.seed={SEED}",
-        "train.loggers=[]",
+        "train.report_to=[]",
         "eval.before=false",
         "eval.after=false",
         *spec["sets"],

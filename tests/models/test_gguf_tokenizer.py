@@ -14,7 +14,8 @@ R1_GGUF = "deepseek-r1-distill-qwen.vocab.gguf"
 
 def test_r1_distill_gguf_tokenizer_encodes_its_chat_tokens_as_single_ids():
     assert (TEMPLATES / R1_GGUF).is_file(), "CI has ../shared beside the checkout"
-    specials = gguf_special_tokens(TEMPLATES / R1_GGUF)
+    specials, count = gguf_special_tokens(TEMPLATES / R1_GGUF)
+    assert count == 152064
     assert specials[151644] == ("<｜User｜>", True) and specials[151645] == ("<｜Assistant｜>", True)
     tok = load_tokenizer(ModelSource(TEMPLATES, R1_GGUF))
     for i, (text, _) in specials.items():
@@ -24,3 +25,12 @@ def test_r1_distill_gguf_tokenizer_encodes_its_chat_tokens_as_single_ids():
     ids = tok(prompt + '{"a": 1}', add_special_tokens=False)["input_ids"]
     # `<｜Assistant｜>` is one token, so the answer's first character cannot merge into the prompt
     assert ids[: len(tok(prompt, add_special_tokens=False)["input_ids"])][-1] == 151645
+
+
+def test_r1_distill_gguf_tokenizer_adds_the_real_bos_and_nothing_past_the_vocabulary():
+    """transformers' GGUF conversion appends BOS/EOS copies after id 152063 and makes encode() prepend one of them:
+    an id the model has no embedding row for."""
+    tok = load_tokenizer(ModelSource(TEMPLATES, R1_GGUF))
+    assert len(tok) == 152064
+    assert tok("a")["input_ids"] == [151646, 64]
+    assert max(tok.get_vocab().values()) == 152063

@@ -128,7 +128,7 @@ def push(folder: Path, repo_id: str, private: bool, revision: str | None, dry_ru
         return
     with console.status(f"pushing {len(plan.files)} files ({plan.total_bytes:,} bytes) to {repo_id}"):
         url = push_folder(plan)
-    console.print(f"pushed to [bold]{repo_id}[/] ({revision or 'main'}): {url}")
+    console.print(f"pushed to [bold]{repo_id}[/] ({revision or 'main'}): {url}", soft_wrap=True)
 
 
 def verification_table(record: dict[str, Any]) -> Table:
