@@ -6,7 +6,7 @@ template's `<｜Assistant｜>` is then encoded as five ordinary pieces, the mode
 with, and `>` merges with the answer's first character. It also appends readable copies of BOS/EOS after the last
 GGUF id, where the model has no embedding row, and its BOS post-processor adds that out-of-range id.
 `restore_control_tokens` puts every control and user-defined token of the GGUF back under its own id, drops tokens past
-the GGUF's vocabulary and points the post-processor at the real ids, as the model's Hugging Face `tokenizer.json` has it.
+the GGUF's vocabulary and points the post-processor at the real ids, as the model's own `tokenizer.json` has it.
 """
 
 from __future__ import annotations
@@ -62,7 +62,8 @@ def restore_control_tokens(tokenizer: PreTrainedTokenizerBase, gguf_path: str | 
             if model_vocab.get(text) == i:
                 del model_vocab[text]
         data["added_tokens"] = sorted(added.values(), key=lambda a: a["id"])
-        _point_post_processor(data.get("post_processor"), {**model_vocab, **{a["content"]: i for i, a in added.items()}})
+        ids = {**model_vocab, **{a["content"]: i for i, a in added.items()}}
+        _point_post_processor(data.get("post_processor"), ids)
         path.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
         restored = AutoTokenizer.from_pretrained(tmp)
     restored.chat_template = tokenizer.chat_template
