@@ -1,8 +1,17 @@
-"""Errors a user can cause. The CLI prints them as one line and exits with code 2; bugs stay tracebacks."""
+"""Errors a user can cause. The CLI prints them as one line and exits with their `exit_code` (2 for bad input, 1
+for a check that found a problem); bugs stay tracebacks."""
 
 
 class UserError(Exception):
     """Base class for every error caused by user input (config, data, paths, environment)."""
+
+    exit_code = 2
+
+
+class CheckFailed(UserError):
+    """A check ran and found a problem (an artefact beyond its tolerance): exit code 1."""
+
+    exit_code = 1
 
 
 class ConfigError(UserError):

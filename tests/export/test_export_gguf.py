@@ -60,7 +60,7 @@ def test_types_metadata_and_parity(export_models, tmp_path, arch, gguf_type, exp
     assert meta[f"{arch}.attention.layer_norm_rms_epsilon"] == pytest.approx(1e-6)
     assert meta["tokenizer.ggml.model"] == "gpt2"
     # transformers loads the Qwen2 model's tokenizer with Qwen2's own split regex, which llama.cpp calls `qwen2`
-    assert meta["tokenizer.ggml.pre"] == ("qwen2" if arch == "qwen2" else "gpt2")
+    assert meta["tokenizer.ggml.pre"] == ("qwen2" if arch == "qwen2" else "gpt-2")
     assert meta["tokenizer.ggml.eos_token_id"] == 2 and meta["tokenizer.ggml.padding_token_id"] == 0
     assert meta["tokenizer.ggml.tokens"][:3] == ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
     assert meta["tokenizer.ggml.token_type"][:3] == [3, 3, 3]  # control tokens

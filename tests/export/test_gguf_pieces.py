@@ -1,4 +1,4 @@
-"""Pure pieces of the GGUF export: pre-tokenizer names, Q/K permutation, tensor types, Ollama Modelfile."""
+"""Pure pieces of the GGUF export: Q/K permutation, tensor types, Ollama Modelfile."""
 
 from __future__ import annotations
 
@@ -8,34 +8,7 @@ from gguf import GGMLQuantizationType as Q
 
 from tests.tiny_models import CHATML_TEMPLATE
 from thinktune.export.gguf_file import permute_qk, tensor_type
-from thinktune.export.gguf_vocab import _LLAMA3_SPLIT, _QWEN2_SPLIT, _pre_tokenizer_name
 from thinktune.export.modelfile import default_system_prompt, is_chatml, modelfile_text
-
-
-def split(regex: str) -> dict:
-    return {
-        "type": "Sequence",
-        "pretokenizers": [
-            {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": False},
-            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False},
-        ],
-    }
-
-
-@pytest.mark.parametrize(
-    ("pre", "name"),
-    [
-        ({"type": "ByteLevel", "add_prefix_space": False, "use_regex": True}, "gpt2"),
-        (split(_QWEN2_SPLIT), "qwen2"),
-        (split(_LLAMA3_SPLIT), "llama-bpe"),
-        (split(r"\p{N}+|\s+"), "default"),
-        (None, "default"),
-    ],
-)
-def test_pre_tokenizer_names(pre, name):
-    found, notes = _pre_tokenizer_name(pre)
-    assert found == name
-    assert bool(notes) == (name == "default")  # an unknown split is reported, not silently renamed
 
 
 def test_permute_qk_is_undone_by_transformers_gguf_loader():

@@ -53,7 +53,7 @@ OfflineOpt = Annotated[
 
 
 def user_errors(fn):
-    """UserError → one line on stderr and exit code 2; no traceback."""
+    """UserError → one line on stderr and its exit code (2; 1 for a failed check); no traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -62,7 +62,7 @@ def user_errors(fn):
         except UserError as e:
             # escaped: messages name pip extras such as thinktune[wandb], which rich would take for markup
             err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
+            raise typer.Exit(e.exit_code) from None
         except KeyboardInterrupt:
             err_console.print("interrupted")
             raise typer.Exit(130) from None

@@ -63,12 +63,22 @@ def export(
     dry_run: Annotated[
         bool, typer.Option(help="--push-to-hub: export, then list the files that would be sent; send nothing.")
     ] = False,
+    check_with: Annotated[
+        list[str] | None,
+        typer.Option(help="gguf: also load the file in this runtime and compare it with the source: llama-cpp."),
+    ] = None,
+    verify: Annotated[
+        bool, typer.Option("--verify/--no-verify", help="Exit 1 when a parity figure is beyond its tolerance.")
+    ] = True,
     offline: OfflineOpt = False,
 ) -> None:
     """Export a model (+ adapter) and verify the artefact against it; numbers are printed and saved as verify.json.
 
     Example: `thinktune export --run-dir runs/quickstart --format gguf --gguf-type q4_0 -o exports/q4`
     """
+    unknown = sorted(set(check_with or []) - {"llama-cpp"})
+    if unknown:
+        raise UserError(f"--check-with {', '.join(unknown)}: unknown runtime; choose llama-cpp")
     if (private or revision or dry_run) and not push_to_hub:
         raise UserError("--private, --revision and --dry-run go with --push-to-hub REPO")
     sets = list(set_ or [])
@@ -97,6 +107,7 @@ def export(
         check_can_push(dry_run)  # before a long export, not after
 
     from thinktune.export import ExportOptions, run_export
+    from thinktune.export.verify import VerificationFailed
 
     options = ExportOptions.from_config(
         cfg.export,
@@ -106,12 +117,18 @@ def export(
         quant_device=quant_device,
         quant_bits=bits,
         int8_scheme=int8_scheme,
+        verify=verify,
+        check_with=tuple(dict.fromkeys(check_with or [])),
     )
     for fmt in formats:
         out = output_dir or cfg.run_dir / "export"
         out = out / fmt if len(formats) > 1 or output_dir is None else out
-        with console.status(f"exporting {fmt} to {out}"):
-            record = run_export(cfg.model, fmt, out, options, adapter, run_dir)
+        try:
+            with console.status(f"exporting {fmt} to {out}"):
+                record = run_export(cfg.model, fmt, out, options, adapter, run_dir)
+        except VerificationFailed as e:
+            console.print(verification_table(e.record))
+            raise
         console.print(verification_table(record))
         console.print(f"artefact: [bold]{record['artefact']}[/] · numbers: {out / 'verify.json'}")
         if push_to_hub:
@@ -136,8 +153,11 @@ def verification_table(record: dict[str, Any]) -> Table:
     table.add_column("")
     table.add_column("")
     for key, value in _flat(record):
-        if key not in ("format", "source", "artefact"):
+        if key not in ("format", "source", "artefact", "checks", "verified"):
             table.add_row(key.replace("_", " "), _show(value))
+    for row in record.get("checks", []):
+        mark = "[green]ok[/]" if row["passed"] else "[bold red]FAILED[/]"
+        table.add_row(f"check {row['figure']}", f"{_show(row['value'])} (limit {row['limit']}) {mark}")
     return table
 
 

@@ -4,8 +4,9 @@
 
 `EXPORTERS` maps a format name to its module's `Exporter`: `check(model_type, options)` fails fast before the model
 is loaded (unsupported architecture, missing package or GPU), `export(source, out_dir, options)` writes the artefact
-and returns its verification numbers. Adding a format = one module + one line here. `run_export` runs both, writes
-the numbers to `OUT/verify.json` and the model card to `OUT/README.md` (model_card.py); hub.py pushes the folder.
+and returns its verification numbers. Adding a format = one module + one line here. `run_export` runs both, checks
+the numbers against their tolerances (verify.py), writes them with the limits to `OUT/verify.json` and the model card
+to `OUT/README.md` (model_card.py), then fails if a figure is beyond its limit; hub.py pushes the folder.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from thinktune.export import adapter as adapter_export
 from thinktune.export import gguf_file, int8, merged, onnx_model
 from thinktune.export.model_card import find_run_dir, write_model_card
 from thinktune.export.source import ExportOptions, ExportSource, load_source, model_type
+from thinktune.export.verify import VerificationFailed, verify
 
 
 @dataclass(frozen=True)
@@ -61,16 +63,25 @@ def run_export(
         raise UserError(f"--format {fmt} needs an adapter: pass --adapter DIR or a --run-dir that has one")
     start = time.perf_counter()
     exporter.check(model_type(model_cfg), options)
+    if options.check_with and fmt != "gguf":
+        raise UserError(f"--check-with {', '.join(options.check_with)} checks GGUF files; --format {fmt} has none")
     source = load_source(model_cfg, adapter)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     numbers = exporter.export(source, out, options)
     record = {"format": fmt, "source": source.description, **numbers, "seconds": time.perf_counter() - start}
+    failed = verify(fmt, record)
     (out / "verify.json").write_text(json.dumps(record, indent=2) + "\n")
     method = _adapter_method(adapter)
     write_model_card(
         out, fmt, model_cfg.name_or_path, run_dir=find_run_dir(run_dir, adapter), record=record, method=method
     )
+    if failed and options.verify:
+        raise VerificationFailed(
+            f"{fmt} export beyond tolerance: {'; '.join(failed)} (figures in {out / 'verify.json'}; "
+            "--no-verify keeps the artefact without this check)",
+            record,
+        )
     return record
 
 

@@ -158,10 +158,14 @@ def _rope(config) -> dict[str, Any]:
 
 
 def check(model_type: str, options: ExportOptions) -> None:
-    """Fail before loading the model: an architecture or a tensor type we cannot write."""
+    """Fail before loading the model: an architecture or a tensor type we cannot write, a runtime not installed."""
     gguf_arch(model_type)
     if options.gguf_type not in TYPES:
         raise UserError(f"unknown GGUF type '{options.gguf_type}'; choose one of: {', '.join(TYPES)}")
+    if "llama-cpp" in options.check_with:
+        from thinktune.export.llama_cpp_check import check_installed
+
+        check_installed()
 
 
 def export_gguf(source: ExportSource, out: Path, options: ExportOptions) -> dict[str, Any]:
@@ -179,16 +183,43 @@ def export_gguf(source: ExportSource, out: Path, options: ExportOptions) -> dict
         or found["tensor_types"] != written["tensor_types"]
     ):
         raise RuntimeError(f"{path}: read back {found['tensor_types']}, wrote {written['tensor_types']}")
+    reference = Reference.of(source, model, options, stops)
+    checked = {}
+    if "llama-cpp" in options.check_with:
+        from thinktune.export import llama_cpp_check
+
+        checked["llama_cpp"] = llama_cpp_check.compare(
+            path, reference.texts, reference.ids, reference.logits, reference.greedy, options.max_new_tokens, stops
+        )
     return {
         "artefact": str(path),
         "modelfile": str(modelfile),
         "gguf_type": options.gguf_type,
         "bytes": path.stat().st_size,
         "tokenizer_pre": vocab.pre,
-        **({"notes": vocab.notes} if vocab.notes else {}),
+        "tokenizer_pre_identified_by": vocab.identified_by,
         **found,
-        **compare_with_transformers(source, model, path, found["head_dim"], options, stops),
+        **compare_with_transformers(source, model, path, found["head_dim"], options, stops, reference),
+        **checked,
     }
+
+
+@dataclass
+class Reference:
+    """The merged model's side of every comparison: rendered prompts, their ids, logits and greedy output."""
+
+    texts: list[str]
+    ids: list[list[int]]
+    logits: list[np.ndarray]
+    greedy: list[list[int]]
+
+    @classmethod
+    def of(cls, source: ExportSource, model: PreTrainedModel, options: ExportOptions, stops: list[int]) -> Reference:
+        texts = source.chat_texts(options.prompts)
+        ids = source.chat_ids(options.prompts)
+        logits = [torch_logits(model, x) for x in ids]
+        greedy = [torch_greedy(model, x, options.max_new_tokens, stops) for x in ids]
+        return cls(texts, ids, logits, greedy)
 
 
 def read_back(path: Path) -> dict[str, Any]:
@@ -215,6 +246,7 @@ def compare_with_transformers(
     head_dim: int | None,
     options: ExportOptions,
     stops: list[int],
+    ref: Reference,
 ) -> dict[str, Any]:
     """Load the GGUF with transformers (dequantised to float32); compare its tokenizer, logits and greedy output."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -231,21 +263,18 @@ def compare_with_transformers(
         path.parent, gguf_file=path.name, config=config, dtype=torch.float32
     ).eval()
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    ids = source.chat_ids(options.prompts)
+    ids = ref.ids
     reread = [_chat_ids(tokenizer, source.tokenizer.chat_template, p) for p in options.prompts]
-    reference = [torch_logits(model, x) for x in ids]
     logits = [torch_logits(loaded, x) for x in ids]
     n = options.max_new_tokens
     return {
         "compared_with": "merged model (PyTorch, float32) vs the GGUF loaded by transformers",
         "tokenizer_identical": reread == ids,
         "chat_template_identical": tokenizer.chat_template == source.tokenizer.chat_template,
-        "max_abs_logit_diff": max_abs_diff(reference, logits),
-        "reference_logit_max": float(max(abs(r).max() for r in reference)),
-        "top1_agreement": top1_agreement(reference, logits),
-        "greedy": greedy_agreement(
-            [torch_greedy(model, x, n, stops) for x in ids], [torch_greedy(loaded, x, n, stops) for x in ids]
-        ),
+        "max_abs_logit_diff": max_abs_diff(ref.logits, logits),
+        "reference_logit_max": float(max(abs(r).max() for r in ref.logits)),
+        "top1_agreement": top1_agreement(ref.logits, logits),
+        "greedy": greedy_agreement(ref.greedy, [torch_greedy(loaded, x, n, stops) for x in ids]),
         **({"load_notes": notes} if notes else {}),
     }
 

@@ -40,6 +40,8 @@ class ExportOptions:
     int8_scheme: str = "blockwise"  # int8 on cpu: "blockwise" (MatMulNBits) or "per-tensor" (quantize_dynamic)
     prompts: tuple[str, ...] = TEST_PROMPTS
     max_new_tokens: int = 16  # greedy tokens compared per prompt
+    verify: bool = True  # False: figures are still measured and written, but one beyond its tolerance does not fail
+    check_with: tuple[str, ...] = ()  # runtimes that load the artefact too: "llama-cpp" (GGUF)
 
     @classmethod
     def from_config(cls, cfg: ExportConfig, **extra) -> ExportOptions:
@@ -72,15 +74,18 @@ class ExportSource:
             self.merged = True
         return self.model
 
-    def chat_ids(self, prompts: tuple[str, ...] | list[str]) -> list[list[int]]:
-        """Token ids of each prompt rendered as a one-turn chat, ready for the assistant's answer."""
-        ids = []
-        for text in prompts:
-            rendered = self.tokenizer.apply_chat_template(
+    def chat_texts(self, prompts: tuple[str, ...] | list[str]) -> list[str]:
+        """Each prompt rendered as a one-turn chat with the model's template, ready for the assistant's answer."""
+        return [
+            self.tokenizer.apply_chat_template(
                 [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
             )
-            ids.append(self.tokenizer(rendered, add_special_tokens=False)["input_ids"])
-        return ids
+            for text in prompts
+        ]
+
+    def chat_ids(self, prompts: tuple[str, ...] | list[str]) -> list[list[int]]:
+        """Token ids of each prompt rendered as a one-turn chat, ready for the assistant's answer."""
+        return [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in self.chat_texts(prompts)]
 
 
 def model_type(model_cfg: ModelConfig) -> str:
