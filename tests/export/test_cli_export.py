@@ -46,7 +46,7 @@ def test_export_merged_with_model_and_adapter(export_models, tmp_path):
 def test_export_errors_are_one_line(tiny_model_dirs, tmp_path):
     runner = CliRunner()
     cases = [
-        (["--model", str(tiny_model_dirs["qwen3_moe"]), "--format", "gguf"], "qwen3_moe"),
+        (["--model", str(tiny_model_dirs["deepseek_v3"]), "--format", "gguf"], "deepseek_v3"),
         (["--model", str(tiny_model_dirs["deepseek_v3"]), "--format", "onnx"], "mixture-of-experts"),
         (["--model", str(tiny_model_dirs["llama"]), "--format", "tflite"], "export.formats"),
         (["--model", str(tiny_model_dirs["llama"]), "--format", "int8", "--quant-device", "tpu"], "tpu"),

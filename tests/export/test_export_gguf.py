@@ -88,9 +88,38 @@ def test_modelfile_for_chatml(export_models, tmp_path):
     assert 'PARAMETER stop "<|im_end|>"' in text
 
 
+def test_qwen3_moe_experts_stacked_as_llama_cpp_expects(tiny_model_dirs, tmp_path):
+    """transformers 5's fused experts (gate_up_proj, down_proj) become ffn_{gate,up,down}_exps; f32 isolates layout."""
+    model = ModelConfig(name_or_path=str(tiny_model_dirs["qwen3_moe"]))
+    record = run_export(model, "gguf", tmp_path, FAST.but(gguf_type="f32"))
+    assert record["max_abs_logit_diff"] < 1e-4 and record["greedy"]["identical"] == 1.0
+    meta, tensors = fields(record["artefact"])
+    assert meta["general.architecture"] == "qwen3moe"
+    assert meta["qwen3moe.expert_count"] == 4 and meta["qwen3moe.expert_used_count"] == 2
+    assert meta["qwen3moe.expert_feed_forward_length"] == 32
+    # numpy shapes (experts, rows, columns); GGUF lists dimensions innermost first
+    assert list(tensors["blk.0.ffn_gate_exps.weight"].shape) == [64, 32, 4]
+    assert list(tensors["blk.0.ffn_up_exps.weight"].shape) == [64, 32, 4]
+    assert list(tensors["blk.1.ffn_down_exps.weight"].shape) == [32, 64, 4]
+    assert list(tensors["blk.0.ffn_gate_inp.weight"].shape) == [64, 4]
+
+
+def test_moe_llama_cpp_cannot_run_is_refused(tiny_model_dirs, tmp_path):
+    from transformers import AutoConfig
+
+    from thinktune.export.gguf_file import _check_moe
+
+    config = AutoConfig.from_pretrained(tiny_model_dirs["qwen3_moe"])
+    _check_moe(config)
+    for change, needle in [({"norm_topk_prob": False}, "norm_topk_prob"), ({"mlp_only_layers": [1]}, "every layer")]:
+        changed = AutoConfig.from_pretrained(tiny_model_dirs["qwen3_moe"], **change)
+        with pytest.raises(UserError, match=needle):
+            _check_moe(changed)
+
+
 def test_unsupported_architecture_is_one_line(tiny_model_dirs, tmp_path):
-    with pytest.raises(UserError, match="does not support the 'qwen3_moe' architecture") as e:
-        run_export(ModelConfig(name_or_path=str(tiny_model_dirs["qwen3_moe"])), "gguf", tmp_path, FAST)
+    with pytest.raises(UserError, match="does not support the 'deepseek_v3' architecture") as e:
+        run_export(ModelConfig(name_or_path=str(tiny_model_dirs["deepseek_v3"])), "gguf", tmp_path, FAST)
     assert "\n" not in str(e.value)
     assert not any(tmp_path.iterdir())  # refused before writing anything
 

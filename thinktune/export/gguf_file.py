@@ -1,4 +1,4 @@
-"""GGUF export for llama.cpp and Ollama: Llama, Qwen2 and Qwen3 architectures, f16 / bf16 / q8_0 / q4_0.
+"""GGUF export for llama.cpp and Ollama: Llama, Qwen2, Qwen3 and Qwen3-MoE architectures, f16 / bf16 / q8_0 / q4_0.
 
     thinktune export --run-dir runs/quickstart --format gguf --gguf-type q8_0 -o exports/gguf
 
@@ -42,6 +42,7 @@ ARCHS: dict[str, GgufArch] = {
     "llama": GgufArch(gguf.MODEL_ARCH.LLAMA, permute_qk=True),
     "qwen2": GgufArch(gguf.MODEL_ARCH.QWEN2, permute_qk=False),
     "qwen3": GgufArch(gguf.MODEL_ARCH.QWEN3, permute_qk=False),
+    "qwen3_moe": GgufArch(gguf.MODEL_ARCH.QWEN3MOE, permute_qk=False),
 }
 
 # `export.gguf_type` offers f16 / bf16 / q8_0 / q4_0. f32 is lossless (it checks the layout); q4_1 re-exports a model
@@ -95,16 +96,29 @@ def gguf_tensors(model: PreTrainedModel, target: Q):
     for hf_name, tensor in state.items():
         if hf_name == "lm_head.weight" and tied:
             continue  # llama.cpp reads token_embd when output is absent
-        stem, _, suffix = hf_name.rpartition(".")
-        mapped = names.get_name(stem)
-        if mapped is None:
-            raise UserError(f"GGUF export: tensor '{hf_name}' has no llama.cpp name for {config.model_type}")
         data = tensor.detach().to(torch.float32).cpu().numpy()
-        if arch.permute_qk and mapped.endswith((".attn_q", ".attn_k")):  # weights and (attention_bias) biases
-            heads = config.num_attention_heads if mapped.endswith("attn_q") else config.num_key_value_heads
-            data = permute_qk(data, heads)
-        name = f"{mapped}.{suffix}"
-        yield name, data, tensor_type(name, data, target, has_output)
+        for stem, suffix, part in _expert_parts(hf_name, data):
+            mapped = names.get_name(stem)
+            if mapped is None:
+                raise UserError(f"GGUF export: tensor '{hf_name}' has no llama.cpp name for {config.model_type}")
+            if arch.permute_qk and mapped.endswith((".attn_q", ".attn_k")):  # weights and (attention_bias) biases
+                heads = config.num_attention_heads if mapped.endswith("attn_q") else config.num_key_value_heads
+                part = permute_qk(part, heads)
+            name = f"{mapped}.{suffix}"
+            yield name, part, tensor_type(name, part, target, has_output)
+
+
+def _expert_parts(hf_name: str, data: np.ndarray):
+    """(name stem, suffix, data) for one tensor. transformers 5 stores a MoE layer's experts fused: `gate_up_proj`
+    (experts, 2·ffn, hidden) with the gate rows first, and `down_proj` (experts, hidden, ffn); llama.cpp wants them
+    stacked per projection (`ffn_gate_exps`, `ffn_up_exps`, `ffn_down_exps`), which is the same layout split in two."""
+    stem, _, suffix = hf_name.rpartition(".")
+    if stem.endswith(".experts") and suffix == "gate_up_proj":
+        gate, up = np.split(data, 2, axis=1)
+        return [(f"{stem}.gate_proj", "weight", gate), (f"{stem}.up_proj", "weight", up)]
+    if stem.endswith(".experts") and suffix == "down_proj":
+        return [(f"{stem}.down_proj", "weight", data)]
+    return [(stem, suffix, data)]
 
 
 def write_gguf(model: PreTrainedModel, tokenizer, path: Path, gguf_type: str, name: str) -> dict[str, Any]:
@@ -113,6 +127,7 @@ def write_gguf(model: PreTrainedModel, tokenizer, path: Path, gguf_type: str, na
         raise UserError(f"unknown GGUF type '{gguf_type}'; choose one of: {', '.join(TYPES)}")
     config = model.config
     arch = gguf_arch(config.model_type)
+    _check_moe(config)
     vocab = gguf_vocab(tokenizer, config.vocab_size, bos_fallback=config.bos_token_id)
     writer = gguf.GGUFWriter(path, gguf.MODEL_ARCH_NAMES[arch.arch])
     _write_hparams(writer, config, name, gguf_type)
@@ -145,6 +160,20 @@ def _write_hparams(writer: gguf.GGUFWriter, config, name: str, gguf_type: str) -
     writer.add_key_length(head_dim)
     writer.add_value_length(head_dim)
     writer.add_vocab_size(config.vocab_size)
+    if config.model_type == "qwen3_moe":
+        writer.add_expert_count(config.num_experts)
+        writer.add_expert_used_count(config.num_experts_per_tok)
+        writer.add_expert_feed_forward_length(config.moe_intermediate_size)
+
+
+def _check_moe(config) -> None:
+    """llama.cpp's qwen3moe graph makes every layer sparse and renormalises the chosen experts' weights."""
+    if config.model_type != "qwen3_moe":
+        return
+    if getattr(config, "mlp_only_layers", None) or getattr(config, "decoder_sparse_step", 1) != 1:
+        raise UserError("GGUF export: llama.cpp's qwen3moe needs every layer to be MoE (mlp_only_layers is set)")
+    if not getattr(config, "norm_topk_prob", True):
+        raise UserError("GGUF export: llama.cpp's qwen3moe renormalises the top-k weights; norm_topk_prob is false")
 
 
 def _rope(config) -> dict[str, Any]:
@@ -259,6 +288,13 @@ def compare_with_transformers(
         if getattr(config, "head_dim", None) != head_dim:
             config.head_dim = head_dim
             notes.append(f"head_dim {head_dim} taken from {config.model_type}.attention.key_length")
+    if model.config.model_type == "qwen3_moe":
+        # Nor does it read `expert_feed_forward_length`, and its Qwen3-MoE default leaves the top-k weights
+        # unnormalised where llama.cpp's qwen3moe graph normalises them: set both as llama.cpp runs the file.
+        config = config or AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
+        config.moe_intermediate_size = int(_field(gguf.GGUFReader(path), "qwen3moe.expert_feed_forward_length"))
+        config.norm_topk_prob = True
+        notes.append("moe_intermediate_size and norm_topk_prob set as llama.cpp's qwen3moe reads them")
     loaded = AutoModelForCausalLM.from_pretrained(
         path.parent, gguf_file=path.name, config=config, dtype=torch.float32
     ).eval()
