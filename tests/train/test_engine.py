@@ -90,6 +90,47 @@ def test_checkpoint_is_atomic_and_keeps_last_k(tmp_path):
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step-2", "step-3"]
 
 
+def test_checkpoint_resumes_without_unpickling(tmp_path):
+    """Optimizer, scheduler and every RNG come back exactly; a state.pt that carries code is refused, not run."""
+    import random
+
+    import numpy as np
+
+    from thinktune.errors import UserError
+    from thinktune.train.engine.checkpoint import load_checkpoint
+
+    w = torch.nn.Parameter(torch.ones(3))
+    opt = torch.optim.AdamW([w], lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5)
+    w.grad = torch.full((3,), 0.3)
+    opt.step()
+    sched.step()
+    random.seed(1)
+    np.random.seed(2)
+    torch.manual_seed(3)
+    path = save_checkpoint(tmp_path, TrainPosition(step=7, tokens=70), [("w", w)], opt, sched, keep=1)
+    expected = (random.random(), float(np.random.rand()), float(torch.rand(1)), opt.state_dict()["state"][0])
+
+    w2 = torch.nn.Parameter(torch.zeros(3))
+    opt2 = torch.optim.AdamW([w2], lr=0.1)
+    sched2 = torch.optim.lr_scheduler.LambdaLR(opt2, lambda s: 0.5)
+    position = load_checkpoint(path, [("w", w2)], opt2, sched2)
+    assert position == TrainPosition(step=7, tokens=70)
+    assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == expected[:3]
+    assert torch.equal(opt2.state_dict()["state"][0]["exp_avg"], expected[3]["exp_avg"])
+    assert sched2.last_epoch == 1 and torch.equal(w2, w)
+    files = ["position.json", "rng.json", "rng.safetensors", "state.pt", "trainable.safetensors"]
+    assert sorted(f.name for f in path.iterdir()) == files
+
+    class Payload:
+        def __reduce__(self):
+            return (print, ("this would have run",))
+
+    torch.save({"optimizer": Payload(), "scheduler": {}}, path / "state.pt")
+    with pytest.raises(UserError, match="not a plain optimizer/scheduler state"):
+        load_checkpoint(path, [("w", w2)], opt2, sched2)
+
+
 # --- the loop on a tiny model --------------------------------------------------------------------------------------
 
 

@@ -1,7 +1,10 @@
 """Resumable checkpoints: trainable weights, optimizer, scheduler, RNG states and data position.
 
-Written to a temp dir then renamed, so a kill at any moment leaves the previous checkpoint loadable; the last K are
-kept. Only trainable tensors are stored (a LoRA checkpoint is megabytes, not the whole model).
+Nothing is unpickled on resume (`--resume PATH` may point anywhere): weights and the torch/CUDA generator states are
+safetensors, the optimizer and scheduler state dicts (tensors, numbers, lists) are loaded with `weights_only=True`,
+Python's and numpy's generator states and the position are JSON. Written to a temp dir then renamed, so a kill at any
+moment leaves the previous checkpoint loadable; the last K are kept. Only trainable tensors are stored (a LoRA
+checkpoint is megabytes, not the whole model).
 
 A PEFT run's checkpoint is also a loadable adapter: `adapter_config.json` + `adapter_model.safetensors` written by the
 PeftModel's own save_pretrained next to the resume state, so `PeftModel.from_pretrained(base, "checkpoints/step-N")`
@@ -11,6 +14,7 @@ and `thinktune eval/chat/serve/export --adapter runs/x/checkpoints/step-N` work 
 from __future__ import annotations
 
 import json
+import pickle
 import random
 import shutil
 import tempfile
@@ -35,18 +39,38 @@ class TrainPosition:
     batch_in_epoch: int = 0
     tokens: int = 0
     bad_steps: int = 0
-    lr_scale: float = 1.0
     seconds: float = 0.0  # training time so far, over every resumed segment (train.max_minutes counts it)
 
 
-def rng_state() -> dict:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+def save_rng_state(out: Path) -> None:
+    """Python and numpy generators as JSON; torch's CPU generator and every CUDA device's as safetensors."""
+    version, words, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    (out / "rng.json").write_text(
+        json.dumps(
+            {
+                "python": [version, list(words), gauss],
+                "numpy": [kind, keys.tolist(), pos, has_gauss, cached],
+            }
+        )
+    )
+    tensors = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        tensors |= {f"cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())}
+    save_file(tensors, str(out / "rng.safetensors"))
 
 
-def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
+def load_rng_state(path: Path) -> None:
+    state = json.loads((path / "rng.json").read_text())
+    version, words, gauss = state["python"]
+    random.setstate((version, tuple(words), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    tensors = load_file(str(path / "rng.safetensors"))
+    torch.set_rng_state(tensors["torch"])
+    cuda = [tensors[f"cuda.{i}"] for i in range(len(tensors) - 1)]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda[: torch.cuda.device_count()])
 
 
 def save_checkpoint(
@@ -66,10 +90,8 @@ def save_checkpoint(
     if adapter is not None:
         save_adapter_files(adapter, tmp)
     save_file({n: p.detach().contiguous().cpu() for n, p in params}, str(tmp / "trainable.safetensors"))
-    torch.save(
-        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
-        tmp / "state.pt",
-    )
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "state.pt")
+    save_rng_state(tmp)
     (tmp / "position.json").write_text(json.dumps(asdict(position)))
     if final.exists():
         shutil.rmtree(final)
@@ -121,8 +143,16 @@ def load_checkpoint(
     with torch.no_grad():
         for n, p in params:
             p.copy_(tensors[n].to(p.device, p.dtype))
-    state = torch.load(path / "state.pt", weights_only=False)
+    try:
+        state = torch.load(path / "state.pt", weights_only=True)
+    except pickle.UnpicklingError as e:  # a file that holds more than state dicts: refuse, do not run it
+        raise UserError(
+            f"{path / 'state.pt'}: not a plain optimizer/scheduler state ({str(e).splitlines()[0]})"
+        ) from None
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    set_rng_state(state["rng"])
-    return TrainPosition(**json.loads((path / "position.json").read_text()))
+    if not (path / "rng.json").is_file():
+        raise UserError(f"{path}: checkpoint from an older thinktune (no rng.json); start the run again")
+    load_rng_state(path)
+    known = set(TrainPosition.__dataclass_fields__)
+    return TrainPosition(**{k: v for k, v in json.loads((path / "position.json").read_text()).items() if k in known})

@@ -272,7 +272,6 @@ class TrainLoop:
 
     def _rollback(self, pos: TrainPosition, result: LoopResult) -> None:
         restored = load_checkpoint(self._latest_checkpoint(), self.params, self.optimizer, self.scheduler)
-        restored.lr_scale = pos.lr_scale * 0.5
         restored.bad_steps = pos.bad_steps
         self.scheduler.base_lrs = [lr * 0.5 for lr in self.scheduler.base_lrs]
         for group, lr in zip(self.optimizer.param_groups, self.scheduler.get_last_lr(), strict=True):
