@@ -8,7 +8,7 @@ from gguf import GGMLQuantizationType as Q
 
 from tests.tiny_models import CHATML_TEMPLATE
 from thinktune.export.gguf_file import permute_qk, tensor_type
-from thinktune.export.modelfile import default_system_prompt, is_chatml, modelfile_text
+from thinktune.export.modelfile import default_system_prompt, is_chatml, modelfile_text, ollama_chat
 
 
 def test_permute_qk_is_undone_by_transformers_gguf_loader():
@@ -49,17 +49,22 @@ LLAMA3_TEMPLATE = "{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|en
 
 
 @pytest.mark.parametrize(
-    ("template", "chatml", "system"),
+    ("template", "family", "system"),
     [
-        (CHATML_TEMPLATE, True, None),
-        (SMOL_TEMPLATE, True, "You are a helpful AI assistant named SmolLM, trained by Hugging Face"),
-        (LLAMA3_TEMPLATE, False, None),
-        (None, False, None),
+        (CHATML_TEMPLATE, "chatml", None),
+        (SMOL_TEMPLATE, "chatml", "You are a helpful AI assistant named SmolLM, trained by Hugging Face"),
+        (LLAMA3_TEMPLATE, None, None),
+        (None, None, None),
     ],
 )
-def test_modelfile(template, chatml, system):
+def test_modelfile(template, family, system):
+    """The real templates, rendered by Go as Ollama does: tests/export/test_modelfile_ollama.py."""
     text = modelfile_text("m-q8_0.gguf", template, ["<|im_end|>", '"quoted"', "<|im_end|>"])
+    chat = ollama_chat(template)
     assert text.startswith("FROM ./m-q8_0.gguf\n")
-    assert is_chatml(template) is chatml and ("TEMPLATE" in text) is chatml
+    assert (chat and chat.family) == family and ("TEMPLATE" in text) is bool(family)
+    assert is_chatml(template) is bool(family)
     assert default_system_prompt(template) == system and (f'SYSTEM """{system}"""' in text) is bool(system)
-    assert text.count('PARAMETER stop "<|im_end|>"') == 1 and 'PARAMETER stop "\\"quoted\\""' in text
+    # Ollama's parser drops the outer quotes and unescapes nothing: an inner `"` is written as it is
+    assert text.count('PARAMETER stop "<|im_end|>"') == 1 and 'PARAMETER stop ""quoted""' in text
+    assert ('PARAMETER stop "<|im_start|>"' in text) is bool(family)  # the turn marker, as Ollama's own Modelfiles

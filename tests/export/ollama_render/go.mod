@@ -1,0 +1,3 @@
+module ollamarender
+
+go 1.22
