@@ -17,6 +17,7 @@ from transformers import AutoModelForCausalLM
 from thinktune.config import load_config
 from thinktune.data.render import render_prompt
 from thinktune.errors import ConfigError
+from thinktune.eval.reasoning import answers_match, extract_answer
 from thinktune.train.grpo import (
     GRPOConfig,
     RolloutReuse,
@@ -187,6 +188,25 @@ def test_accuracy_and_format_rewards(text, accuracy, fmt):
     task = {"prompt": [], "answer": "7", "meta": {}}
     assert REWARDS["accuracy"](completion(text), task) == accuracy
     assert REWARDS["format"](completion(text), task) == fmt
+
+
+@pytest.mark.parametrize(
+    ("answer", "reference", "accuracy"),
+    [
+        ("3x", "3y", 0.0),  # gamed: the old checker dropped trailing letters and paid these in full
+        ("4x", "4", 0.0),
+        ("1,2,3", "123", 0.0),
+        ("3t", "3", 0.0),
+        ("3y", "3y", 1.0),
+        ("y \\cdot 3", "3y", 1.0),
+        ("\\frac{1}{2}", "0.5", 1.0),
+    ],
+)
+def test_accuracy_reward_uses_the_eval_checker(answer, reference, accuracy):
+    text = f"<think>\nwork\n</think>\n\nThe answer is \\boxed{{{answer}}}."
+    task = {"prompt": [], "answer": reference, "meta": {}}
+    assert REWARDS["accuracy"](completion(text), task) == accuracy
+    assert accuracy == float(answers_match(extract_answer(text), reference))
 
 
 @pytest.mark.parametrize(

@@ -45,7 +45,8 @@ def register(name: str, registry: dict[str, Callable] = REWARDS) -> Callable[[Re
 
 @register("accuracy")
 def accuracy_reward(completion: Completion, task: dict[str, Any]) -> float:
-    """1 when the extracted final answer matches the reference (numbers exactly, expressions symbolically)."""
+    """1 when the extracted final answer matches the reference, by the evaluation's own checker (`answers_match`:
+    math-verify on the whole answer), so a reward earned in training is accuracy in `thinktune eval`."""
     return float(answers_match(parse_output(completion.text).answer, task["answer"]))
 
 
