@@ -15,7 +15,7 @@ import pytest
 import torch
 from rich.console import Console
 
-from thinktune.config import load_config
+from thinktune.config import TrainConfig, load_config
 from thinktune.train.engine.checkpoint import TrainPosition, list_checkpoints, save_checkpoint
 from thinktune.train.engine.guards import Plateau, SpikeDetector
 from thinktune.train.engine.loggers import read_metrics
@@ -486,3 +486,35 @@ def test_class_balanced_sampling_runs_from_the_data_stage(tiny_model_dirs, tmp_p
         QUIET,
     )
     assert summary["steps"] == 3
+
+
+def test_fp16_overflow_backs_the_loss_scale_off_and_training_goes_on(tiny_model_dirs, tmp_path):
+    """A real GradScaler (it works on CPU) in Accelerate's place: an overflow of the scaled gradients halves the
+    scale, is not counted as a bad step (max_bad_steps=0 would stop the run), and the following steps train."""
+    from tests.train.test_speed import tiny_loop
+
+    cfg = TrainConfig(batch_size=4, max_steps=4, learning_rate=1e-2, report_to=[], seed=0, max_bad_steps=0)
+    loop, params, _ = tiny_loop(tiny_model_dirs, cfg, tmp_path, 4)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    from accelerate.optimizer import AcceleratedOptimizer
+
+    loop.accelerator.scaler = scaler  # as Accelerator(mixed_precision="fp16") sets it up on a GPU
+    loop.optimizer = AcceleratedOptimizer(loop.optimizer.optimizer, device_placement=False, scaler=scaler)
+    calls, loss_fn, hooks = [], loop.loss_fn, []
+
+    def overflowing_loss(model, batch):
+        calls.append(len(calls))
+        for hook in hooks:
+            hook.remove()
+        if len(calls) == 2:  # this backward overflows (an inf gradient), the loss itself stays finite
+            hooks.append(params[0][1].register_hook(lambda g: torch.full_like(g, math.inf)))
+        return loss_fn(model, batch)
+
+    loop.loss_fn = overflowing_loss
+    before = [p.detach().clone() for _, p in params]
+    result = loop.run()
+    assert scaler.get_scale() == 2.0**9  # backed off once (growth needs 2000 clean steps)
+    assert result.steps == 4 and result.bad_steps == 0 and len(calls) == 5
+    assert math.isfinite(result.final_loss)
+    assert all(torch.isfinite(p).all() for _, p in params)
+    assert any(not torch.equal(a, p) for a, (_, p) in zip(before, params, strict=True))

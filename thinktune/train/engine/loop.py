@@ -210,6 +210,8 @@ class TrainLoop:
         loss_t = acc.reduce(torch.tensor(step_loss, device=acc.device), reduction="mean")
         if not is_finite(float(loss_t), grad_norm):
             self.optimizer.zero_grad(set_to_none=True)
+            if self._scaler_backs_off(float(loss_t)):
+                return "skipped"
             pos.bad_steps += 1
             self.console.print(
                 f"[yellow]step {pos.step + 1}: non-finite loss or gradient, step skipped "
@@ -250,6 +252,19 @@ class TrainLoop:
             {"grad_norms": grads, "update_norms": monitor.update_norms(before, self.params)} if want_stats else None
         )
         return "stepped"
+
+    def _scaler_backs_off(self, loss: float) -> bool:
+        """fp16: every skipped step must reach the gradient scaler, or its scale never backs off and the next clip
+        unscales gradients already unscaled. The scaler lowers its scale as its own skipped step would; an overflow
+        of the scaled gradients under a finite loss is then its business, not a bad step (True)."""
+        scaler = getattr(self.optimizer, "scaler", None)  # Accelerate's GradScaler under fp16, else None
+        if scaler is None or not scaler.is_enabled():
+            return False
+        scaler.update(scaler.get_scale() * scaler.get_backoff_factor())  # also resets its per-step unscale state
+        if math.isfinite(loss):
+            self.console.print(f"[dim]fp16 gradient overflow: step skipped, loss scale → {scaler.get_scale():g}[/]")
+            return True
+        return False
 
     # --- checkpoints, rollback, validation ---------------------------------------------------------------------
     def _save(self, pos: TrainPosition) -> None:
