@@ -102,6 +102,7 @@ def test_every_tracker_gets_the_same_scalars_and_config(tiny_model_dirs, tmp_pat
             mlflow.setdefault(m.step, {})[key] = m.value
     same(mlflow, {s: {k.replace("/", "."): v for k, v in d.items()} for s, d in want.items()}, "mlflow")
     assert mrun.data.params["train.max_steps"] == "3"
+    assert len(mrun.data.params) > 100 and any(k.startswith("serve.") for k in mrun.data.params)  # the whole config
 
     # wandb offline: the run's .wandb transaction log, read with wandb's own reader (`wandb leet inspect --json`).
     (wandb_file,) = (tmp_path / "wandb").glob("wandb/offline-run-*/run-*.wandb")

@@ -60,8 +60,11 @@ class MLflowSink:
         exp = self.client.get_experiment_by_name(PROJECT)
         exp_id = exp.experiment_id if exp else self.client.create_experiment(PROJECT)
         self.run_id = self.client.create_run(exp_id, run_name=run.name).info.run_id
-        for k, v in list(run.params.items())[:100]:
-            self.client.log_param(self.run_id, k, str(v)[:500])
+        from mlflow.entities import Param
+
+        params = [Param(k, str(v)[:500]) for k, v in run.params.items()]
+        for i in range(0, len(params), 100):  # MLflow takes at most 100 params per batch: send them all, in batches
+            self.client.log_batch(self.run_id, params=params[i : i + 100])
 
     def log(self, step: int, scalars: dict[str, float]) -> None:
         for k, v in scalars.items():
