@@ -23,23 +23,28 @@ from pydantic import Field
 from rich.console import Console
 
 from thinktune.config import RunConfig, Section
+from thinktune.data.cleaning import Cleaner
 from thinktune.data.collate import pad_batch
 from thinktune.data.dataset_info import reference
 from thinktune.data.formats import RecordError
+from thinktune.data.prepare import check_parity
 from thinktune.data.reading import KTO, Reject, check_bad_fraction, check_source, is_kto, read_records, write_rejects
-from thinktune.data.render import RenderOptions, TokenizedSample, tokenize_conversation
+from thinktune.data.render import RenderOptions, TokenizedSample, tokenize_record
 from thinktune.data.spec import DatasetSpec
 from thinktune.errors import ConfigError, DataError
 from thinktune.methods import count_parameters
 from thinktune.train.policy import (
     ReferencePolicy,
     adapter_starts_at_base,
+    balanced_weights,
     load_policy,
+    optimizer_steps,
     prepare_optimization,
     run_policy_loop,
     setup_run,
     token_logprobs,
 )
+from thinktune.train.settings import check_settings
 from thinktune.train.sft import Run, paired_before_after, run_eval, save, write_summary
 
 LossName = Literal["dpo", "ipo", "simpo", "orpo", "kto"]
@@ -194,13 +199,19 @@ def implicit_rewards(p: PairLogps, cfg: DPOConfig) -> tuple[torch.Tensor, torch.
 
 
 def tokenize_answer(
-    tokenizer, prompt: list[dict], answer: dict, system_prompt: str | None, max_length: int | None
+    tokenizer,
+    prompt: list[dict],
+    answer: dict,
+    system_prompt: str | None,
+    max_length: int | None,
+    opts: RenderOptions | None = None,
+    meta: dict | None = None,
 ) -> TokenizedSample:
-    """prompt + answer rendered by the chat template; labels on the final assistant turn only."""
-    return tokenize_conversation(tokenizer, [*prompt, answer], system_prompt, max_length, opts=LAST_TURN)
-
-
-LAST_TURN = RenderOptions(multi_turn="last")
+    """prompt + answer rendered by the chat template; labels on the final assistant turn only. `opts` gives the
+    thinking mode (data.thinking, with the record's `meta.enable_thinking`) and data.empty_think_in_loss."""
+    base = opts or RenderOptions()
+    opts = RenderOptions(system_prompt, base.thinking, "last", base.empty_think_in_loss, max_length)
+    return tokenize_record(tokenizer, {"messages": [*prompt, answer], "meta": meta or {}}, opts)[-1]
 
 
 @dataclass
@@ -223,18 +234,28 @@ def _name(ref: str | DatasetSpec) -> str:
 
 def load_preferences(run: Run, files: list[str | DatasetSpec], loss: str) -> PreferenceData:
     cfg = run.cfg.data
+    opts = RenderOptions.from_config(cfg)
+    cleaner = Cleaner(cfg.cleaning) if cfg.cleaning else None  # one cleaner: duplicates across files count too
     records, labelled, rejects = [], [], []
     for ref in files:
         kind = preference_kind(ref, loss)
         loaded = read_records(ref, cfg.format if cfg.format != "messages" else "auto", kind=kind)
         check_bad_fraction(loaded, cfg.max_bad_fraction, _name(ref))
-        (labelled if kind == KTO else records).extend(loaded.records)
         rejects += loaded.rejects
+        for item in cleaner.stream(loaded.records) if cleaner else loaded.records:
+            if isinstance(item, Reject):  # removed on purpose (duplicate, quality, ...): a reject, not a data error
+                rejects.append(item)
+            else:
+                (labelled if kind == KTO else records).append(item)
     data = PreferenceData([], [], [], [], rejects)
     for rec in records:
         try:
-            c = tokenize_answer(run.tokenizer, rec["prompt"], rec["chosen"], cfg.system_prompt, cfg.max_length)
-            r = tokenize_answer(run.tokenizer, rec["prompt"], rec["rejected"], cfg.system_prompt, cfg.max_length)
+            c = tokenize_answer(
+                run.tokenizer, rec["prompt"], rec["chosen"], cfg.system_prompt, cfg.max_length, opts, rec["meta"]
+            )
+            r = tokenize_answer(
+                run.tokenizer, rec["prompt"], rec["rejected"], cfg.system_prompt, cfg.max_length, opts, rec["meta"]
+            )
         except RecordError as e:
             data.rejects.append(Reject(rec["meta"].get("source", "?"), rec["meta"].get("line", 0), str(e)))
             continue
@@ -245,6 +266,8 @@ def load_preferences(run: Run, files: list[str | DatasetSpec], loss: str) -> Pre
             break
     if labelled:
         add_labelled_answers(run, data, labelled)
+    # at most one reject per record (a pair stops at its first failing answer), as SFT counts them
+    check_parity(data.rejects, len(records) + len(labelled), cfg.max_parity_mismatch)
     if not data.records:
         raise DataError(f"no usable preference pairs in {', '.join(map(_name, files))} (see rejects.jsonl)")
     if loss == "kto":
@@ -254,7 +277,9 @@ def load_preferences(run: Run, files: list[str | DatasetSpec], loss: str) -> Pre
         for i, rec in enumerate(data.records):
             other = data.records[(i + 1) % n]["chosen"]
             try:
-                sample = tokenize_answer(run.tokenizer, rec["prompt"], other, cfg.system_prompt, None)
+                sample = tokenize_answer(
+                    run.tokenizer, rec["prompt"], other, cfg.system_prompt, None, opts, rec["meta"]
+                )
             except RecordError:
                 sample = data.chosen[i]  # the template refused the mix: fall back to the pair's own answer
             data.mismatched.append(sample)
@@ -267,13 +292,14 @@ def add_labelled_answers(run: Run, data: PreferenceData, labelled: list[dict]) -
     rows (desirable, undesirable) that flow through the pair batches. The shorter side is cycled, so both kinds
     count equally per epoch; dpo.desirable_weight / undesirable_weight set their balance."""
     cfg = run.cfg.data
+    opts = RenderOptions.from_config(cfg)
     sides: dict[bool, list[tuple[dict, TokenizedSample]]] = {True: [], False: []}
     for rec in labelled:
         msgs, meta = rec["messages"], rec["meta"]
         try:
             if msgs[-1]["role"] != "assistant":
                 raise RecordError("a KTO answer must be the last turn (an assistant turn)")
-            sample = tokenize_answer(run.tokenizer, msgs[:-1], msgs[-1], cfg.system_prompt, cfg.max_length)
+            sample = tokenize_answer(run.tokenizer, msgs[:-1], msgs[-1], cfg.system_prompt, cfg.max_length, opts, meta)
         except RecordError as e:
             data.rejects.append(Reject(meta.get("source", "?"), meta.get("line", 0), str(e)))
             continue
@@ -389,6 +415,7 @@ def train(run: Run, data: PreferenceData, cfg: DPOConfig, adapter: str | None) -
         lambda idx: pair_batch(data, idx, run.tokenizer.pad_token_id, cached),
         preference_loss_fn(cfg, reference),
         reference,
+        sample_weights=balanced_weights(run.cfg.data, data.records),
     )
 
 
@@ -399,6 +426,7 @@ def run_dpo(
     adapter: str | None = None,
     console: Console | None = None,
 ) -> dict[str, Any]:
+    check_settings(cfg, "dpo", data_files)  # SFT-only settings: one line before anything loads
     console = console or Console()
     wall = time.perf_counter()
     files = data_files or list(cfg.data.train)
@@ -415,7 +443,7 @@ def run_dpo(
     )
     if dpo.loss == "kto" and cfg.train.batch_size < 2:
         raise ConfigError("dpo.loss=kto needs train.batch_size >= 2")
-    run.model = load_policy(run, adapter)
+    run.model = load_policy(run, adapter, optimizer_steps(run, len(data.records)))
     before = run_eval(run, "before") if cfg.eval.before else None
     stats = train(run, data, dpo, adapter)
     adapter_dir = save(run)

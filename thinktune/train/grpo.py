@@ -37,8 +37,11 @@ from pydantic import Field, model_validator
 from rich.console import Console
 
 from thinktune.config import DataConfig, RunConfig, Section
-from thinktune.data.reading import Reject, check_bad_fraction, read_records, write_rejects
+from thinktune.data.cleaning import Cleaner
+from thinktune.data.dataset_info import reference as dataset_reference
+from thinktune.data.reading import LoadedRecords, Reject, check_bad_fraction, read_records, write_rejects
 from thinktune.data.render import inference_thinking, render_prompt
+from thinktune.data.spec import DatasetSpec
 from thinktune.errors import ConfigError, DataError
 from thinktune.eval.generate import stop_token_ids
 from thinktune.methods import count_parameters
@@ -46,13 +49,16 @@ from thinktune.train.engine.loggers import read_metrics
 from thinktune.train.policy import (
     ReferencePolicy,
     adapter_starts_at_base,
+    balanced_weights,
     load_policy,
+    optimizer_steps,
     prepare_optimization,
     run_policy_loop,
     setup_run,
     token_logprobs,
 )
 from thinktune.train.rewards import Completion, resolve_reward, resolve_step_reward, reward_name, score
+from thinktune.train.settings import check_settings
 from thinktune.train.sft import Run, paired_before_after, run_eval, save, write_summary
 
 Aggregation = Literal["sequence_mean", "token", "dr_grpo"]
@@ -307,17 +313,56 @@ class RolloutReuse:
 # ---- the recipe ----
 
 
-def load_rl_tasks(cfg: DataConfig, files: list[str]) -> tuple[list[dict], list[Reject]]:
-    """Prompt + answer records (any task format, or SFT records with an `answer` field), and the rejects."""
+def _name(ref: str | DatasetSpec) -> str:
+    return ref if isinstance(ref, str) else ref.path
+
+
+def load_rl_tasks(cfg: DataConfig, files: list[str | DatasetSpec]) -> tuple[list[dict], list[Reject]]:
+    """Prompt + answer records (any task format, or SFT records with an `answer` field), cleaned when data.cleaning
+    says so (the rules of `thinktune data clean --kind task`), and the rejects. data.max_length and
+    data.max_train_samples need the tokenizer: `fit_prompts` applies them."""
+    cleaner = Cleaner(cfg.cleaning) if cfg.cleaning else None  # one cleaner: duplicates across files count too
     tasks, rejects = [], []
     for ref in files:
         loaded = read_records(ref, cfg.format, kind="task")
-        check_bad_fraction(loaded, cfg.max_bad_fraction, ref)
-        tasks += loaded.records
+        check_bad_fraction(loaded, cfg.max_bad_fraction, _name(ref))
         rejects += loaded.rejects
+        for item in cleaner.stream(loaded.records) if cleaner else loaded.records:
+            (rejects if isinstance(item, Reject) else tasks).append(item)  # cleaned away: a reject, not a data error
     if not tasks:
-        raise DataError(f"no usable prompts with answers in {', '.join(files)}")
-    return tasks[: cfg.max_train_samples] if cfg.max_train_samples else tasks, rejects
+        raise DataError(f"no usable prompts with answers in {', '.join(map(_name, files))}")
+    return tasks, rejects
+
+
+def task_prompt(tokenizer, task: dict, data: DataConfig) -> str:
+    """The prompt a task is sampled from: the chat template's generation prompt, in data.thinking's mode."""
+    return render_prompt(
+        tokenizer,
+        task["prompt"],
+        data.system_prompt,
+        tools=task.get("tools"),
+        enable_thinking=inference_thinking(data.thinking, task.get("meta", {}).get("enable_thinking")),
+    )
+
+
+def fit_prompts(tokenizer, tasks: list[dict], data: DataConfig) -> tuple[list[dict], list[Reject]]:
+    """The first data.max_train_samples tasks whose prompt fits data.max_length tokens; longer prompts are rejected,
+    not cut, as SFT rejects longer samples (the completion's budget is grpo.max_completion_length)."""
+    kept, rejects = [], []
+    for task in tasks:
+        if data.max_train_samples and len(kept) >= data.max_train_samples:
+            break
+        n = len(tokenizer(task_prompt(tokenizer, task, data), add_special_tokens=False)["input_ids"])
+        if n <= data.max_length:
+            kept.append(task)
+            continue
+        meta = task.get("meta", {})
+        reason = f"prompt too long: {n} tokens > data.max_length={data.max_length}"
+        rejects.append(Reject(meta.get("source", "?"), meta.get("line", 0), reason))
+    check_bad_fraction(LoadedRecords(records=kept, rejects=rejects), data.max_bad_fraction, "training prompts")
+    if not kept:
+        raise DataError(f"no training prompt fits data.max_length={data.max_length} tokens")
+    return kept, rejects
 
 
 # per-completion entries of a rollout (first dimension = completions); the others are [prompt | completion] layouts
@@ -330,17 +375,7 @@ def sample_groups(
     """G scored completions for each task, with group-relative advantages (on the CPU); with a step reward also
     per-token advantages (`token_advantages`: the completion's advantage plus its process advantages)."""
     model = run.accelerator.unwrap_model(run.model)
-    data = run.cfg.data
-    prompts = [
-        render_prompt(
-            run.tokenizer,
-            t["prompt"],
-            data.system_prompt,
-            tools=t.get("tools"),
-            enable_thinking=inference_thinking(data.thinking, t.get("meta", {}).get("enable_thinking")),
-        )
-        for t in tasks
-    ]
+    prompts = [task_prompt(run.tokenizer, t, run.cfg.data) for t in tasks]
     was_training = model.training
     model.eval()
     batch, completions = sample_completions(
@@ -553,6 +588,7 @@ def train(
         lambda idx: reuse.next(lambda: rollout_batch(run, [tasks[i] for i in idx], g, fns, reference, pool, step_fn)),
         grpo_loss_fn(g, names),
         reference,
+        sample_weights=balanced_weights(run.cfg.data, tasks),
     )
 
 
@@ -591,18 +627,24 @@ def run_grpo(
     adapter: str | None = None,
     console: Console | None = None,
 ) -> dict[str, Any]:
+    check_settings(cfg, "grpo", data_files)  # SFT-only settings: one line before anything loads
     console = console or Console()
     wall = time.perf_counter()
     fns = [resolve_reward(r) for r in g.rewards]  # fail on a bad reward name before loading anything
     step_fn = resolve_step_reward(g.process_reward) if g.process_reward else None
-    tasks, rejects = load_rl_tasks(cfg.data, data_files or list(cfg.data.train))  # data errors before the model loads
+    files = data_files or list(cfg.data.train)
+    if data_files and cfg.data.dataset_dir:  # --data may name datasets of data.dataset_dir, as data.train may
+        files = [dataset_reference(f, cfg.data.dataset_dir) for f in data_files]
+    tasks, rejects = load_rl_tasks(cfg.data, files)  # data errors before the model loads
     run, test_rejects = setup_run(cfg, console)
+    tasks, too_long = fit_prompts(run.tokenizer, tasks, cfg.data)
+    rejects += too_long
     write_rejects(rejects + test_rejects, run.dir / "rejects.jsonl")
     console.print(
         f"data: {len(tasks)} training prompts, {len(run.tasks or [])} test tasks, "
         f"{len(rejects) + len(test_rejects)} rejected (→ rejects.jsonl)"
     )
-    run.model = load_policy(run, adapter)
+    run.model = load_policy(run, adapter, optimizer_steps(run, len(tasks)))
     before = run_eval(run, "before") if cfg.eval.before else None
     stats = train(run, tasks, g, fns, adapter, step_fn)
     adapter_dir = save(run)

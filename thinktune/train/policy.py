@@ -7,7 +7,9 @@
   PiSSA): a frozen copy of the starting adapter next to the trained one, as TRL does (megabytes, not a model).
   Methods that change base weights (full, freeze, esft): a frozen copy of the model.
 - `token_logprobs`: log π(token | prefix) at every labelled position.
-- `prepare_optimization` + `run_policy_loop`: optimizer, schedule and the shared TrainLoop, as DPO and GRPO run them.
+- `prepare_optimization` + `run_policy_loop`: optimizer, schedule (torch.compile when asked) and the shared
+  TrainLoop, as DPO and GRPO run them; the loss gets the method's own term (AdaLoRA) and EWC, as in SFT, and the
+  items are drawn with data.balance_by's weights.
 
 Dropout is switched off in the policy: the importance ratio π_θ/π_old must be exactly 1 before the first update,
 and the log-probs of chosen vs rejected must not depend on a dropout draw (TRL does the same).
@@ -28,7 +30,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from rich.console import Console
 
-from thinktune.config import RunConfig, to_yaml
+from thinktune.config import DataConfig, RunConfig, to_yaml
 from thinktune.data.reading import Reject, check_bad_fraction
 from thinktune.errors import ConfigError, ModelNotFoundError
 from thinktune.eval.tasks import load_tasks
@@ -37,16 +39,18 @@ from thinktune.methods import (
     apply_method,
     check_method_environment,
     check_method_model,
+    method_loss,
     on_optimizer_step,
     optimizer_parameters,
 )
 from thinktune.models import load_pretrained
+from thinktune.train.engine.ewc import EWCPenalty, load_fisher
 from thinktune.train.engine.loggers import MetricsLog, check_trackers
-from thinktune.train.engine.loop import TrainLoop
+from thinktune.train.engine.loop import LossFn, TrainLoop
 from thinktune.train.engine.losses import trained_positions
 from thinktune.train.engine.optim import build_optimizer, build_scheduler, total_optimizer_steps
 from thinktune.train.engine.sampler import batches_per_epoch
-from thinktune.train.engine.speed import configure_threads
+from thinktune.train.engine.speed import compile_model, configure_threads
 from thinktune.train.sft import Run, flat_params, load_validation, mixed_precision, validate
 
 REFERENCE_ADAPTER = "reference"
@@ -89,8 +93,9 @@ def disable_dropout(model: torch.nn.Module) -> None:
             module.p = 0.0
 
 
-def load_policy(run: Run, adapter: str | Path | None = None) -> torch.nn.Module:
-    """The trainable policy: `adapter` (a PEFT adapter directory) loaded trainable, else method.name applied."""
+def load_policy(run: Run, adapter: str | Path | None = None, total_steps: int | None = None) -> torch.nn.Module:
+    """The trainable policy: `adapter` (a PEFT adapter directory) loaded trainable, else method.name applied
+    (`total_steps`: the run's optimizer steps, over which AdaLoRA schedules its rank budget)."""
     if adapter is not None:
         from peft import PeftModel
 
@@ -101,7 +106,7 @@ def load_policy(run: Run, adapter: str | Path | None = None) -> torch.nn.Module:
             raise ConfigError(f"--adapter continues a PEFT adapter; method.name is '{run.cfg.method.name}'")
         model = PeftModel.from_pretrained(run.model, path, is_trainable=True)
     else:
-        model = apply_method(run.model, run.cfg.method, MethodContext(run.tokenizer))
+        model = apply_method(run.model, run.cfg.method, MethodContext(run.tokenizer, total_steps=total_steps))
     disable_dropout(model)
     if run.cfg.train.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -221,12 +226,22 @@ class Optimization:
     steps: int
 
 
+def optimizer_steps(run: Run, n_items: int) -> int:
+    """Optimizer steps of the run over `n_items` training items per epoch (train.max_steps or epochs)."""
+    tcfg = run.cfg.train
+    return total_optimizer_steps(tcfg, batches_per_epoch(n_items, tcfg.batch_size, run.accelerator.num_processes))
+
+
 def prepare_optimization(run: Run, n_items: int, reference: ReferencePolicy | None) -> Optimization:
-    """AdamW + schedule over `n_items` training items per epoch; the policy and optimizer prepared by Accelerate,
-    the reference copy (if any) moved to the same device."""
+    """AdamW + schedule over `n_items` training items per epoch; the policy compiled (train.torch_compile) and
+    prepared by Accelerate with the optimizer, the reference copy (if any) moved to the same device."""
     tcfg, acc = run.cfg.train, run.accelerator
     params = optimizer_parameters(run.model, run.cfg.method)
-    steps = total_optimizer_steps(tcfg, batches_per_epoch(n_items, tcfg.batch_size, acc.num_processes))
+    steps = optimizer_steps(run, n_items)
+    # after the reference is built (its frozen copy stays plain) and, as in SFT, after the method and gradient
+    # checkpointing wrap the layers. GRPO refuses train.torch_compile (train/settings.py): its sampling would
+    # recompile the same layers past Dynamo's limit.
+    compile_model(run.model, tcfg)
     optimizer = build_optimizer(params, tcfg)
     scheduler = build_scheduler(optimizer, tcfg, steps)
     run.model, optimizer = acc.prepare(run.model, optimizer)
@@ -235,15 +250,50 @@ def prepare_optimization(run: Run, n_items: int, reference: ReferencePolicy | No
     return Optimization(params, optimizer, scheduler, steps)
 
 
+def balanced_weights(cfg: DataConfig, records: list[dict]) -> list[float] | None:
+    """Sampling weight per training item for data.balance_by (inverse frequency, or data.balance_weights shares)."""
+    if not cfg.balance_by:
+        return None
+    from thinktune.data.balance import sample_weights
+
+    try:
+        return sample_weights(records, cfg.balance_by, cfg.balance_weights)
+    except ValueError as e:
+        raise ConfigError(f"data.balance_weights: {e}") from None
+
+
+def with_regularisers(run: Run, loss_fn: LossFn) -> LossFn:
+    """The recipe's loss plus what SFT adds to its own: the method's term (AdaLoRA's orthogonality penalty) and the
+    EWC penalty (train.ewc_lambda with train.ewc_fisher), both on the parameters, whatever the loss."""
+    cfg, unwrap = run.cfg, run.accelerator.unwrap_model
+    ewc = EWCPenalty(*load_fisher(cfg.train.ewc_fisher), cfg.train.ewc_lambda) if cfg.train.ewc_lambda else None
+
+    def regularised(model, batch):
+        loss, parts = loss_fn(model, batch)
+        extra = method_loss(unwrap(model), cfg.method)
+        if extra is not None:
+            loss = loss + extra
+            parts["method"] = float(extra.detach())
+        if ewc is not None:
+            penalty = ewc(unwrap(model))
+            loss = loss + penalty
+            parts["ewc"] = float(penalty.detach())
+        return loss, parts
+
+    return regularised
+
+
 def run_policy_loop(
     run: Run,
     opt: Optimization,
     n_items: int,
     make_batch: Callable[[list[int]], dict],
-    loss_fn: Callable,
+    loss_fn: LossFn,
     reference: ReferencePolicy | None,
+    sample_weights: list[float] | None = None,
 ) -> dict[str, Any]:
-    """The shared TrainLoop (checkpoints, guards, loggers, distributed) over the items; the reference released after."""
+    """The shared TrainLoop (checkpoints, guards, loggers, distributed) over the items, drawn with `sample_weights`
+    when given; the reference released after."""
     tcfg, acc = run.cfg.train, run.accelerator
     log = (
         MetricsLog(run.dir, tcfg.report_to, tcfg.mlflow_tracking_uri, run.cfg.name, flat_params(run.cfg))
@@ -259,8 +309,9 @@ def run_policy_loop(
         scheduler=opt.scheduler,
         n_samples=n_items,
         make_batch=make_batch,
-        loss_fn=loss_fn,
+        loss_fn=with_regularisers(run, loss_fn),
         total_steps=opt.steps,
+        sample_weights=sample_weights,
         run_dir=run.dir,
         console=run.console,
         after_step=lambda step: on_optimizer_step(acc.unwrap_model(run.model), run.cfg.method, step),
