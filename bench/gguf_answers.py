@@ -21,14 +21,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from thinktune.config import load_config  # noqa: E402
 from thinktune.eval.reasoning import answers_match, parse_output  # noqa: E402
 from thinktune.eval.runner import task_prompts  # noqa: E402
 from thinktune.eval.tasks import load_tasks  # noqa: E402
-from thinktune.export import ExportOptions, run_export  # noqa: E402
+from thinktune.export import ExportOptions, run_export, trained_source  # noqa: E402
 from thinktune.export import llama_cpp_check as lcc  # noqa: E402
 from thinktune.export.parity import torch_greedy  # noqa: E402
 from thinktune.export.source import load_source, stop_ids  # noqa: E402
+from thinktune.runs import open_run  # noqa: E402
 
 
 def grade(texts: list[str], tasks: list[dict]) -> dict[str, int]:
@@ -48,11 +48,12 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
 
-    cfg = load_config(args.run_dir / "config.yaml")
-    adapter = args.run_dir / "adapter"
+    run = open_run(args.run_dir)
+    cfg = run.read_config()
+    trained = trained_source(run.path)  # the run's adapter or trained tensors
     tasks = load_tasks(cfg.data.test, limit=args.n).records
     n_new = args.max_new_tokens or cfg.eval.max_new_tokens
-    source = load_source(cfg.model, adapter)
+    source = load_source(cfg.model, trained)
     model = source.merge()
     prompts = task_prompts(source.tokenizer, tasks, cfg.data.system_prompt, cfg.data.thinking)
     ids = [source.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
@@ -67,7 +68,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for gguf_type in args.types:
             out = Path(tmp) / gguf_type
-            record = run_export(cfg.model, "gguf", out, ExportOptions(gguf_type=gguf_type), adapter, args.run_dir)
+            options = ExportOptions(gguf_type=gguf_type)
+            record = run_export(cfg.model, "gguf", out, options, trained and trained.path, args.run_dir)
             with lcc.load(Path(record["artefact"]), max(map(len, ids)) + n_new + 8) as llm:
                 start = time.perf_counter()
                 outputs = [lcc.greedy(llm, x, n_new, stops) for x in ids]

@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM
 from tests.methods.helpers import eval_logits, load, memorisable_batch, method, train_steps
 from thinktune.errors import ConfigError
 from thinktune.methods import count_parameters, load_trained, optimizer_parameters, save_trained
-from thinktune.methods.trained import METHOD_FILE, TENSORS_FILE
+from thinktune.runs import METHOD_FILE, TRAINED
 
 CASES = [
     ("freeze", {"trainable": "top_layers", "top_layers": 1}, "llama", r"layers\.1\."),
@@ -70,7 +70,7 @@ def test_freeze_saves_only_the_trained_tensors(tiny_model_dirs, batch, tmp_path)
     cfg = method("freeze", trainable="top_layers", top_layers=1)
     model, _, _ = train_steps(load(tiny_model_dirs["qwen3"]), cfg, batch)
     out = save_trained(model, cfg, tmp_path)
-    saved = load_file(out / TENSORS_FILE)
+    saved = load_file(out / TRAINED)
     assert saved and all(".layers.1." in k for k in saved)
     assert set(saved) == {n for n, p in model.named_parameters() if p.requires_grad}
 

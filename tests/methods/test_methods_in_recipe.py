@@ -132,7 +132,6 @@ def test_adalora_in_the_recipe_schedules_over_the_run_and_adds_its_penalty(tiny_
 
 def test_eval_job_loads_any_method_output_from_the_run_dir(tiny_model_dirs, tmp_path):
     """`thinktune eval --adapter RUN_DIR` and chat accept a freeze/full/ESFT run as well as a PEFT adapter."""
-    from thinktune.eval.job import load_adapter
 
     cfg = _cfg(
         tiny_model_dirs,
@@ -148,12 +147,12 @@ def test_eval_job_loads_any_method_output_from_the_run_dir(tiny_model_dirs, tmp_
     ids = torch.tensor([[1, 5, 9, 2]])
     with torch.no_grad():
         reference = base(input_ids=ids).logits.clone()
-        tuned = load_adapter(base, summary["run_dir"])(input_ids=ids).logits
+        tuned = load_trained(base, summary["run_dir"])(input_ids=ids).logits
     assert not torch.allclose(tuned, reference)
     from thinktune.errors import ModelNotFoundError
 
     with pytest.raises(ModelNotFoundError, match="not a trained adapter"):
-        load_adapter(base, tmp_path)
+        load_trained(base, tmp_path)
 
 
 def test_esft_on_a_dense_model_stops_before_the_first_evaluation(tiny_model_dirs, tmp_path, monkeypatch):

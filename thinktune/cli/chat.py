@@ -16,7 +16,12 @@ def chat(
     config: ConfigOpt = None,
     set_: SetOpt = None,
     model: Annotated[str | None, typer.Option(help="Model: bundled name, HF directory or .gguf.")] = None,
-    adapter: Annotated[Path | None, typer.Option(help="PEFT adapter directory to apply.")] = None,
+    adapter: Annotated[
+        Path | None, typer.Option(help="What a run trained: its adapter/ or model/ folder, or the run directory.")
+    ] = None,
+    run_dir: Annotated[
+        Path | None, typer.Option(help="A training run: its config (model, system prompt) and what it trained.")
+    ] = None,
     prompt: Annotated[str | None, typer.Option("--prompt", "-p", help="Ask once and exit.")] = None,
     max_new_tokens: Annotated[int, typer.Option(help="Answer length limit.")] = 256,
     thinking: Annotated[
@@ -30,15 +35,18 @@ def chat(
     Example: `thinktune chat --adapter runs/quickstart/adapter -p "Ana has 3 bags of 4 apples. How many apples?"`
     """
     from thinktune.data.render import inference_thinking
-    from thinktune.eval.job import load_adapter
     from thinktune.models import load_pretrained
+    from thinktune.runs import load_trained, open_run
     from thinktune.serve.chat import ChatSession
 
+    if run_dir is not None:
+        run = open_run(run_dir)
+        config, adapter = config or run.config, adapter or run.path
     cfg = build_config(config, (set_ or []) + ([f"model.name_or_path={model}"] if model else []))
     with console.status(f"loading {cfg.model.name_or_path}"):
         m, tok, _ = load_pretrained(cfg.model)
         if adapter:
-            m = load_adapter(m, adapter)
+            m = load_trained(m, adapter)
     enable_thinking = thinking if thinking is not None else inference_thinking(cfg.data.thinking)
     session = ChatSession(m, tok, cfg.data.system_prompt, max_new_tokens, enable_thinking)
 

@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from thinktune.cli.app import ConfigOpt, OfflineOpt, OutOpt, SetOpt, app, build_config, console, user_errors
+from thinktune.runs import EVAL, open_run
 
 
 @app.command("eval")
@@ -18,7 +19,12 @@ def eval_(
     set_: SetOpt = None,
     output_dir: OutOpt = None,
     model: Annotated[str | None, typer.Option(help="Model: bundled name, HF directory or .gguf.")] = None,
-    adapter: Annotated[Path | None, typer.Option(help="PEFT adapter directory to apply.")] = None,
+    adapter: Annotated[
+        Path | None, typer.Option(help="What a run trained: its adapter/ or model/ folder, or the run directory.")
+    ] = None,
+    run_dir: Annotated[
+        Path | None, typer.Option(help="A training run: its config (model, data) and what it trained.")
+    ] = None,
     data: Annotated[str | None, typer.Option(help="Task file (JSON/JSONL) with reference answers.")] = None,
     max_samples: Annotated[int | None, typer.Option(help="Evaluate only the first N tasks.")] = None,
     compare: Annotated[
@@ -41,9 +47,16 @@ def eval_(
 
     Example: `thinktune eval --adapter runs/quickstart/adapter --output-dir runs/quickstart/eval2`
 
+    A run: `thinktune eval --run-dir runs/quickstart -o runs/quickstart/eval2` (any method: adapter, freeze, ESFT, full)
+
     Compare: `thinktune eval --compare base --compare runs/quickstart/adapter -o runs/compare`
     """
     sets = list(set_ or [])
+    if run_dir is not None:
+        run = open_run(run_dir)
+        config = config or run.config
+        adapter = adapter or run.path
+        sets.insert(0, f"output_dir={run.path}")
     sets += [f"model.name_or_path={model}"] if model else []
     sets += [f"data.test={data}"] if data else []
     sets += [f"eval.max_samples={max_samples}"] if max_samples else []
@@ -67,7 +80,7 @@ def eval_(
         return
     from thinktune.eval.job import EvalExtras, run_eval_job
 
-    out = output_dir or (cfg.run_dir / "eval")
+    out = output_dir or (cfg.run_dir / EVAL)
     extras = EvalExtras(
         robustness=robustness,
         efficiency=efficiency,

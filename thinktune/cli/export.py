@@ -3,6 +3,7 @@
 thinktune export --run-dir runs/quickstart --format gguf --gguf-type q8_0 -o exports/gguf
 thinktune export --model smollm2-135m-instruct --adapter runs/quickstart/adapter --format merged -o exports/merged
 thinktune export --run-dir runs/quickstart --format adapter --push-to-hub me/quickstart-lora --dry-run
+thinktune export --run-dir runs/freeze-run --format merged     # freeze/ESFT: the base with the trained tensors in
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import typer
 from rich.table import Table
 
 from thinktune.cli.app import ConfigOpt, OfflineOpt, SetOpt, app, build_config, console, user_errors
-from thinktune.errors import ModelNotFoundError, UserError
+from thinktune.errors import UserError
+from thinktune.runs import EXPORT, open_run
 
 
 @app.command()
@@ -23,10 +25,13 @@ def export(
     config: ConfigOpt = None,
     set_: SetOpt = None,
     model: Annotated[str | None, typer.Option(help="Model: bundled name, HF directory or .gguf.")] = None,
-    adapter: Annotated[Path | None, typer.Option(help="PEFT adapter directory to merge in.")] = None,
+    adapter: Annotated[
+        Path | None,
+        typer.Option(help="What a run trained, to merge in: a PEFT adapter, or a freeze/ESFT run's model/ folder."),
+    ] = None,
     run_dir: Annotated[
         Path | None,
-        typer.Option(help="A training run: model from RUN/config.yaml plus RUN/adapter (or RUN/model if saved)."),
+        typer.Option(help="A training run: the base from RUN/config.yaml plus what it trained."),
     ] = None,
     format_: Annotated[
         str | None,
@@ -83,15 +88,14 @@ def export(
         raise UserError("--private, --revision and --dry-run go with --push-to-hub REPO")
     sets = list(set_ or [])
     if run_dir is not None:
-        run_config = run_dir / "config.yaml"
-        if not run_config.is_file():
-            raise ModelNotFoundError(f"{run_dir}: not a run directory (no config.yaml)")
-        config = config or run_config
+        run = open_run(run_dir)
+        config = config or run.config
         sets.append(f"output_dir={run_dir}")
-        if (run_dir / "adapter" / "adapter_config.json").is_file():
-            adapter = adapter or run_dir / "adapter"
-        elif (run_dir / "model" / "config.json").is_file() and not model:
-            model = str(run_dir / "model")  # a full or freeze fine-tune saves weights, not an adapter
+        trained = run.produced()
+        if trained is not None and trained.kind == "full":
+            model = model or str(trained.path)  # a full fine-tune saved a complete model: it is the model
+        elif trained is not None:
+            adapter = adapter or trained.path  # a PEFT adapter, or the tensors a freeze/ESFT run changed
     sets += [f"model.name_or_path={model}"] if model else []
     sets += [f"export.formats=[{format_}]"] if format_ else []
     sets += [f"export.gguf_type={gguf_type}"] if gguf_type else []
@@ -121,7 +125,7 @@ def export(
         check_with=tuple(dict.fromkeys(check_with or [])),
     )
     for fmt in formats:
-        out = output_dir or cfg.run_dir / "export"
+        out = output_dir or cfg.run_dir / EXPORT
         out = out / fmt if len(formats) > 1 or output_dir is None else out
         try:
             with console.status(f"exporting {fmt} to {out}"):

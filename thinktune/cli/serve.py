@@ -1,6 +1,7 @@
 """`thinktune serve` (OpenAI-compatible server) and `thinktune deploy` (Dockerfile + Kubernetes manifests).
 
 thinktune serve --run-dir runs/quickstart            # base model + the run's adapter, on 127.0.0.1:8000
+thinktune serve --run-dir runs/freeze-run            # a freeze/ESFT/full run: the trained model, under the run's name
 thinktune serve --model smollm2-135m-instruct --adapter math=runs/math/adapter --port 8080
 thinktune deploy --run-dir runs/quickstart -o deploy/quickstart --gpus 1
 """
@@ -13,6 +14,7 @@ from typing import Annotated
 import typer
 
 from thinktune.cli.app import ConfigOpt, OfflineOpt, SetOpt, app, build_config, console, user_errors
+from thinktune.errors import UserError
 
 
 @app.command()
@@ -21,7 +23,8 @@ def serve(
     config: ConfigOpt = None,
     set_: SetOpt = None,
     run_dir: Annotated[
-        Path | None, typer.Option(help="Serve a training run: its config, its adapter (named after the run).")
+        Path | None,
+        typer.Option(help="Serve a training run: its config, and what it trained (named after the run)."),
     ] = None,
     model: Annotated[str | None, typer.Option(help="Base model: bundled name, HF directory or .gguf.")] = None,
     adapter: Annotated[
@@ -51,18 +54,25 @@ def serve(
     sets = []
     if run and run.model:
         sets.append(f"model.name_or_path={run.model}")
+    if run and (run.model or run.tensors):  # the trained model replaces the base, under the run's name
         served_model_name = served_model_name or run.name
     sets += [f"model.name_or_path={model}"] if model else []
     sets += [f"serve.host={host}"] if host else []
     sets += [f"serve.port={port}"] if port else []
     sets += [f"serve.backend={backend}"] if backend else []
     cfg = build_config(config or (run.config if run else None), sets + list(set_ or []))
-    adapters = {run.name: str(run.adapter)} if run and run.adapter and not run.model else {}
+    adapters = {run.name: str(run.adapter)} if run and run.adapter else {}
     cfg = with_adapters(cfg, adapters | parse_adapter_options(adapter or []))
+    tensors = run.tensors if run else None
 
     from thinktune.serve.server import api_key
 
     if cfg.serve.backend == "vllm":
+        if tensors is not None:
+            raise UserError(
+                f"--backend vllm serves model folders, and {run.dir} saved trained tensors of the base: export it "
+                f"first (thinktune export --run-dir {run.dir} --format merged) and serve that folder with --model"
+            )
         from thinktune.serve.vllm_backend import run_vllm
 
         run_vllm(cfg, served_model_name, api_key(cfg))
@@ -71,7 +81,7 @@ def serve(
 
     names = ", ".join([served_model_name or cfg.model.name_or_path, *cfg.serve.adapters])
     console.print(f"loading {names} to serve on http://{cfg.serve.host}:{cfg.serve.port}/v1", highlight=False)
-    run_server(cfg, served_model_name, log_level, threads)
+    run_server(cfg, served_model_name, log_level, threads, trained_tensors=tensors)
 
 
 @app.command()

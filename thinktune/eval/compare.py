@@ -2,9 +2,10 @@
 
     thinktune eval --compare base --compare runs/quickstart/adapter -o runs/compare
 
-Each candidate is `base` (the configured model), a PEFT adapter directory (applied to the configured model), or any
-model reference (merged model directory, .gguf). Writes report.md, report.json and charts/*.png; every candidate
-after the first is also compared with the first task by task (Δaccuracy, 95% interval, McNemar p: significance.py).
+Each candidate is `base` (the configured model), what a run trained (its adapter/ or model/ folder, or the run
+directory: applied to the configured model), or any model reference (merged model directory, .gguf). Writes
+report.md, report.json and charts/*.png; every candidate after the first is also compared with the first task by
+task (Δaccuracy, 95% interval, McNemar p: significance.py).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from thinktune.eval.runner import EvalResult, evaluate
 from thinktune.eval.significance import paired_from_samples
 from thinktune.eval.tasks import load_tasks
 from thinktune.models import load_pretrained
+from thinktune.runs import ADAPTER, MODEL, find_trained, load_trained
 from thinktune.train.engine.progress import task_progress
 
 TABLE = ("accuracy", "format_compliance", "mean_think_tokens", "mean_output_tokens", "loss", "perplexity", "seconds")
@@ -31,18 +33,18 @@ def candidate_label(ref: str) -> str:
     if ref == "base":
         return "base"
     p = Path(ref)
-    return f"{p.parent.name}/{p.name}" if p.name in ("adapter", "model") else p.name
+    return f"{p.parent.name}/{p.name}" if p.name in (ADAPTER, MODEL) else p.name
 
 
 def load_candidate(cfg: RunConfig, ref: str):
-    from thinktune.eval.job import load_adapter
-
     if ref == "base":
         model, tok, _ = load_pretrained(cfg.model)
         return model, tok
-    if (Path(ref) / "adapter_config.json").is_file():
+    trained = find_trained(ref)
+    if trained is not None and trained.kind != "full":  # an adapter, or the changed tensors of the base
         model, tok, _ = load_pretrained(cfg.model)
-        return load_adapter(model, ref), tok
+        return load_trained(model, trained.path), tok
+    ref = str(trained.path) if trained is not None else ref  # a full model (or a run that saved one)
     other = cfg.model.model_copy(update={"name_or_path": ref, "gguf_file": None, "revision": None})
     model, tok, _ = load_pretrained(other)
     return model, tok

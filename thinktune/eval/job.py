@@ -14,28 +14,13 @@ from rich.console import Console
 
 from thinktune.config import RunConfig
 from thinktune.data.reading import check_bad_fraction
-from thinktune.errors import ModelNotFoundError, UserError
+from thinktune.errors import UserError
 from thinktune.eval.report import write_report
 from thinktune.eval.runner import EvalResult, evaluate
 from thinktune.eval.tasks import load_tasks
 from thinktune.models import load_pretrained
+from thinktune.runs import load_trained
 from thinktune.train.engine.progress import task_progress
-
-
-def load_adapter(model, adapter: str | Path):
-    """What a run trained, put back on `model`: a PEFT adapter dir, a thinktune `model/` dir (freeze, full, ESFT),
-    or a run directory holding either."""
-    from thinktune.methods import load_trained
-    from thinktune.methods.base import ADAPTER_DIR, MODEL_DIR
-    from thinktune.methods.trained import METHOD_FILE
-
-    path = Path(adapter)
-    for candidate in (path, path / ADAPTER_DIR, path / MODEL_DIR):
-        if (candidate / "adapter_config.json").is_file() or (candidate / METHOD_FILE).is_file():
-            return load_trained(model, candidate)
-    raise ModelNotFoundError(
-        f"{path}: not a trained adapter (no adapter_config.json or {METHOD_FILE}, nor a run dir holding one)"
-    )
 
 
 @dataclass
@@ -60,7 +45,7 @@ def run_eval_job(
     with console.status(f"loading {cfg.model.name_or_path}"):
         model, tokenizer, _ = load_pretrained(cfg.model)
         if adapter:
-            model = load_adapter(model, adapter)
+            model = load_trained(model, adapter)  # an adapter/ or model/ folder, or a run directory
     result, more = None, {}
     if loaded is not None:
         with task_progress(console, "eval") as bar:

@@ -1,4 +1,5 @@
-"""Export a model (base + optional adapter) to a deployable artefact, each one verified against its source.
+"""Export a model (base + optional adapter or trained tensors) to a deployable artefact, each one verified against
+its source.
 
     thinktune export --run-dir runs/quickstart --format gguf --gguf-type q8_0 -o exports/gguf
 
@@ -19,12 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from thinktune.config import ModelConfig
-from thinktune.errors import UserError
+from thinktune.errors import ModelNotFoundError, UserError
 from thinktune.export import adapter as adapter_export
 from thinktune.export import gguf_file, int8, merged, onnx_model
 from thinktune.export.model_card import find_run_dir, write_model_card
 from thinktune.export.source import ExportOptions, ExportSource, load_source, model_type
 from thinktune.export.verify import VerificationFailed, verify
+from thinktune.runs import PEFT_CONFIG, Trained, find_trained, read_method_file
 
 
 @dataclass(frozen=True)
@@ -42,7 +44,7 @@ EXPORTERS: dict[str, Exporter] = {
     "gguf": Exporter(gguf_file.check, gguf_file.export_gguf),
 }
 
-__all__ = ["EXPORTERS", "ExportOptions", "ExportSource", "load_source", "run_export"]
+__all__ = ["EXPORTERS", "ExportOptions", "ExportSource", "load_source", "run_export", "trained_source"]
 
 
 def run_export(
@@ -55,26 +57,37 @@ def run_export(
 ) -> dict[str, Any]:
     """Export one format into `out` and return (and save as `out/verify.json`) its verification numbers; the
     model card (`out/README.md`) names the base and, for a run (`run_dir`, or the adapter's parent), its config and
-    before/after evaluation."""
+    before/after evaluation. `adapter`: a PEFT adapter, or a freeze/ESFT run's model/ folder (or the run itself),
+    whose trained tensors are written into the base."""
     exporter = EXPORTERS.get(fmt)
     if exporter is None:
         raise UserError(f"unknown export format '{fmt}'; choose one of: {', '.join(EXPORTERS)}")
-    if exporter.needs_adapter and adapter is None:
+    trained = trained_source(adapter)
+    if exporter.needs_adapter and trained is None:
         raise UserError(f"--format {fmt} needs an adapter: pass --adapter DIR or a --run-dir that has one")
+    if exporter.needs_adapter and trained.kind != "adapter":
+        raise UserError(
+            f"--format {fmt} needs a PEFT adapter; {trained.path} holds {trained.describe()} (freeze, ESFT): "
+            "export --format merged, gguf, onnx or int8"
+        )
     start = time.perf_counter()
     exporter.check(model_type(model_cfg), options)
     if options.check_with and fmt != "gguf":
         raise UserError(f"--check-with {', '.join(options.check_with)} checks GGUF files; --format {fmt} has none")
-    source = load_source(model_cfg, adapter)
+    source = load_source(model_cfg, trained)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     numbers = exporter.export(source, out, options)
     record = {"format": fmt, "source": source.description, **numbers, "seconds": time.perf_counter() - start}
     failed = verify(fmt, record)
     (out / "verify.json").write_text(json.dumps(record, indent=2) + "\n")
-    method = _adapter_method(adapter)
     write_model_card(
-        out, fmt, model_cfg.name_or_path, run_dir=find_run_dir(run_dir, adapter), record=record, method=method
+        out,
+        fmt,
+        model_cfg.name_or_path,
+        run_dir=find_run_dir(run_dir, adapter),
+        record=record,
+        method=_trained_method(trained),
     )
     if failed and options.verify:
         raise VerificationFailed(
@@ -85,10 +98,24 @@ def run_export(
     return record
 
 
-def _adapter_method(adapter: Path | None) -> str | None:
-    """`lora`, `dora`, … from the adapter's config (a run's config.yaml says it too; a bare adapter has only this)."""
-    config = Path(adapter) / "adapter_config.json" if adapter else None
-    if config is None or not config.is_file():
+def trained_source(path: Path | None) -> Trained | None:
+    """What `--adapter` (or a run) gives the export: a PEFT adapter or a freeze/ESFT run's trained tensors."""
+    if path is None:
         return None
-    stored = json.loads(config.read_text())
+    trained = find_trained(path)
+    if trained is None:
+        raise ModelNotFoundError(f"{path}: not a PEFT adapter directory (no {PEFT_CONFIG}) nor a run's trained model")
+    if trained.kind == "full":
+        raise UserError(f"{trained.path}: a complete model, not an adapter; export it with --model {trained.path}")
+    return trained
+
+
+def _trained_method(trained: Trained | None) -> str | None:
+    """`lora`, `dora`, `freeze`, … from the trained folder (a run's config.yaml says it too; a bare folder has only
+    this)."""
+    if trained is None:
+        return None
+    if trained.kind == "tensors":
+        return (read_method_file(trained.path) or {}).get("method")
+    stored = json.loads((trained.path / PEFT_CONFIG).read_text())
     return "dora" if stored.get("use_dora") else str(stored.get("peft_type", "")).lower() or None

@@ -28,6 +28,7 @@ from thinktune.export.gguf_vocab import gguf_vocab
 from thinktune.export.modelfile import write_modelfile
 from thinktune.export.parity import greedy_agreement, max_abs_diff, top1_agreement, torch_greedy, torch_logits
 from thinktune.export.source import ExportOptions, ExportSource, stop_ids
+from thinktune.runs import ADAPTER, MODEL
 
 
 @dataclass(frozen=True)
@@ -328,10 +329,12 @@ def _chat_ids(tokenizer, chat_template: str, prompt: str) -> list[int]:
 
 
 def _artefact_name(source: ExportSource) -> str:
-    """The adapter's name (its run's name for `runs/x/adapter`), else the base model's directory name."""
-    if source.adapter is None:
+    """The trained folder's name (its run's name for `runs/x/adapter`, `runs/x/model`), else the base model's
+    directory name."""
+    trained = source.trained
+    if trained is None:
         return source.origin.path.name
-    return source.adapter.parent.name if source.adapter.name == "adapter" else source.adapter.name
+    return trained.parent.name if trained.name in (ADAPTER, MODEL) else trained.name
 
 
 def _slug(text: str) -> str:

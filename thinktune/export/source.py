@@ -1,4 +1,6 @@
-"""What every exporter starts from: the source model (base weights + optional PEFT adapter) and the export options.
+"""What every exporter starts from: the source model and the export options. The source is the base weights plus
+what a run trained: a PEFT adapter (unmerged until an exporter merges it), or the tensors a freeze/ESFT run changed
+(written into the base at load, runs.load_trained).
 
 The source is loaded in float32 on the CPU whatever `model.dtype` says: verification compares artefacts against it,
 and half-precision references would hide the error we want to measure.
@@ -17,6 +19,7 @@ from thinktune.config import ExportConfig, ModelConfig
 from thinktune.errors import ModelNotFoundError
 from thinktune.models import load_pretrained, resolve_model
 from thinktune.models.loading import ModelSource
+from thinktune.runs import Trained, load_trained
 
 # Chat prompts every artefact is checked on (rendered with the model's chat template).
 TEST_PROMPTS = (
@@ -53,7 +56,8 @@ class ExportOptions:
 
 @dataclass
 class ExportSource:
-    """The model an export starts from. `model` is a PeftModel while the adapter is unmerged."""
+    """The model an export starts from. `model` is a PeftModel while the adapter is unmerged; with `tensors` (a
+    freeze/ESFT run's model/ folder) it is the base with them already written in."""
 
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
@@ -62,10 +66,16 @@ class ExportSource:
     checkpoint_dtype: str = "float32"  # how the base weights are stored (the model itself is loaded in float32)
     merged: bool = field(default=False)
     name_or_path: str = ""  # the model reference as configured (the bundled name, not its cache directory)
+    tensors: Path | None = None
+
+    @property
+    def trained(self) -> Path | None:
+        """The folder of what a run trained (adapter or tensors), if any."""
+        return self.adapter or self.tensors
 
     @property
     def description(self) -> str:
-        return self.origin.description + (f" + {self.adapter}" if self.adapter else "")
+        return self.origin.description + (f" + {self.trained}" if self.trained else "")
 
     def merge(self) -> PreTrainedModel:
         """Fold the adapter into the base weights (in place: the unmerged model is gone afterwards)."""
@@ -99,18 +109,24 @@ def model_type(model_cfg: ModelConfig) -> str:
     return config.model_type
 
 
-def load_source(model_cfg: ModelConfig, adapter: Path | None = None) -> ExportSource:
+def load_source(model_cfg: ModelConfig, trained: Trained | None = None) -> ExportSource:
+    """The base in float32 on the CPU, with `trained` (a PEFT adapter, or a freeze/ESFT run's tensors) put back."""
     model, tokenizer, origin = load_pretrained(model_cfg.model_copy(update={"dtype": "float32"}))
     model = model.to(torch.device("cpu")).eval()
-    if adapter is not None:
-        from peft import PeftModel
-
-        adapter = Path(adapter)
-        if not (adapter / "adapter_config.json").is_file():
-            raise ModelNotFoundError(f"{adapter}: not a PEFT adapter directory (no adapter_config.json)")
-        model = PeftModel.from_pretrained(model, adapter).eval()
+    if trained is not None and trained.kind not in ("adapter", "tensors"):
+        raise ModelNotFoundError(f"{trained.path}: {trained.describe()}, not an adapter or trained tensors")
+    if trained is not None:
+        model = load_trained(model, trained.path).eval()
+    adapter = trained.path if trained is not None and trained.kind == "adapter" else None
+    tensors = trained.path if trained is not None and trained.kind == "tensors" else None
     return ExportSource(
-        model, tokenizer, origin, adapter, checkpoint_dtype(origin), name_or_path=model_cfg.name_or_path
+        model,
+        tokenizer,
+        origin,
+        adapter,
+        checkpoint_dtype(origin),
+        name_or_path=model_cfg.name_or_path,
+        tensors=tensors,
     )
 
 

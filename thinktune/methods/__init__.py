@@ -8,10 +8,11 @@ What a recipe calls, in order:
     loss = loss + method_loss(model, cfg)              # when not None: a method's own penalty (AdaLoRA)
     on_optimizer_step(model, cfg, step)                # after optimizer.step(), before zero_grad()
     out = save_trained(model, cfg, run_dir)            # PEFT adapter dir, or changed tensors + config
-    model = load_trained(base, out)                    # put it back onto a fresh base model
+    model = load_trained(base, out)                    # put it back onto a fresh base model (runs.py)
 
 Families: lora.py (lora), qlora.py, adalora.py, prompts.py (prompt_tuning, p_tuning, prefix_tuning), ia3.py,
-freeze.py (freeze, full, progressive unfreezing), esft.py (+ expert_usage.py). Saving layouts: trained.py.
+freeze.py (freeze, full, progressive unfreezing), esft.py (+ expert_usage.py). Saving: trained.py; the run
+directory layout and loading it back: thinktune/runs.py.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from thinktune.methods.ia3 import apply_ia3
 from thinktune.methods.lora import apply_lora, check_lora, save_lora
 from thinktune.methods.prompts import apply_prompt_method
 from thinktune.methods.qlora import apply_qlora, check_qlora
-from thinktune.methods.trained import load_trained, merge_trained
+from thinktune.runs import load_trained, merge_trained
 
 __all__ = [
     "METHODS",

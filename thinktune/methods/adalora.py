@@ -20,8 +20,9 @@ from peft import AdaLoraConfig, PeftModel
 from transformers import PreTrainedModel
 
 from thinktune.config import MethodConfig
-from thinktune.methods.base import ADAPTER_DIR, MethodContext, facts_of, method_state
+from thinktune.methods.base import MethodContext, facts_of, method_state
 from thinktune.methods.lora import lora_targets, router_modules, wrap
+from thinktune.runs import ADAPTER
 
 ORTH_REG_WEIGHT = 0.5  # PEFT's default γ for ‖PᵀP − I‖ + ‖QQᵀ − I‖
 
@@ -102,7 +103,7 @@ def adalora_ranks(model: PeftModel) -> dict[str, int]:
 
 
 def save_adalora(model: PeftModel, cfg: MethodConfig, run_dir: Path) -> Path:
-    out = run_dir / ADAPTER_DIR
+    out = run_dir / ADAPTER
     ranks = adalora_ranks(model)
     model.save_pretrained(out)
     (out / "ranks.json").write_text(json.dumps(ranks, indent=2))

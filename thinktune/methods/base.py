@@ -18,10 +18,9 @@ from transformers import PreTrainedModel
 from thinktune.config import MethodConfig
 from thinktune.errors import ConfigError
 from thinktune.models.registry import ArchFacts, arch_facts
+from thinktune.runs import ADAPTER
 
 STATE_ATTR = "thinktune_method_state"
-ADAPTER_DIR = "adapter"
-MODEL_DIR = "model"
 
 
 @dataclass
@@ -43,7 +42,7 @@ def trainable_parameters(model: torch.nn.Module, cfg: MethodConfig) -> NamedPara
 
 def save_peft_adapter(model: torch.nn.Module, cfg: MethodConfig, run_dir: Path) -> Path:
     """PEFT methods: `run_dir/adapter`, loadable with PeftModel.from_pretrained."""
-    out = run_dir / ADAPTER_DIR
+    out = run_dir / ADAPTER
     model.save_pretrained(out)
     return out
 

@@ -12,7 +12,7 @@
    after every optimizer step and stops the run if they moved (set `train.weight_decay: 0`).
 
 Saved: `run_dir/model/` with `experts.json` (selection and shares) and `trained.safetensors` holding only the
-selected experts' rows (`rows` in `thinktune_method.json`); `load_trained` writes them back into a base model.
+selected experts' rows (`rows` in `thinktune_method.json`); `runs.load_trained` writes them back into a base model.
 """
 
 from __future__ import annotations

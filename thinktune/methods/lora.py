@@ -23,8 +23,9 @@ from transformers import PreTrainedModel
 
 from thinktune.config import MethodConfig
 from thinktune.errors import ConfigError
-from thinktune.methods.base import ADAPTER_DIR, MethodContext, facts_of, method_state
+from thinktune.methods.base import MethodContext, facts_of, method_state
 from thinktune.models.registry import ArchFacts
+from thinktune.runs import ADAPTER
 
 # PiSSA with a few fast-SVD iterations: exact for what matters (W_res = W - A0 B0 is computed, not approximated)
 # and minutes faster than a full SVD of every projection of a 7B model.
@@ -116,7 +117,7 @@ def apply_lora(model: PreTrainedModel, cfg: MethodConfig, ctx: MethodContext | N
 
 
 def save_lora(model: PeftModel, cfg: MethodConfig, run_dir: Path) -> Path:
-    out = run_dir / ADAPTER_DIR
+    out = run_dir / ADAPTER
     initial = method_state(model).get("pissa_initial")
     if initial is None:
         model.save_pretrained(out)

@@ -6,7 +6,8 @@ are trained.
 
 Prompt and P-tuning prepend the virtual tokens to the input, so PEFT returns logits for them too; a forward hook
 drops those positions again, so `model(input_ids).logits` lines up with `input_ids` as for every other method (the
-recipe's loss shifts logits against labels). `load_trained` adds the same hook to a reloaded adapter.
+recipe's loss shifts logits against labels). The hook lives in runs.py, whose `load_trained` adds it to a reloaded
+adapter too.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from thinktune.config import MethodConfig
 from thinktune.errors import ConfigError
 from thinktune.methods.base import MethodContext, facts_of
 from thinktune.methods.lora import wrap
+from thinktune.runs import align_prompt_logits
 
 
 def prompt_config(model: PreTrainedModel, cfg: MethodConfig):
@@ -36,24 +38,6 @@ def prompt_config(model: PreTrainedModel, cfg: MethodConfig):
             "per-head keys and values); use prompt_tuning or p_tuning"
         )
     return PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=n)
-
-
-def _drop_virtual_positions(module, args, kwargs, output):
-    ref = kwargs.get("input_ids", args[0] if args else None)
-    if ref is None:
-        ref = kwargs.get("inputs_embeds")
-    logits = getattr(output, "logits", None)
-    if ref is not None and logits is not None and logits.shape[1] > ref.shape[1]:
-        output.logits = logits[:, logits.shape[1] - ref.shape[1] :]
-    return output
-
-
-def align_prompt_logits(model: PeftModel) -> PeftModel:
-    """Make logits line up with the input again when the adapter prepends virtual tokens (prompt / P-tuning)."""
-    config = next(iter(model.peft_config.values()))
-    if config.is_prompt_learning and config.peft_type.value != "PREFIX_TUNING":
-        model.register_forward_hook(_drop_virtual_positions, with_kwargs=True)
-    return model
 
 
 def apply_prompt_method(model: PreTrainedModel, cfg: MethodConfig, ctx: MethodContext) -> PeftModel:

@@ -16,6 +16,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from thinktune.errors import ConfigError, ModelNotFoundError
 from thinktune.models import load_pretrained
+from thinktune.runs import load_trained
 
 
 @dataclass
@@ -58,10 +59,17 @@ class ServedModel:
 
 
 def load_served_model(
-    model_cfg, adapters: dict[str, str], base_name: str | None = None, system_prompt: str | None = None
+    model_cfg,
+    adapters: dict[str, str],
+    base_name: str | None = None,
+    system_prompt: str | None = None,
+    trained_tensors: Path | None = None,
 ) -> ServedModel:
-    """Load the base model (`ModelConfig`) and every adapter; names must be unique."""
+    """Load the base model (`ModelConfig`), write a freeze/ESFT run's `trained_tensors` (its model/ folder) into it
+    when given, and load every adapter; names must be unique."""
     model, tokenizer, _ = load_pretrained(model_cfg)
+    if trained_tensors is not None:
+        model = load_trained(model, trained_tensors)
     model.eval()
     base_name = base_name or model_cfg.name_or_path
     paths = {}

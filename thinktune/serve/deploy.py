@@ -2,7 +2,8 @@
 
 OUT/Dockerfile     python:3.11-slim, torch pinned to this machine's version, thinktune, the model files, CMD serve
 OUT/serve.yaml     the thinktune config the container serves (model, adapters, system prompt, serve limits)
-OUT/model/         full weights, when the run wrote them or the base model is a local directory (hard links if possible)
+OUT/model/         full weights: the run's full model, the base with a freeze/ESFT run's trained tensors written in, or
+                   the base model when it is a local directory (hard links where possible)
 OUT/adapters/NAME  the run's LoRA adapter
 OUT/k8s.yaml       Deployment (GPU limit, startup/readiness/liveness probes on /health), Service, autoscaler
 """
@@ -23,6 +24,7 @@ import thinktune
 from thinktune.config import RunConfig, load_config
 from thinktune.hub import is_hub_id
 from thinktune.models.loading import BUNDLED, BUNDLED_INSTALL, resolve_model
+from thinktune.runs import load_trained
 from thinktune.serve.run_dir import read_run_dir
 
 APP = Path("/app")
@@ -70,6 +72,17 @@ def copy_tree(src: Path, dst: Path) -> None:
     shutil.copytree(src, dst, copy_function=link_or_copy)
 
 
+def save_with_tensors(cfg: RunConfig, tensors: Path, out: Path) -> None:
+    """A complete model folder: the run's base (as configured) with the trained tensors (freeze, ESFT) written in."""
+    from thinktune.models import load_pretrained
+
+    base, tokenizer, _ = load_pretrained(cfg.model)
+    if out.exists():
+        shutil.rmtree(out)
+    load_trained(base, tensors).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
 def write_deployment(run_dir: Path, out: Path, spec: DeploySpec = DeploySpec()) -> list[Path]:
     """Write the build context and manifests for `run_dir` into `out`; returns the files written at top level."""
     run = read_run_dir(run_dir)
@@ -79,9 +92,12 @@ def write_deployment(run_dir: Path, out: Path, spec: DeploySpec = DeploySpec()) 
     adapters: dict[str, str] = {}
     served_name = cfg.model.name_or_path if cfg.model.name_or_path in BUNDLED else Path(cfg.model.name_or_path).name
     copies = []
-    if run.model is not None:  # full weights from the run: they are the model, under the run's name
-        copy_tree(run.model, out / "model")
-        model.update(name_or_path=str(APP / "model"), gguf_file=None)
+    if run.model is not None or run.tensors is not None:  # the trained model is the model, under the run's name
+        if run.model is not None:
+            copy_tree(run.model, out / "model")
+        else:
+            save_with_tensors(cfg, run.tensors, out / "model")
+        model.update(name_or_path=str(APP / "model"), gguf_file=None, revision=None)
         served_name = run.name
         copies.append("model/")
     else:
@@ -141,7 +157,8 @@ def dockerfile_text(
     if "wheels/" in copies:
         lines.append("COPY wheels/ /tmp/wheels/")
     lines.append(f'RUN pip install "{requirement}"')
-    if cfg.model.name_or_path in BUNDLED:  # convert the bundled GGUF at build time, not at every pod start
+    if cfg.model.name_or_path in BUNDLED and "model/" not in copies:
+        # The bundled GGUF is the served base: convert it at build time, not at every pod start.
         lines.append(f"RUN {BUNDLED_INSTALL} && \\")
         lines.append(
             f"    python -c \"from thinktune.models import resolve_model; resolve_model('{cfg.model.name_or_path}')\""

@@ -1,8 +1,9 @@
-"""What a run directory offers for serving: its resolved config, its adapter, or a full model it wrote.
+"""What a run directory offers for serving; its layout and what a run produced come from thinktune/runs.py.
 
 runs/<name>/config.yaml   the run's config (model, system prompt)
-runs/<name>/adapter/      PEFT adapter → served under the run's name
-runs/<name>/model/        full weights (full fine-tune or a merged export) → served instead of the base model
+runs/<name>/adapter/      PEFT adapter → served under the run's name, beside the base model
+runs/<name>/model/        trained tensors (freeze, ESFT) → the base with them written in, served under the run's name
+                          a full model (full fine-tune, or a merged export) → served under the run's name
 """
 
 from __future__ import annotations
@@ -10,36 +11,45 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from thinktune.config import RunConfig, load_config, validate
+from thinktune.config import RunConfig, validate
 from thinktune.errors import UserError
+from thinktune.runs import RunDir, Trained, open_run
 
 
 @dataclass(frozen=True)
 class RunArtifacts:
-    dir: Path
-    config: Path
+    run: RunDir
     name: str
-    adapter: Path | None
-    model: Path | None
+    trained: Trained
+
+    @property
+    def dir(self) -> Path:
+        return self.run.path
+
+    @property
+    def config(self) -> Path:
+        return self.run.config
+
+    @property
+    def adapter(self) -> Path | None:
+        return self.trained.path if self.trained.kind == "adapter" else None
+
+    @property
+    def tensors(self) -> Path | None:
+        """The changed tensors of the base, to write into it before serving."""
+        return self.trained.path if self.trained.kind == "tensors" else None
+
+    @property
+    def model(self) -> Path | None:
+        return self.trained.path if self.trained.kind == "full" else None
 
 
 def read_run_dir(run_dir: Path) -> RunArtifacts:
-    run_dir = Path(run_dir)
-    config = run_dir / "config.yaml"
-    if not config.is_file():
-        raise UserError(f"{run_dir}: not a run directory (no config.yaml); pass the directory `thinktune train` wrote")
-    adapter = run_dir / "adapter"
-    model = run_dir / "model"
-    artifacts = RunArtifacts(
-        dir=run_dir,
-        config=config,
-        name=load_config(config).name,
-        adapter=adapter if (adapter / "adapter_config.json").is_file() else None,
-        model=model if (model / "config.json").is_file() else None,
-    )
-    if artifacts.adapter is None and artifacts.model is None:
+    run = open_run(run_dir)
+    trained = run.produced()
+    if trained is None:
         raise UserError(f"{run_dir}: has neither adapter/ nor model/ to serve (did training finish?)")
-    return artifacts
+    return RunArtifacts(run, run.name, trained)
 
 
 def with_adapters(cfg: RunConfig, adapters: dict[str, str], source: str = "--adapter") -> RunConfig:

@@ -11,6 +11,7 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import torch
 import uvicorn
@@ -42,9 +43,14 @@ def api_key(cfg: RunConfig) -> str | None:
     return cfg.serve.api_key or os.environ.get("THINKTUNE_API_KEY") or None
 
 
-def build_app(cfg: RunConfig, served_model_name: str | None = None) -> tuple[FastAPI, Lifecycle, ServedModel]:
-    """Load the model and adapters of `cfg` and wrap them in the API."""
-    served = load_served_model(cfg.model, cfg.serve.adapters, served_model_name, cfg.data.system_prompt)
+def build_app(
+    cfg: RunConfig, served_model_name: str | None = None, trained_tensors: Path | None = None
+) -> tuple[FastAPI, Lifecycle, ServedModel]:
+    """Load the model (with a run's `trained_tensors` written in, if given) and adapters of `cfg`; wrap them in the
+    API."""
+    served = load_served_model(
+        cfg.model, cfg.serve.adapters, served_model_name, cfg.data.system_prompt, trained_tensors
+    )
     served.thinking = cfg.data.thinking != "off"  # as the run was trained
     lifecycle = Lifecycle()
     return create_app(served, cfg.serve, api_key(cfg), lifecycle), lifecycle, served
@@ -65,12 +71,16 @@ def make_server(
 
 
 def serve(
-    cfg: RunConfig, served_model_name: str | None = None, log_level: str = "info", num_threads: int | None = None
+    cfg: RunConfig,
+    served_model_name: str | None = None,
+    log_level: str = "info",
+    num_threads: int | None = None,
+    trained_tensors: Path | None = None,
 ) -> None:
     """`thinktune serve`: blocks until SIGINT/SIGTERM, then drains."""
     if num_threads:
         torch.set_num_threads(num_threads)
-    app, lifecycle, _ = build_app(cfg, served_model_name)
+    app, lifecycle, _ = build_app(cfg, served_model_name, trained_tensors)
     make_server(app, lifecycle, cfg.serve.host, cfg.serve.port, cfg.serve.request_timeout, log_level).run()
 
 

@@ -21,6 +21,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from rich.console import Console
 
+from thinktune import runs
 from thinktune.config import RunConfig, to_yaml
 from thinktune.data.collate import pad_batch
 from thinktune.data.prepare import TrainingData, prepare_training_data
@@ -106,7 +107,7 @@ def setup(cfg: RunConfig, console: Console) -> Run:
         console = Console(quiet=True)  # one process talks
     run = Run(cfg, cfg.run_dir, acc, console)
     run.dir.mkdir(parents=True, exist_ok=True)
-    (run.dir / "config.yaml").write_text(to_yaml(cfg))
+    (run.dir / runs.CONFIG).write_text(to_yaml(cfg))
     set_seed(cfg.train.seed)
 
     check_method_environment(cfg.method, cfg.train)  # before any weights load (qlora without CUDA, esft + decay)
@@ -161,7 +162,7 @@ def run_eval(run: Run, label: str) -> EvalResult | None:
             progress=lambda n: bar.advance(task, n),
             thinking=run.cfg.data.thinking,
         )
-    write_report(result, run.dir / "eval", label, f"{label}: {run.cfg.model.name_or_path}")
+    write_report(result, run.dir / runs.EVAL, label, f"{label}: {run.cfg.model.name_or_path}")
     run.console.print(
         f"eval {label}: accuracy {result.accuracy:.1%}, format {result.format_compliance:.1%}, "
         f"loss {result.loss:.3f} ({result.seconds:.0f}s)"
@@ -297,12 +298,12 @@ def flat_params(cfg: RunConfig) -> dict[str, Any]:
 
 
 def save(run: Run) -> Path:
-    adapter_dir = run.dir / "adapter"
+    adapter_dir = run.dir / runs.ADAPTER
     run.accelerator.wait_for_everyone()
     if run.accelerator.is_main_process:
         adapter_dir = save_trained(run.accelerator.unwrap_model(run.model), run.cfg.method, run.dir)
         run.tokenizer.save_pretrained(adapter_dir)
-        if (adapter_dir / "adapter_config.json").is_file():  # PEFT wrote the path the weights loaded from
+        if (adapter_dir / runs.PEFT_CONFIG).is_file():  # PEFT wrote the path the weights loaded from
             from thinktune.export.model_card import record_base_model
 
             record_base_model(adapter_dir, run.cfg.model.name_or_path)
@@ -332,10 +333,10 @@ def run_sft(cfg: RunConfig, console: Console | None = None, resume: str | None =
     console = console or Console()
     wall_start = time.perf_counter()
     run = setup(cfg, console)
-    resuming = resume is not None and resolve_resume(resume, run.dir / "checkpoints") is not None
+    resuming = resume is not None and resolve_resume(resume, run.dir / runs.CHECKPOINTS) is not None
     before = run_eval(run, "before") if run.cfg.eval.before and not resuming else None
-    if resuming and (run.dir / "eval" / "before.json").is_file():
-        before = load_headline(run.dir / "eval" / "before.json")
+    if resuming and (run.dir / runs.EVAL / "before.json").is_file():
+        before = load_headline(run.dir / runs.EVAL / "before.json")
     stats = train(run, resume)
     adapter_dir = save(run)
     after = run_eval(run, "after") if run.cfg.eval.after else None
@@ -360,8 +361,8 @@ def write_summary(run: Run, adapter_dir: Path, summary: dict) -> None:
     """summary.json, then the adapter's model card (base, config, before/after), replacing PEFT's: every recipe."""
     if not run.accelerator.is_main_process:
         return
-    (run.dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    if (adapter_dir / "adapter_config.json").is_file():
+    (run.dir / runs.SUMMARY).write_text(json.dumps(summary, indent=2))
+    if (adapter_dir / runs.PEFT_CONFIG).is_file():
         from thinktune.export.model_card import write_model_card
 
         write_model_card(adapter_dir, "adapter", run.cfg.model.name_or_path, run_dir=run.dir)
