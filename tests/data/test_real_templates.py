@@ -339,3 +339,13 @@ def test_eval_prompts_follow_the_thinking_switch(qwen3):
     assert not auto[0].endswith(empty) and auto[1].endswith(empty)  # the task's own flag, else thinking
     assert all(p.endswith(empty) for p in task_prompts(qwen3, tasks, None, "off"))
     assert not any(p.endswith(empty) for p in task_prompts(qwen3, tasks, None, "on"))
+
+
+def test_parity_diff_never_cuts_a_character(r1):
+    """R1's tool markers are not tokens: byte-level pieces split '｜' (3 bytes), so a naive window shows '\ufffd'."""
+    from thinktune.data.render import _around
+
+    ids = r1('<｜tool▁outputs▁end｜>"The Dark Knight', add_special_tokens=False)["input_ids"]
+    naive = [r1.decode(ids[max(k - 3, 0) : k + 3]) for k in range(len(ids))]
+    assert any("\ufffd" in t for t in naive)  # the case exists in this vocabulary
+    assert not any("\ufffd" in _around(r1, ids, k) for k in range(len(ids)))

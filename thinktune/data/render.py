@@ -346,12 +346,25 @@ def parity_error(
     if ids[: len(prompt_ids)] == prompt_ids:
         return None
     k = next((j for j, (a, b) in enumerate(zip(ids, prompt_ids, strict=False)) if a != b), len(ids))
-    train = tokenizer.decode(ids[max(k - 3, 0) : k + 3])
-    infer = tokenizer.decode(prompt_ids[max(k - 3, 0) : k + 3])
+    train, infer = _around(tokenizer, ids, k), _around(tokenizer, prompt_ids, k)
     return RecordError(
         f"parity mismatch: turn {turn + 1}'s training tokens differ from its inference prompt at token {k}: "
         f"trained {train!r}, inference {infer!r}"
     )
+
+
+def _around(tokenizer: PreTrainedTokenizerBase, ids: list[int], k: int) -> str:
+    """The text of the tokens around position k, widened until no multi-byte character is cut at either end (a
+    byte-level token can hold half of '｜', which decodes as '\ufffd')."""
+    start, end = max(k - 3, 0), min(k + 3, len(ids))
+    text = tokenizer.decode(ids[start:end])
+    while start > 0 and text.startswith("\ufffd") and k - start < 12:
+        start -= 1
+        text = tokenizer.decode(ids[start:end])
+    while end < len(ids) and text.endswith("\ufffd") and end - k < 12:
+        end += 1
+        text = tokenizer.decode(ids[start:end])
+    return text
 
 
 def to_sample(ids: list[int], offsets: list, spans: list[tuple[int, int]], max_length: int | None) -> TokenizedSample:
