@@ -267,6 +267,58 @@ def test_validation_early_stopping_and_plateau(tiny_model_dirs, tmp_path):
     assert any("val_loss" in r for r in read_metrics(tmp_path / "metrics.jsonl"))
 
 
+def kill_once_saved(args: list[str], checkpoint: Path) -> None:
+    """Start `thinktune *args` and SIGKILL it as soon as `checkpoint` exists."""
+    proc = cli(*args)
+    deadline = time.time() + 240
+    while time.time() < deadline and not checkpoint.exists():
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+@pytest.mark.parametrize("recipe", ["dpo", "grpo"])
+def test_policy_recipes_resume_after_sigkill_with_the_uninterrupted_curve(tiny_model_dirs, tmp_path, recipe):
+    from tests.train.test_dpo import write_prefs
+
+    steps, extra = 8, ["train.save_steps=2", "train.report_to=[]", "eval.before=false", "eval.after=false"]
+    if recipe == "dpo":
+        options = ["--data", str(write_prefs(tmp_path / "prefs.jsonl"))]
+    else:
+        options = [
+            "--reward",
+            "tests.train.test_grpo:distinct_chars",
+            "-G",
+            "2",
+            "--set",
+            "grpo.max_completion_length=6",
+        ]
+        extra.append("data.max_train_samples=16")
+
+    def args(out):
+        sets = [x for s in base_sets(tiny_model_dirs["llama"], out, steps, *extra) for x in ("--set", s)]
+        return [recipe, *options, *sets, "--set", "train.batch_size=2"]
+
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    done = cli(*args(full))
+    assert done.wait(timeout=300) == 0, done.stderr.read()[-2000:]
+    kill_once_saved(args(killed), killed / "checkpoints" / "step-4")
+    assert not (killed / "summary.json").exists(), "the run finished before it could be killed"
+    last = list_checkpoints(killed / "checkpoints")[-1]
+
+    resumed = cli(*args(killed), "--resume", "auto")
+    out, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err[-2000:]
+    assert "resumed from" in out and last.name in out
+    keys = ["loss"] + (["reward"] if recipe == "grpo" else [])
+    a, b = (read_metrics(d / "metrics.jsonl") for d in (full, killed))
+    for key in keys:
+        x, y = [r[key] for r in a if key in r], [r[key] for r in b if key in r]
+        assert len(x) == len(y) == steps
+        assert max(abs(u - v) for u, v in zip(x, y, strict=True)) < 1e-6, (key, x, y)
+    assert json.loads((killed / "summary.json").read_text())["resumed_from"].endswith(last.name)
+
+
 def scripted_loop(tiny_model_dirs, tmp_path, values: list[float], **train):
     """A TrainLoop on a tiny LoRA whose validation returns `values` in turn and records the weights it saw."""
     from tests.train.test_speed import tiny_loop
@@ -292,6 +344,33 @@ def test_load_best_at_end_keeps_the_best_validated_weights(tiny_model_dirs, tmp_
     for name, p in params:
         torch.testing.assert_close(p.detach(), kept[name], rtol=0, atol=0)
     assert any(not torch.equal(kept[n], seen[-1][n]) for n, _ in params)  # the last step's weights were different
+
+
+@pytest.mark.parametrize(("values", "best"), [([5.0, 3.0, 4.0, 6.0], 2), ([5.0, 4.0, 3.0, 2.0], None)])
+def test_load_best_at_end_survives_a_resume(tiny_model_dirs, tmp_path, values, best):
+    """checkpoints/best/ carries the best weights over a resume from step 4; a best found after step 4 (step 6)
+    belongs to steps that run again, so the resumed run does not take it."""
+    from tests.train.test_speed import tiny_loop
+
+    train = {"eval_steps": 2, "save_steps": 2, "save_total_limit": 3, "load_best_at_end": True}
+    first, _, seen = scripted_loop(tiny_model_dirs, tmp_path, values, **train)
+    saved = json.loads((tmp_path / "checkpoints" / "best" / "best.json").read_text())
+    assert saved == {"step": first.best_step, "value": min(values)}
+
+    cfg = TrainConfig(batch_size=2, max_steps=6, learning_rate=5e-2, report_to=[], warmup_ratio=0.0, **train)
+    again: list[dict[str, torch.Tensor]] = []
+
+    def validate():  # step 6 only, worse than any best before it
+        again.append({n: p.detach().clone() for n, p in params})
+        return {"val_loss": 9.0}
+
+    loop, params, _ = tiny_loop(tiny_model_dirs, cfg, tmp_path, 6, validate=validate)
+    result = loop.run(str(tmp_path / "checkpoints" / "step-4"))
+    assert [v["step"] for v in result.validations] == [6]
+    expected = seen[best // 2] if best is not None else again[-1]
+    assert result.best_step == (best if best is not None else 6)
+    for name, p in params:
+        torch.testing.assert_close(p.detach(), expected[name], rtol=0, atol=0)
 
 
 def test_without_load_best_the_run_ends_with_the_last_weights(tiny_model_dirs, tmp_path):

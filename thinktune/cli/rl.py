@@ -28,6 +28,7 @@ app.add_typer(distill_app, name="distill")
 DataOpt = Annotated[
     list[str] | None, typer.Option("--data", "-d", help="Training file(s) (repeat); default: data.train.")
 ]
+ResumeOpt = Annotated[str | None, typer.Option(help="`auto` (latest checkpoint of the run) or a checkpoint directory.")]
 AdapterOpt = Annotated[
     Path | None, typer.Option(help="Continue training this PEFT adapter (e.g. an SFT run's adapter/).")
 ]
@@ -123,11 +124,14 @@ def dpo(
     beta: Annotated[float | None, typer.Option(help="β (ORPO: λ); default per loss.")] = None,
     reference: Annotated[str | None, typer.Option(help="cached | live reference log-probs.")] = None,
     adapter: AdapterOpt = None,
+    resume: ResumeOpt = None,
     offline: OfflineOpt = False,
 ) -> None:
     """Preference tuning on {prompt, chosen, rejected} pairs with DPO, IPO, SimPO, ORPO or KTO.
 
     Example: `thinktune dpo --data prefs.jsonl --loss dpo --beta 0.1 -o runs/dpo`
+
+    Resume after a crash: the same command with `--resume auto` (needs train.save_steps).
     """
     from thinktune.train.dpo import DPOConfig
 
@@ -135,7 +139,7 @@ def dpo(
     cfg, section = load_with_section(config, sets, output_dir, "dpo", DPOConfig)
     from thinktune.train.dpo import run_dpo
 
-    summary = run_dpo(default_output(cfg, "dpo"), section, data, str(adapter) if adapter else None, console)
+    summary = run_dpo(default_output(cfg, "dpo"), section, data, str(adapter) if adapter else None, console, resume)
     print_rl_summary(summary)
 
 
@@ -165,11 +169,14 @@ def grpo(
         str | None,
         typer.Option(help="Step reward for process supervision: arithmetic_steps or pkg.module:function."),
     ] = None,
+    resume: ResumeOpt = None,
     offline: OfflineOpt = False,
 ) -> None:
     """GRPO with verifiable rewards: sample G answers per prompt, reward them, push up the better ones.
 
     Example: `thinktune grpo --adapter runs/quickstart/adapter --reward accuracy --reward format -o runs/grpo`
+
+    Resume after a crash: the same command with `--resume auto` (needs train.save_steps).
     """
     from thinktune.train.grpo import GRPOConfig
 
@@ -185,7 +192,7 @@ def grpo(
     cfg, section = load_with_section(config, sets, output_dir, "grpo", GRPOConfig)
     from thinktune.train.grpo import run_grpo
 
-    summary = run_grpo(default_output(cfg, "grpo"), section, data, str(adapter) if adapter else None, console)
+    summary = run_grpo(default_output(cfg, "grpo"), section, data, str(adapter) if adapter else None, console, resume)
     print_rl_summary(summary)
     console.print(f"reward curve: {summary['reward_plot']}")
 

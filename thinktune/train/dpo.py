@@ -389,7 +389,9 @@ def preference_loss_fn(cfg: DPOConfig, reference: ReferencePolicy | None):
     return loss_fn
 
 
-def train(run: Run, data: PreferenceData, cfg: DPOConfig, adapter: str | None) -> dict[str, Any]:
+def train(
+    run: Run, data: PreferenceData, cfg: DPOConfig, adapter: str | None, resume: str | None = None
+) -> dict[str, Any]:
     needs_ref = cfg.loss not in REFERENCE_FREE
     reference = (
         ReferencePolicy.of(run.model, adapter_starts_at_base(run.model, adapter is not None, run.cfg))
@@ -416,6 +418,7 @@ def train(run: Run, data: PreferenceData, cfg: DPOConfig, adapter: str | None) -
         preference_loss_fn(cfg, reference),
         reference,
         sample_weights=balanced_weights(run.cfg.data, data.records),
+        resume=resume,
     )
 
 
@@ -425,6 +428,7 @@ def run_dpo(
     data_files: list[str] | None = None,
     adapter: str | None = None,
     console: Console | None = None,
+    resume: str | None = None,
 ) -> dict[str, Any]:
     check_settings(cfg, "dpo", data_files)  # SFT-only settings: one line before anything loads
     console = console or Console()
@@ -445,7 +449,7 @@ def run_dpo(
         raise ConfigError("dpo.loss=kto needs train.batch_size >= 2")
     run.model = load_policy(run, adapter, optimizer_steps(run, len(data.records)))
     before = run_eval(run, "before") if cfg.eval.before else None
-    stats = train(run, data, dpo, adapter)
+    stats = train(run, data, dpo, adapter, resume)
     adapter_dir = save(run)
     after = run_eval(run, "after") if cfg.eval.after else None
     summary = {

@@ -559,7 +559,13 @@ def grpo_loss_fn(g: GRPOConfig, names: list[str]):
 
 
 def train(
-    run: Run, tasks: list[dict], g: GRPOConfig, fns: list, adapter: str | None, step_fn: Callable | None = None
+    run: Run,
+    tasks: list[dict],
+    g: GRPOConfig,
+    fns: list,
+    adapter: str | None,
+    step_fn: Callable | None = None,
+    resume: str | None = None,
 ) -> dict[str, Any]:
     tcfg = run.cfg.train
     reference = (
@@ -581,6 +587,10 @@ def train(
         # a different stream on each process, so processes do not refill with the same prompts
         order = PromptPool(len(tasks), tcfg.seed * 1_000 + run.accelerator.process_index)
         pool = lambda k: [tasks[i] for i in order.take(k)]  # noqa: E731
+    # A resume (`resume`) restores weights, optimizer, schedule, RNGs and data position, which is everything a step
+    # depends on with the defaults: the reference is frozen and β is constant. Not restored, so a resumed curve
+    # differs from the uninterrupted one: the rollouts kept for grpo.num_iterations > 1 (resampled at the resumed
+    # step) and the dynamic-sampling prompt stream (restarts from its seed).
     return run_policy_loop(
         run,
         opt,
@@ -589,6 +599,7 @@ def train(
         grpo_loss_fn(g, names),
         reference,
         sample_weights=balanced_weights(run.cfg.data, tasks),
+        resume=resume,
     )
 
 
@@ -626,6 +637,7 @@ def run_grpo(
     data_files: list[str] | None = None,
     adapter: str | None = None,
     console: Console | None = None,
+    resume: str | None = None,
 ) -> dict[str, Any]:
     check_settings(cfg, "grpo", data_files)  # SFT-only settings: one line before anything loads
     console = console or Console()
@@ -646,7 +658,7 @@ def run_grpo(
     )
     run.model = load_policy(run, adapter, optimizer_steps(run, len(tasks)))
     before = run_eval(run, "before") if cfg.eval.before else None
-    stats = train(run, tasks, g, fns, adapter, step_fn)
+    stats = train(run, tasks, g, fns, adapter, step_fn, resume)
     adapter_dir = save(run)
     names = [reward_name(r) for r in g.rewards]
     if run.accelerator.is_main_process:

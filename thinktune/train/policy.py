@@ -291,9 +291,10 @@ def run_policy_loop(
     loss_fn: LossFn,
     reference: ReferencePolicy | None,
     sample_weights: list[float] | None = None,
+    resume: str | None = None,
 ) -> dict[str, Any]:
     """The shared TrainLoop (checkpoints, guards, loggers, distributed) over the items, drawn with `sample_weights`
-    when given; the reference released after."""
+    when given, continuing from checkpoint `resume` (`auto` or a path) when given; the reference released after."""
     tcfg, acc = run.cfg.train, run.accelerator
     log = (
         MetricsLog(run.dir, tcfg.report_to, tcfg.mlflow_tracking_uri, run.cfg.name, flat_params(run.cfg))
@@ -319,7 +320,7 @@ def run_policy_loop(
         validate=(lambda: validate(run)) if (tcfg.eval_steps and run.validation) else None,
     )
     try:
-        result = loop.run()
+        result = loop.run(resume)
     finally:
         if log:
             log.close()
@@ -334,4 +335,5 @@ def run_policy_loop(
         "stopped_early": result.stopped_early,
         "validations": result.validations,
         "best_step": result.best_step,
+        "resumed_from": result.resumed_from,
     }

@@ -9,6 +9,9 @@ checkpoint is megabytes, not the whole model).
 A PEFT run's checkpoint is also a loadable adapter: `adapter_config.json` + `adapter_model.safetensors` written by the
 PeftModel's own save_pretrained next to the resume state, so `PeftModel.from_pretrained(base, "checkpoints/step-N")`
 and `thinktune eval/chat/serve/export --adapter runs/x/checkpoints/step-N` work while the run goes on.
+
+`checkpoints/best/` (train.load_best_at_end) holds the best-validated trainable weights and `best.json` (step,
+value), written the same atomic way whenever validation finds a new best; a resume loads them back.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from safetensors.torch import load_file, save_file
 from thinktune.errors import UserError
 
 PREFIX = "step-"
+BEST = "best"  # train.load_best_at_end: the best-validated weights, so a resumed run still ends with them
 
 
 @dataclass
@@ -99,6 +103,28 @@ def save_checkpoint(
     for old in list_checkpoints(root)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def save_best(root: Path, step: int, value: float, weights: dict[str, torch.Tensor]) -> Path:
+    """checkpoints/best/: `weights` (the trainable tensors at `step`) and best.json, replacing the previous best."""
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / BEST
+    tmp = Path(tempfile.mkdtemp(prefix=f".{BEST}.", dir=root))
+    save_file({n: t.contiguous() for n, t in weights.items()}, str(tmp / "trainable.safetensors"))
+    (tmp / "best.json").write_text(json.dumps({"step": step, "value": value}))
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+    return final
+
+
+def load_best(root: Path) -> tuple[int, float, dict[str, torch.Tensor]] | None:
+    """(step, value, CPU weights) from checkpoints/best/, or None when no best was saved."""
+    path = root / BEST
+    if not (path / "best.json").is_file():
+        return None
+    best = json.loads((path / "best.json").read_text())
+    return int(best["step"]), float(best["value"]), load_file(str(path / "trainable.safetensors"))
 
 
 def save_adapter_files(model: torch.nn.Module, out: Path) -> None:

@@ -22,7 +22,14 @@ from rich.console import Console
 from thinktune.config import TrainConfig
 from thinktune.errors import UserError
 from thinktune.train.engine import monitor
-from thinktune.train.engine.checkpoint import TrainPosition, load_checkpoint, resolve_resume, save_checkpoint
+from thinktune.train.engine.checkpoint import (
+    TrainPosition,
+    load_best,
+    load_checkpoint,
+    resolve_resume,
+    save_best,
+    save_checkpoint,
+)
 from thinktune.train.engine.guards import Plateau, SpikeDetector, is_finite
 from thinktune.train.engine.loggers import MetricsLog, read_metrics
 from thinktune.train.engine.progress import training_progress
@@ -90,6 +97,8 @@ class TrainLoop:
                 raise UserError("train.load_best_at_end needs train.eval_steps and data.validation")
             if resumed is None:
                 self._validation(pos, plateau, result)  # the starting weights are a candidate too
+            else:
+                self._load_best(pos, plateau)
         accum, micro_losses, parts_sum = cfg.gradient_accumulation_steps, [], {}
         window_tokens, window_start, start = 0, time.perf_counter(), time.perf_counter()
         carried = pos.seconds  # training time of the segments before this resume
@@ -311,6 +320,14 @@ class TrainLoop:
             f"load_best_at_end: ending with the weights of step {step} ({self.cfg.metric_for_best} {value:.4f})"
         )
 
+    def _load_best(self, pos: TrainPosition, plateau: Plateau) -> None:
+        """The best weights saved before the resume, if validated at or before the resumed step (a later best
+        belongs to steps that will run again); the plateau starts from its value."""
+        best = load_best(self.checkpoint_root)
+        if best is not None and best[0] <= pos.step:
+            self._best = best
+            plateau.update(best[1])
+
     def _validation(self, pos: TrainPosition, plateau: Plateau, result: LoopResult) -> None:
         values = self.validate()
         self.model.train()
@@ -330,6 +347,8 @@ class TrainLoop:
         improved = plateau.update(float(value))
         if improved and self.cfg.load_best_at_end:  # a CPU copy of what trains (a LoRA: megabytes)
             self._best = (pos.step, float(value), {n: p.detach().to("cpu", copy=True) for n, p in self.params})
+            if self.accelerator.is_main_process:  # on disk too, so that a resumed run still ends with it
+                save_best(self.checkpoint_root, *self._best)
         self.console.print(f"validation at step {pos.step}: {key} {value:.4f}" + (" (best)" if improved else ""))
         if not improved and self.cfg.plateau_patience and plateau.bad_evals % self.cfg.plateau_patience == 0:
             self.scheduler.base_lrs = [lr * 0.5 for lr in self.scheduler.base_lrs]
