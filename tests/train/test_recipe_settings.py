@@ -316,10 +316,10 @@ def test_policy_loop_draws_items_with_the_balance_weights(monkeypatch, tmp_path)
         def __init__(self, **kwargs):
             seen.update(kwargs)
 
-        def run(self):
+        def run(self, resume=None):
             return SimpleNamespace(
                 steps=0, seconds=0.0, final_loss=0.0, bad_steps=0, tokens=0, stopped_early=None, validations=[],
-                best_step=None,
+                best_step=None, resumed_from=None,
             )  # fmt: skip
 
     monkeypatch.setattr(policy, "TrainLoop", Loop)
