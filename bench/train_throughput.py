@@ -300,12 +300,14 @@ def child_hf(spec: dict) -> dict:
 
 
 def child_thinktune(spec: dict) -> dict:
-    """thinktune's SFT recipe: sft.setup() + sft.train() from a config (run_sft minus the evaluations and saving)."""
+    """thinktune's SFT recipe: run.start() + SFT.prepare() + SFT.fit() from a config (run_sft minus the evaluations
+    and saving)."""
     import torch
     from rich.console import Console
 
     from thinktune.config import load_config
     from thinktune.train import sft
+    from thinktune.train.run import start
 
     train_samples, heldout = _samples_from(spec)
     sets = [
@@ -337,15 +339,17 @@ def child_thinktune(spec: dict) -> dict:
     ]
     cfg = load_config(None, sets)
     console = Console(quiet=True)
-    run = sft.setup(cfg, console)
-    got = [len(s.input_ids) for s in run.data.samples]
+    recipe = sft.SFT()
+    run = start(cfg, console)
+    recipe.prepare(run)
+    got = [len(s.input_ids) for s in recipe.data.samples]
     want = [len(s.input_ids) for s in train_samples]
     if got != want:
         raise SystemExit(f"thinktune tokenised the data differently ({sum(got)} vs {sum(want)} tokens)")
     rss_before = rss_now_mb()
     peak_flops = matmul_peak()
     load_start, cpu_start = os.getloadavg()[0], cpu_seconds()
-    stats = sft.train(run)
+    stats = recipe.fit(run, None)
     cpu = cpu_seconds() - cpu_start
     peak = peak_memory_mb()
     from thinktune.train.engine.loggers import read_metrics

@@ -271,6 +271,83 @@ class ServeConfig(Section):
     backend: Literal["transformers", "vllm"] = Field("transformers", description="Generation backend.")
 
 
+LossName = Literal["dpo", "ipo", "simpo", "orpo", "kto"]
+
+DEFAULT_BETA = {"dpo": 0.1, "ipo": 0.1, "simpo": 2.0, "orpo": 0.1, "kto": 0.1}
+
+
+class DPOConfig(Section):
+    loss: LossName = Field("dpo", description="Preference loss: dpo, ipo, simpo, orpo or kto.")
+    beta: float | None = Field(
+        None, gt=0, description="β (ORPO: λ); default per loss: dpo/ipo/orpo/kto 0.1, simpo 2.0."
+    )
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="DPO: conservative DPO label noise ε.")
+    simpo_gamma: float = Field(0.5, ge=0, description="SimPO: target reward margin γ.")
+    desirable_weight: float = Field(1.0, gt=0, description="KTO: weight of the chosen (desirable) answers.")
+    undesirable_weight: float = Field(1.0, gt=0, description="KTO: weight of the rejected (undesirable) answers.")
+    reference: Literal["cached", "live"] = Field(
+        "cached", description="Reference log-probs: one pass before training (cached) or every step (live)."
+    )
+
+    @property
+    def beta_value(self) -> float:
+        return self.beta if self.beta is not None else DEFAULT_BETA[self.loss]
+
+
+Aggregation = Literal["sequence_mean", "token", "dr_grpo"]
+
+
+class GRPOConfig(Section):
+    num_generations: int = Field(4, ge=2, description="G: completions sampled per prompt (one group).")
+    max_completion_length: int = Field(128, gt=0, description="Generation budget per completion (tokens).")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature (also applied to the log-probs).")
+    rewards: list[str] = Field(
+        default_factory=lambda: ["accuracy", "format"],
+        description="Reward functions: accuracy, format, arithmetic, length_penalty, or `pkg.module:function`.",
+    )
+    reward_weights: list[float] | None = Field(None, description="Weight per reward (default: all 1).")
+    epsilon: float = Field(0.2, gt=0, lt=1, description="PPO clip range ε (lower side).")
+    epsilon_high: float | None = Field(None, gt=0, description="Upper clip range (DAPO clip-higher); default ε.")
+    beta: float = Field(0.04, ge=0, description="KL coefficient to the reference policy (0: no reference pass).")
+    num_iterations: int = Field(1, ge=1, description="μ: updates per sampled batch.")
+    loss_aggregation: Aggregation = Field(
+        "sequence_mean", description="sequence_mean (GRPO), token (DAPO), dr_grpo (Dr. GRPO)."
+    )
+    advantage_eps: float = Field(1e-4, gt=0, description="eps in (r − mean) / (std + eps).")
+    dynamic_sampling: bool = Field(
+        False,
+        description="DAPO dynamic sampling: drop groups whose rewards are all equal and sample more prompts "
+        "until the micro-batch is full (or max_resample_rounds is spent).",
+    )
+    max_resample_rounds: int = Field(
+        4, ge=0, description="Extra sampling rounds per micro-batch with dynamic_sampling."
+    )
+    process_reward: str | None = Field(
+        None,
+        description="Step reward for process supervision (DeepSeekMath §4.1.3): arithmetic_steps or "
+        "`pkg.module:function`; its group-normalised step scores are added to each token's advantage.",
+    )
+    process_credit: Literal["return", "step"] = Field(
+        "return",
+        description="Which step scores a token gets: `return` = every step ending after it (DeepSeekMath), "
+        "`step` = only the step it belongs to.",
+    )
+
+    @model_validator(mode="after")
+    def _weights_match(self) -> GRPOConfig:
+        if not self.rewards:
+            raise ValueError("grpo.rewards: give at least one reward function")
+        if self.reward_weights is not None and len(self.reward_weights) != len(self.rewards):
+            raise ValueError(
+                f"grpo.reward_weights has {len(self.reward_weights)} values for {len(self.rewards)} rewards"
+            )
+        return self
+
+    @property
+    def weights(self) -> list[float]:
+        return self.reward_weights or [1.0] * len(self.rewards)
+
+
 class RunConfig(Section):
     name: str = Field("quickstart", description="Run name; the run directory defaults to `runs/<name>`.")
     output_dir: str | None = Field(None, description="Run directory (default `runs/<name>`).")
@@ -281,6 +358,12 @@ class RunConfig(Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
+    dpo: DPOConfig = Field(
+        default_factory=DPOConfig, description="`thinktune dpo`: the preference loss and its settings."
+    )
+    grpo: GRPOConfig = Field(
+        default_factory=GRPOConfig, description="`thinktune grpo`: sampling, rewards and the GRPO loss."
+    )
 
     @property
     def run_dir(self) -> Path:
@@ -296,6 +379,8 @@ SECTIONS: dict[str, type[Section]] = {
     "eval": EvalConfig,
     "export": ExportConfig,
     "serve": ServeConfig,
+    "dpo": DPOConfig,
+    "grpo": GRPOConfig,
 }
 
 

@@ -498,10 +498,10 @@ def test_dpo_trains_on_a_ranking_entry_and_kto_on_a_kto_entry(tiny_model_dirs, d
     from thinktune.train.dpo import DPOConfig, run_dpo
 
     cfg = dpo_cfg(tiny_model_dirs["llama"], tmp_path / "dpo", data_dir)
-    summary = run_dpo(cfg, DPOConfig(loss="dpo"), None, None, Console(quiet=True))
+    summary = run_dpo(cfg.model_copy(update={"dpo": DPOConfig(loss="dpo")}), None, None, Console(quiet=True))
     assert summary["pairs"] == 2 and summary["steps"] == 2
     cfg = dpo_cfg(tiny_model_dirs["llama"], tmp_path / "kto", data_dir)
-    summary = run_dpo(cfg, DPOConfig(loss="kto"), ["kto_en_demo"], None, Console(quiet=True))
+    summary = run_dpo(cfg.model_copy(update={"dpo": DPOConfig(loss="kto")}), ["kto_en_demo"], None, Console(quiet=True))
     # 2 desirable and 1 undesirable answers: zipped into 2 rows, the undesirable one used twice
     assert summary["pairs"] == 2 and summary["steps"] == 2
     rows = [json.loads(x) for x in (tmp_path / "kto" / "metrics.jsonl").read_text().splitlines()]
@@ -513,6 +513,6 @@ def test_dpo_refuses_a_kto_entry_without_the_kto_loss_before_loading_a_model(dat
 
     cfg = dpo_cfg("no-such-model", tmp_path / "run", data_dir)
     with pytest.raises(DataError, match="kto_en_demo: a KTO dataset .* not preference pairs"):
-        run_dpo(cfg, DPOConfig(loss="dpo"), ["kto_en_demo"], None, Console(quiet=True))
+        run_dpo(cfg.model_copy(update={"dpo": DPOConfig(loss="dpo")}), ["kto_en_demo"], None, Console(quiet=True))
     with pytest.raises(DataError, match="alpaca_en_demo: not a ranking dataset"):
-        run_dpo(cfg, DPOConfig(loss="dpo"), ["alpaca_en_demo"], None, Console(quiet=True))
+        run_dpo(cfg.model_copy(update={"dpo": DPOConfig(loss="dpo")}), ["alpaca_en_demo"], None, Console(quiet=True))

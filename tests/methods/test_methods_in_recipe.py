@@ -79,13 +79,13 @@ def _cfg(tiny_model_dirs, tmp_path, arch: str, *sets: str):
 
 def test_recipe_checks_the_method_before_loading_weights(tiny_model_dirs, tmp_path, monkeypatch):
     """qlora without CUDA and esft with weight decay fail in one line before any weights are read."""
-    import thinktune.train.sft as sft
+    import thinktune.train.run as run_module
     from thinktune.errors import ConfigError, EnvironmentProblem
 
     def no_load(*a, **k):
         raise AssertionError("weights were loaded before the method check")
 
-    monkeypatch.setattr(sft, "load_pretrained", no_load)
+    monkeypatch.setattr(run_module, "load_pretrained", no_load)
     if not torch.cuda.is_available():
         with pytest.raises(EnvironmentProblem, match="qlora needs a CUDA GPU"):
             run_sft(_cfg(tiny_model_dirs, tmp_path, "llama", "method.name=qlora"), Console(quiet=True))
@@ -99,6 +99,7 @@ def test_recipe_checks_the_method_before_loading_weights(tiny_model_dirs, tmp_pa
 def test_adalora_in_the_recipe_schedules_over_the_run_and_adds_its_penalty(tiny_model_dirs, tmp_path, monkeypatch):
     """The recipe gives AdaLoRA the run's optimizer-step count (its rank schedule) and adds its orthogonality loss."""
     import thinktune.methods as methods
+    import thinktune.train.objectives as objectives
     import thinktune.train.sft as sft
 
     seen: dict = {}
@@ -114,7 +115,7 @@ def test_adalora_in_the_recipe_schedules_over_the_run_and_adds_its_penalty(tiny_
         return value
 
     monkeypatch.setattr(sft, "apply_method", spy_apply)
-    monkeypatch.setattr(sft, "method_loss", spy_loss)
+    monkeypatch.setattr(objectives, "method_loss", spy_loss)
     cfg = _cfg(
         tiny_model_dirs,
         tmp_path,
@@ -156,13 +157,13 @@ def test_eval_job_loads_any_method_output_from_the_run_dir(tiny_model_dirs, tmp_
 
 
 def test_esft_on_a_dense_model_stops_before_the_first_evaluation(tiny_model_dirs, tmp_path, monkeypatch):
-    import thinktune.train.sft as sft
+    import thinktune.train.run as run_module
     from thinktune.errors import ConfigError
 
     def no_eval(*a, **k):
         raise AssertionError("evaluated before the method/architecture check")
 
-    monkeypatch.setattr(sft, "run_eval", no_eval)
+    monkeypatch.setattr(run_module, "run_eval", no_eval)
     cfg = _cfg(tiny_model_dirs, tmp_path, "llama", "method.name=esft", "train.weight_decay=0", "eval.before=true")
     with pytest.raises(ConfigError, match="esft needs a mixture-of-experts model"):
         run_sft(cfg, Console(quiet=True))

@@ -14,21 +14,12 @@ from rich.console import Console
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from thinktune.cli.rl import load_with_section, option_sets
-from thinktune.config import load_config
+from thinktune.cli.rl import load_run_config, option_sets
+from thinktune.config import DPOConfig, load_config
 from thinktune.data.collate import pad_batch
 from thinktune.errors import ConfigError
-from thinktune.train.dpo import (
-    DPOConfig,
-    PairLogps,
-    dpo_loss,
-    ipo_loss,
-    kto_loss,
-    orpo_loss,
-    run_dpo,
-    simpo_loss,
-    tokenize_answer,
-)
+from thinktune.train.dpo import run_dpo, tokenize_answer
+from thinktune.train.objectives.preference import PairLogps, dpo_loss, ipo_loss, kto_loss, orpo_loss, simpo_loss
 from thinktune.train.policy import ReferencePolicy, token_logprobs
 
 t = torch.tensor
@@ -275,7 +266,10 @@ def test_recipe_trains_every_loss(tiny_model_dirs, tmp_path, loss):
     prefs = write_prefs(tmp_path / "prefs.jsonl")
     out = tmp_path / "run"
     summary = run_dpo(
-        tiny_cfg(tiny_model_dirs["llama"], out), DPOConfig(loss=loss), [str(prefs)], None, Console(quiet=True)
+        tiny_cfg(tiny_model_dirs["llama"], out).model_copy(update={"dpo": DPOConfig(loss=loss)}),
+        [str(prefs)],
+        None,
+        Console(quiet=True),
     )
     assert summary["steps"] == 2 and summary["pairs"] == 10 and summary["rejected_records"] == 1
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
@@ -304,7 +298,10 @@ def test_live_reference_equals_cached(tiny_model_dirs, tmp_path):
     for mode in ("cached", "live"):
         out = tmp_path / mode
         run_dpo(
-            tiny_cfg(tiny_model_dirs["llama"], out), DPOConfig(reference=mode), [str(prefs)], None, Console(quiet=True)
+            tiny_cfg(tiny_model_dirs["llama"], out).model_copy(update={"dpo": DPOConfig(reference=mode)}),
+            [str(prefs)],
+            None,
+            Console(quiet=True),
         )
         losses[mode] = [json.loads(x)["loss"] for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert losses["cached"] == pytest.approx(losses["live"], abs=1e-5)
@@ -313,11 +310,15 @@ def test_live_reference_equals_cached(tiny_model_dirs, tmp_path):
 def test_continuing_an_adapter_uses_a_frozen_copy_of_it(tiny_model_dirs, tmp_path):
     prefs = write_prefs(tmp_path / "prefs.jsonl")
     first = tmp_path / "first"
-    run_dpo(tiny_cfg(tiny_model_dirs["llama"], first), DPOConfig(), [str(prefs)], None, Console(quiet=True))
+    run_dpo(
+        tiny_cfg(tiny_model_dirs["llama"], first).model_copy(update={"dpo": DPOConfig()}),
+        [str(prefs)],
+        None,
+        Console(quiet=True),
+    )
     second = tmp_path / "second"
     run_dpo(
-        tiny_cfg(tiny_model_dirs["llama"], second),
-        DPOConfig(),
+        tiny_cfg(tiny_model_dirs["llama"], second).model_copy(update={"dpo": DPOConfig()}),
         [str(prefs)],
         str(first / "adapter"),
         Console(quiet=True),
@@ -330,21 +331,22 @@ def test_continuing_an_adapter_uses_a_frozen_copy_of_it(tiny_model_dirs, tmp_pat
     assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
 
 
-# ---- config: the dpo: section beside the run config ----
+# ---- config: the dpo: section of the run config ----
 
 
 def test_dpo_section_from_yaml_and_overrides(tmp_path):
     cfg_file = tmp_path / "run.yaml"
     cfg_file.write_text("name: pref\ntrain:\n  learning_rate: 5.0e-6\ndpo:\n  loss: ipo\n  beta: 0.3\n")
-    cfg, dpo = load_with_section(cfg_file, ["dpo.label_smoothing=0.1"], None, "dpo", DPOConfig)
+    cfg = load_run_config(cfg_file, ["dpo.label_smoothing=0.1"], None)
+    dpo = cfg.dpo
     assert cfg.train.learning_rate == 5e-6 and dpo.loss == "ipo" and dpo.beta == 0.3 and dpo.label_smoothing == 0.1
-    cfg, dpo = load_with_section(cfg_file, option_sets("dpo", loss="simpo", beta=None), None, "dpo", DPOConfig)
+    dpo = load_run_config(cfg_file, option_sets("dpo", loss="simpo", beta=None), None).dpo
     assert dpo.loss == "simpo" and dpo.beta_value == 0.3
     assert DPOConfig(loss="simpo").beta_value == 2.0
     with pytest.raises(ConfigError, match="dpo.loss"):
-        load_with_section(cfg_file, ["dpo.loss=ppo"], None, "dpo", DPOConfig)
-    with pytest.raises(ConfigError, match="unknown key 'dpo.betta'"):
-        load_with_section(cfg_file, ["dpo.betta=1"], None, "dpo", DPOConfig)
+        load_run_config(cfg_file, ["dpo.loss=ppo"], None)
+    with pytest.raises(ConfigError, match="dpo.betta"):
+        load_run_config(cfg_file, ["dpo.betta=1"], None)
 
 
 def test_pair_logps_dataclass_order():

@@ -165,7 +165,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_curve(tiny_model_dirs, tmp_
 
 
 def test_non_finite_steps_are_skipped_then_stop_with_checkpoint(tiny_model_dirs, tmp_path, monkeypatch):
-    import thinktune.train.engine.speed as speed  # where the SFT loss is computed
+    import thinktune.train.objectives.sft as speed  # where the SFT loss is computed
 
     real = speed.combined_loss
     calls = {"n": 0}
@@ -210,7 +210,7 @@ def test_non_finite_steps_are_skipped_then_stop_with_checkpoint(tiny_model_dirs,
 
 
 def test_gradient_spike_rolls_back_with_halved_lr(tiny_model_dirs, tmp_path, monkeypatch):
-    import thinktune.train.engine.speed as speed  # where the SFT loss is computed
+    import thinktune.train.objectives.sft as speed  # where the SFT loss is computed
 
     real = speed.combined_loss
     calls = {"n": 0}

@@ -14,25 +14,18 @@ from rich.console import Console
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from thinktune.config import load_config
+from thinktune.config import GRPOConfig, load_config
 from thinktune.data.render import render_prompt
 from thinktune.errors import ConfigError
 from thinktune.eval.reasoning import answers_match, extract_answer
-from thinktune.train.grpo import (
-    GRPOConfig,
-    RolloutReuse,
+from thinktune.train.grpo import run_grpo
+from thinktune.train.objectives.grpo import (
     aggregate,
     clip_fraction,
     group_advantages,
     grpo_loss,
     k3_kl,
-    merge_rollouts,
     process_advantages,
-    rollout_batch,
-    run_grpo,
-    sample_completions,
-    score_steps,
-    token_char_starts,
 )
 from thinktune.train.policy import ReferencePolicy, token_logprobs
 from thinktune.train.rewards import (
@@ -43,6 +36,14 @@ from thinktune.train.rewards import (
     resolve_step_reward,
     reward_name,
     score,
+)
+from thinktune.train.rollout import (
+    RolloutReuse,
+    merge_rollouts,
+    rollout_batch,
+    sample_completions,
+    score_steps,
+    token_char_starts,
 )
 
 t = torch.tensor
@@ -499,7 +500,7 @@ def test_three_step_run_logs_rewards_and_trains(llama, tmp_path):
         rewards=["accuracy", "format", "tests.train.test_grpo:distinct_chars"],
         reward_weights=[1.0, 0.5, 1.0],
     )
-    summary = run_grpo(tiny_cfg(llama, out), g, console=Console(quiet=True))
+    summary = run_grpo(tiny_cfg(llama, out).model_copy(update={"grpo": g}), console=Console(quiet=True))
     assert summary["steps"] == 3 and summary["before"] is not None and summary["after"] is not None
     before = json.loads((out / "eval" / "before.json").read_text())["samples"]
     after = json.loads((out / "eval" / "after.json").read_text())["samples"]
@@ -536,7 +537,7 @@ def test_dynamic_sampling_run_logs_kept_and_sampled_groups(llama, tmp_path):
         loss_aggregation="token",
     )
     cfg = tiny_cfg(llama, out, "train.max_steps=2", "eval.before=false", "eval.after=false")
-    run_grpo(cfg, g, console=Console(quiet=True))
+    run_grpo(cfg.model_copy(update={"grpo": g}), console=Console(quiet=True))
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 2
     for r in rows:
@@ -557,7 +558,7 @@ def test_inner_iterations_record_old_logprobs_and_clip(llama, tmp_path):
         epsilon=0.01,
     )
     cfg = tiny_cfg(llama, out, "train.max_steps=4", "train.learning_rate=2e-1", "eval.before=false", "eval.after=false")
-    run_grpo(cfg, g, console=Console(quiet=True))
+    run_grpo(cfg.model_copy(update={"grpo": g}), console=Console(quiet=True))
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 4 and "kl" not in rows[0]  # β = 0: no reference pass
     # step 2 replays step 1's samples after an update: same rewards, ratio ≠ 1
@@ -577,7 +578,7 @@ def test_grpo_validates_and_keeps_the_best_weights(llama, tmp_path):
         "eval.after=false",
         "train.max_steps=2",
     ]
-    summary = run_grpo(tiny_cfg(llama, out, *extra), g, console=Console(quiet=True))
+    summary = run_grpo(tiny_cfg(llama, out, *extra).model_copy(update={"grpo": g}), console=Console(quiet=True))
     steps = [v["step"] for v in summary["validations"]]
     assert steps == [0, 1, 2] and all("val_loss" in v and "accuracy" in v for v in summary["validations"])
     losses = [v["val_loss"] for v in summary["validations"]]
@@ -738,7 +739,7 @@ def test_process_supervised_run_logs_the_step_reward(llama, tmp_path):
         loss_aggregation="token",
     )
     cfg = tiny_cfg(llama, out, "train.max_steps=2", "eval.before=false", "eval.after=false")
-    summary = run_grpo(cfg, g, console=Console(quiet=True))
+    summary = run_grpo(cfg.model_copy(update={"grpo": g}), console=Console(quiet=True))
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and summary["grpo"]["process_reward"].endswith(":char_steps")
     for r in rows:

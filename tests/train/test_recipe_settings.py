@@ -14,15 +14,17 @@ from transformers import AutoModelForCausalLM
 from typer.testing import CliRunner
 
 from thinktune.cli import app
-from thinktune.cli.rl import load_with_section
+from thinktune.cli.rl import load_run_config
 from thinktune.config import DataConfig, MethodConfig, load_config, to_yaml
 from thinktune.errors import ConfigError, DataError, ModelNotFoundError
 from thinktune.methods import MethodContext, apply_method, method_loss, optimizer_parameters
 from thinktune.train import policy
+from thinktune.train import run as run_module
 from thinktune.train.dpo import DPOConfig, load_preferences
 from thinktune.train.engine.ewc import canonical_name, save_fisher
 from thinktune.train.engine.speed import decoder_layers
 from thinktune.train.grpo import GRPOConfig, fit_prompts, load_rl_tasks
+from thinktune.train.objectives import Objective, parameter_penalty
 from thinktune.train.settings import HONOURED, SFT_ONLY, UNSUPPORTED_METHODS, all_settings, check_settings
 
 ROOT = Path(__file__).parents[2]
@@ -102,7 +104,7 @@ def no_model(monkeypatch):
     def load(*args, **kwargs):
         raise ModelNotFoundError("model load reached")
 
-    monkeypatch.setattr(policy, "load_pretrained", load)
+    monkeypatch.setattr(run_module, "load_pretrained", load)
 
 
 def invoke(recipe: str, *args: str):
@@ -191,7 +193,7 @@ def test_cli_with_honoured_settings_reaches_the_model(recipe, no_model, tmp_path
     "path", [None, *sorted((ROOT / "examples").glob("*.yaml"))], ids=lambda p: getattr(p, "name", "quickstart")
 )
 def test_shipped_configs_pass_the_check(recipe, path):
-    cfg, _ = load_with_section(path, [], None, recipe, RECIPES[recipe])
+    cfg = load_run_config(path, [], None)
     check_settings(cfg, recipe)
 
 
@@ -201,7 +203,7 @@ def test_an_sft_runs_config_yaml_passes_the_check(recipe, tmp_path):
     the SFT-only ones at their defaults."""
     saved = tmp_path / "config.yaml"
     saved.write_text(to_yaml(load_config(None)))
-    cfg, _ = load_with_section(saved, [], None, recipe, RECIPES[recipe])
+    cfg = load_run_config(saved, [], None)
     check_settings(cfg, recipe)
 
 
@@ -262,7 +264,7 @@ def fake_run(model, cfg):
     return SimpleNamespace(cfg=cfg, model=model, accelerator=Accelerator(cpu=True), dir=None, console=None)
 
 
-def test_policy_loss_gets_the_method_term_and_ewc(tiny_model_dirs, tmp_path):
+def test_every_recipe_gets_the_method_term_and_ewc_once_per_step(tiny_model_dirs, tmp_path):
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dirs["llama"])
     cfg = load_config(None, ["method.name=adalora"])
     model = apply_method(base, cfg.method, MethodContext(total_steps=20))
@@ -272,16 +274,13 @@ def test_policy_loss_gets_the_method_term_and_ewc(tiny_model_dirs, tmp_path):
     path = save_fisher(tmp_path / "fisher.pt", fisher, anchor)
     cfg = load_config(None, ["method.name=adalora", "train.ewc_lambda=0.5", f"train.ewc_fisher={path}"])
 
-    def zero_loss(model, batch):
-        return torch.zeros(()), {}
-
-    loss, parts = policy.with_regularisers(fake_run(model, cfg), zero_loss)(model, {})
+    loss, parts = parameter_penalty(cfg, lambda m: m)(model)
     expected_ewc = 0.5 / 2 * sum(p.numel() for _, p in params)
     assert parts["ewc"] == pytest.approx(expected_ewc, rel=1e-5)
     assert parts["method"] == pytest.approx(float(method_loss(model, cfg.method).detach()))
     assert float(loss.detach()) == pytest.approx(parts["ewc"] + parts["method"], rel=1e-5)
     plain = load_config(None)
-    assert policy.with_regularisers(fake_run(model, plain), zero_loss)(model, {})[1] == {}
+    assert parameter_penalty(plain, lambda m: m) is None
 
 
 def test_load_policy_gives_the_method_the_runs_step_count(monkeypatch):
@@ -292,23 +291,24 @@ def test_load_policy_gives_the_method_the_runs_step_count(monkeypatch):
     assert seen["ctx"].total_steps == 37 and seen["ctx"].tokenizer == "tok"
 
 
-def test_prepare_optimization_compiles_the_policy_when_asked(tiny_model_dirs):
+def test_prepare_training_compiles_the_policy_when_asked(tiny_model_dirs):
     for compile_ in (False, True):
         base = AutoModelForCausalLM.from_pretrained(tiny_model_dirs["llama"])
         cfg = load_config(None, [f"train.torch_compile={str(compile_).lower()}"])
         run = fake_run(apply_method(base, MethodConfig(), MethodContext()), cfg)
-        policy.prepare_optimization(run, 8, None)
+        run_module.prepare_training(run, 8)
         layers = decoder_layers(run.accelerator.unwrap_model(run.model))
         assert layers and all((layer._compiled_call_impl is not None) == compile_ for layer in layers)
 
 
-def test_policy_loop_draws_items_with_the_balance_weights(monkeypatch, tmp_path):
+def test_every_recipe_draws_items_with_the_balance_weights(monkeypatch, tmp_path):
     records = [{"meta": {"kind": k}} for k in ("a", "a", "a", "b")]
-    weights = policy.balanced_weights(DataConfig(balance_by="meta.kind"), records)
+    weights = run_module.balanced_weights(SimpleNamespace(data=DataConfig(balance_by="meta.kind")), records)
     assert weights == pytest.approx([2 / 3, 2 / 3, 2 / 3, 2.0])  # each kind gets half the draws
-    assert policy.balanced_weights(DataConfig(), records) is None
+    assert run_module.balanced_weights(SimpleNamespace(data=DataConfig()), records) is None
     with pytest.raises(ConfigError, match="data.balance_weights"):
-        policy.balanced_weights(DataConfig(balance_by="meta.kind", balance_weights={"a": 0, "b": 0}), records)
+        bad = DataConfig(balance_by="meta.kind", balance_weights={"a": 0, "b": 0})
+        run_module.balanced_weights(SimpleNamespace(data=bad), records)
 
     seen = {}
 
@@ -319,13 +319,13 @@ def test_policy_loop_draws_items_with_the_balance_weights(monkeypatch, tmp_path)
         def run(self, resume=None):
             return SimpleNamespace(
                 steps=0, seconds=0.0, final_loss=0.0, bad_steps=0, tokens=0, stopped_early=None, validations=[],
-                best_step=None, resumed_from=None,
+                best_step=None, resumed_from=None, spikes=0, rollbacks=0,
             )  # fmt: skip
 
-    monkeypatch.setattr(policy, "TrainLoop", Loop)
+    monkeypatch.setattr(run_module, "TrainLoop", Loop)
     cfg = load_config(None, ["train.report_to=[]"])
     run = fake_run(torch.nn.Linear(2, 2), cfg)
     run.dir = tmp_path
-    opt = policy.Optimization([], None, None, 1)
-    policy.run_policy_loop(run, opt, 4, lambda idx: {}, lambda m, b: (torch.zeros(()), {}), None, weights)
+    opt = run_module.Optimization([], None, None, 1)
+    run_module.train_loop(run, opt, 4, lambda idx: {}, Objective(lambda m, b: (torch.zeros(()), {})), weights)
     assert seen["sample_weights"] == weights

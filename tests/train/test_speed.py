@@ -19,14 +19,13 @@ from thinktune.train.engine.losses import combined_loss
 from thinktune.train.engine.optim import adamw_kernel, build_optimizer, build_scheduler
 from thinktune.train.engine.speed import (
     build_make_batch,
-    build_sft_loss_fn,
-    chunked_loss_applies,
     compile_model,
     configure_threads,
     decoder_layers,
     model_inputs,
     packed_batch,
 )
+from thinktune.train.objectives.sft import build_sft_loss_fn, chunked_loss_applies
 
 
 def samples(vocab: int, lengths=(7, 19, 4, 12, 9, 3, 15, 6), seed: int = 0) -> list[TokenizedSample]:
@@ -85,7 +84,7 @@ def test_make_batch_follows_the_config():
 
 
 # --- loss function ------------------------------------------------------------------------------------------------
-def recipe_loss_fn(cfg, teacher=None, ewc=None):
+def recipe_loss_fn(cfg, teacher=None):
     """sft.py's loss_fn before the levers, verbatim."""
 
     def loss_fn(model, batch):
@@ -94,12 +93,7 @@ def recipe_loss_fn(cfg, teacher=None, ewc=None):
         if teacher is not None:
             with torch.no_grad():
                 teacher_logits = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        loss, parts = combined_loss(logits, batch, cfg, teacher_logits)
-        if ewc is not None:
-            penalty = ewc(model)
-            loss = loss + penalty
-            parts["ewc"] = float(penalty.detach())
-        return loss, parts
+        return combined_loss(logits, batch, cfg, teacher_logits)
 
     return loss_fn
 
@@ -114,14 +108,11 @@ def test_levers_off_reproduce_the_recipe_exactly(tiny_model_dirs, extra):
     teacher = AutoModelForCausalLM.from_pretrained(tiny_model_dirs["llama"]).eval() if "teacher" in extra else None
     cfg = TrainConfig(**extra)
 
-    def ewc(m):
-        return sum((p**2).sum() for n, p in m.named_parameters() if "lora_A" in n) * 1e-3
-
     batch = pad_batch(samples(model.config.vocab_size), 0)
-    want_loss, want_parts = recipe_loss_fn(cfg, teacher, ewc)(model, batch)
+    want_loss, want_parts = recipe_loss_fn(cfg, teacher)(model, batch)
     want_loss.backward()
     want = grads(model)
-    got_loss, got_parts = build_sft_loss_fn(model, cfg, teacher, ewc)(model, batch)
+    got_loss, got_parts = build_sft_loss_fn(model, cfg, teacher)(model, batch)
     got_loss.backward()
     assert torch.equal(got_loss, want_loss) and got_parts == want_parts
     for name, g in grads(model).items():
@@ -184,7 +175,7 @@ def tiny_loop(tiny_model_dirs, cfg: TrainConfig, run_dir, steps: int, lengths=No
         scheduler=scheduler,
         n_samples=len(data),
         make_batch=build_make_batch(data, cfg, 0),
-        loss_fn=build_sft_loss_fn(model, cfg, accelerator=acc),
+        loss_fn=build_sft_loss_fn(model, cfg),
         total_steps=steps,
         run_dir=run_dir,
         console=Console(quiet=True),
@@ -258,12 +249,13 @@ def test_cuda_only_levers_fail_in_one_line_before_loading(tiny_model_dirs, tmp_p
     from thinktune.config import load_config
     from thinktune.errors import EnvironmentProblem
     from thinktune.models.loading import check_attention
+    from thinktune.train import run as run_module
     from thinktune.train import sft
 
     def no_load(*a, **k):
         raise AssertionError("weights were loaded before the check")
 
-    monkeypatch.setattr(sft, "load_pretrained", no_load)
+    monkeypatch.setattr(run_module, "load_pretrained", no_load)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the message a machine without CUDA shows
     cfg = load_config(
         None, [f"model.name_or_path={tiny_model_dirs['llama']}", f"output_dir={tmp_path}", "train.liger_kernels=true"]

@@ -5,8 +5,8 @@ and verified reasoning traces from a teacher.
     thinktune grpo --adapter runs/quickstart/adapter --set train.max_steps=30 -o runs/grpo
     thinktune distill traces --teacher http://localhost:8000/v1 --data tasks.jsonl --n 4 -o traces.jsonl
 
-The recipe sections (`dpo:`, `grpo:`) may sit in the same YAML as the run config and take `--set grpo.beta=0`;
-options on the command line win over both.
+The recipe settings are sections of the run config (`dpo:`, `grpo:`) and take `--set grpo.beta=0`; options on the
+command line win over both.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Annotated, Any
 
 import typer
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from thinktune.cli.app import ConfigOpt, OfflineOpt, OutOpt, SetOpt, app, console, user_errors
 from thinktune.errors import ConfigError
@@ -34,49 +34,11 @@ AdapterOpt = Annotated[
 ]
 
 
-def load_with_section(
-    config: Path | None, sets: list[str], output_dir: Path | None, key: str, section_cls: type[BaseModel]
-) -> tuple[Any, Any]:
-    """(RunConfig, recipe section) from one YAML: the `key:` section and `--set key.x=…` go to `section_cls`,
-    the rest to RunConfig. Once config.py carries the section, RunConfig validates it itself."""
-    from thinktune.config import RunConfig, apply_override, load_config, quickstart_text, validate
+def load_run_config(config: Path | None, sets: list[str], output_dir: Path | None):
+    """The run config, its `dpo:` / `grpo:` section included, as `thinktune train` loads it; -o wins."""
+    from thinktune.config import load_config
 
-    sets = list(sets)
-    if output_dir is not None:
-        sets.append(f"output_dir={output_dir}")
-    if key in RunConfig.model_fields:
-        cfg = load_config(config, sets)
-        return cfg, getattr(cfg, key)
-    if config is None:
-        source, text = "<package>/configs/quickstart.yaml", quickstart_text()
-    else:
-        if not config.is_file():
-            raise ConfigError(f"{config}: config file not found")
-        source, text = str(config), config.read_text()
-    try:
-        raw = yaml.safe_load(text) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{source}: invalid YAML ({getattr(e, 'problem', e)})") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}:1: the top level must be a mapping of sections")
-    section = {key: raw.pop(key, None) or {}}
-    overridden, section_sets = {}, {}
-    for item in sets:
-        if item.split("=", 1)[0].strip().startswith(f"{key}."):
-            section_sets[tuple(apply_override(section, item))[1:]] = item
-        else:
-            overridden[tuple(apply_override(raw, item))] = item
-    cfg = validate(raw, source, text, overridden)
-    try:
-        return cfg, section_cls.model_validate(section[key])
-    except ValidationError as e:
-        err = e.errors()[0]
-        loc = tuple(str(x) for x in err["loc"])
-        field = ".".join([key, *loc])
-        where = f"--set {section_sets[loc[:1]]}" if loc[:1] in section_sets else source
-        if err["type"] == "extra_forbidden":
-            raise ConfigError(f"{where}: unknown key '{field}' (have: {', '.join(section_cls.model_fields)})") from None
-        raise ConfigError(f"{where}: {field}: {err['msg']} (got {err.get('input')!r})") from None
+    return load_config(config, list(sets) + ([f"output_dir={output_dir}"] if output_dir is not None else []))
 
 
 def default_output(cfg, command: str):
@@ -133,13 +95,11 @@ def dpo(
 
     Resume after a crash: the same command with `--resume auto` (needs train.save_steps).
     """
-    from thinktune.train.dpo import DPOConfig
-
     sets = list(set_ or []) + option_sets("dpo", loss=loss, beta=beta, reference=reference)
-    cfg, section = load_with_section(config, sets, output_dir, "dpo", DPOConfig)
+    cfg = load_run_config(config, sets, output_dir)
     from thinktune.train.dpo import run_dpo
 
-    summary = run_dpo(default_output(cfg, "dpo"), section, data, str(adapter) if adapter else None, console, resume)
+    summary = run_dpo(default_output(cfg, "dpo"), data, str(adapter) if adapter else None, console, resume)
     print_rl_summary(summary)
 
 
@@ -178,8 +138,6 @@ def grpo(
 
     Resume after a crash: the same command with `--resume auto` (needs train.save_steps).
     """
-    from thinktune.train.grpo import GRPOConfig
-
     sets = list(set_ or []) + option_sets(
         "grpo",
         rewards=reward,
@@ -189,10 +147,10 @@ def grpo(
         dynamic_sampling=dynamic_sampling,
         process_reward=process_reward,
     )
-    cfg, section = load_with_section(config, sets, output_dir, "grpo", GRPOConfig)
+    cfg = load_run_config(config, sets, output_dir)
     from thinktune.train.grpo import run_grpo
 
-    summary = run_grpo(default_output(cfg, "grpo"), section, data, str(adapter) if adapter else None, console, resume)
+    summary = run_grpo(default_output(cfg, "grpo"), data, str(adapter) if adapter else None, console, resume)
     print_rl_summary(summary)
     console.print(f"reward curve: {summary['reward_plot']}")
 

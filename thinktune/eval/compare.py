@@ -23,8 +23,8 @@ from thinktune.eval.runner import EvalResult, evaluate
 from thinktune.eval.significance import paired_from_samples
 from thinktune.eval.tasks import load_tasks
 from thinktune.models import load_pretrained
+from thinktune.progress import task_progress
 from thinktune.runs import ADAPTER, MODEL, find_trained, load_trained
-from thinktune.train.engine.progress import task_progress
 
 TABLE = ("accuracy", "format_compliance", "mean_think_tokens", "mean_output_tokens", "loss", "perplexity", "seconds")
 

@@ -19,8 +19,8 @@ from thinktune.eval.report import write_report
 from thinktune.eval.runner import EvalResult, evaluate
 from thinktune.eval.tasks import load_tasks
 from thinktune.models import load_pretrained
+from thinktune.progress import task_progress
 from thinktune.runs import load_trained
-from thinktune.train.engine.progress import task_progress
 
 
 @dataclass

@@ -1,10 +1,12 @@
 """Which run-config settings each recipe reads, and the check that refuses the rest before anything loads.
 
-    check_settings(cfg, "grpo", data_files)   # first line of the DPO and GRPO recipes
+    check_settings(cfg, "grpo", data_files)   # Recipe.check, before anything loads
 
-SFT reads every setting of `model`, `data`, `method`, `train` and `eval`. DPO trains on preference pairs and GRPO on
-sampled completions, each with its own loss, so a few SFT settings have nothing to act on there. A user who sets one
-hears so in one line, naming every such setting, instead of getting a run that quietly did something else.
+SFT reads every setting of `model`, `data`, `method`, `train` and `eval`; `dpo:` and `grpo:` are the sections of
+their own commands (one YAML may carry both for a pipeline: each command reads its own). DPO trains on preference
+pairs and GRPO on sampled completions, each with its own loss, so a few SFT settings have nothing to act on there. A
+user who sets one hears so in one line, naming every such setting, instead of getting a run that quietly did
+something else.
 
 A setting counts as given when its value differs from the default. A config written for an SFT run (the quickstart,
 an SFT YAML, a run's config.yaml) therefore passes as long as it leaves the SFT-only settings at their defaults; an

@@ -1,8 +1,10 @@
 """The training loop every recipe shares: batches → loss → guarded optimizer step → logs, checkpoints, validation.
 
-A recipe supplies `loss_fn(model, batch) -> (loss, parts)` and `make_batch(indices) -> batch`; the loop owns
-gradient accumulation, clipping, NaN/spike guards, checkpoint/resume, metrics and early stopping. Devices, mixed
-precision and DDP gradient averaging are Accelerate's.
+A recipe supplies `make_batch(indices) -> batch` and its objective: `loss_fn(model, batch) -> (loss, parts)`, a
+mean over the batch's `units` (trained tokens by default; sequences or pairs), and optionally a `penalty` on the
+parameters. The loop owns exact normalisation over micro-batches and processes, gradient accumulation, clipping,
+NaN/spike guards, checkpoint/resume, metrics and early stopping. Devices, mixed precision and DDP gradient averaging
+are Accelerate's.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from rich.console import Console
 
 from thinktune.config import TrainConfig
 from thinktune.errors import UserError
+from thinktune.progress import training_progress
 from thinktune.train.engine import monitor
 from thinktune.train.engine.checkpoint import (
     TrainPosition,
@@ -32,10 +35,17 @@ from thinktune.train.engine.checkpoint import (
 )
 from thinktune.train.engine.guards import Plateau, SpikeDetector, is_finite
 from thinktune.train.engine.loggers import MetricsLog, read_metrics
-from thinktune.train.engine.progress import training_progress
 from thinktune.train.engine.sampler import epoch_batches
 
-LossFn = Callable[[torch.nn.Module, dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, float]]]
+Batch = dict[str, torch.Tensor]
+LossFn = Callable[[torch.nn.Module, Batch], tuple[torch.Tensor, dict[str, float]]]
+UnitsFn = Callable[[Batch], int]
+Penalty = Callable[[torch.nn.Module], tuple[torch.Tensor, dict[str, float]]]
+
+
+def trained_tokens(batch: Batch) -> int:
+    """Units of a token-mean loss: the positions with a label after the causal shift."""
+    return int((batch["labels"][:, 1:] != -100).sum())
 
 
 class TrainingStopped(UserError):
@@ -75,6 +85,8 @@ class TrainLoop:
     validate: Callable[[], dict[str, float]] | None = None
     after_step: Callable[[int], None] | None = None
     log: MetricsLog | None = None
+    units: UnitsFn = trained_tokens  # what loss_fn's mean is over (see _accumulate)
+    penalty: Penalty | None = None  # a term on the parameters (EWC, AdaLoRA's), once per optimizer step
 
     @property
     def checkpoint_root(self) -> Path:
@@ -99,7 +111,7 @@ class TrainLoop:
                 self._validation(pos, plateau, result)  # the starting weights are a candidate too
             else:
                 self._load_best(pos, plateau)
-        accum, micro_losses, parts_sum = cfg.gradient_accumulation_steps, [], {}
+        accum = cfg.gradient_accumulation_steps
         window_tokens, window_start, start = 0, time.perf_counter(), time.perf_counter()
         carried = pos.seconds  # training time of the segments before this resume
         self.model.train()
@@ -123,34 +135,15 @@ class TrainLoop:
                     self.sample_weights,
                 )
                 while pos.batch_in_epoch < len(batches) and pos.step < self.total_steps:
-                    b = pos.batch_in_epoch
-                    batch = {k: v.to(acc.device) for k, v in self.make_batch(batches[b]).items()}
-                    last_of_epoch = b == len(batches) - 1
-                    sync = (b + 1) % accum == 0 or last_of_epoch
-                    context = acc.no_sync(self.model) if not sync else _null()
-                    # Weight each process's token-mean loss by its share of the global batch's trained tokens,
-                    # times world size to undo DDP's gradient averaging: N processes × batch B then train exactly
-                    # like one process with batch N·B.
-                    local_n = int((batch["labels"][:, 1:] != -100).sum())
-                    with context, acc.autocast():
-                        loss, parts = self.loss_fn(self.model, batch)
-                        summed = acc.reduce(
-                            torch.tensor([float(loss.detach()) * local_n, float(local_n)], device=acc.device), "sum"
-                        )
-                        global_n = max(float(summed[1]), 1.0)
-                        acc.backward(loss * (local_n * acc.num_processes / global_n) / accum)
-                    micro_losses.append(float(summed[0]) / global_n)
-                    for k, v in parts.items():
-                        parts_sum[k] = parts_sum.get(k, 0.0) + v
-                    n_tok = int(batch["attention_mask"].sum())
-                    pos.tokens += n_tok
-                    window_tokens += n_tok
-                    pos.batch_in_epoch += 1
-                    if not sync:
-                        continue
-                    step_loss = sum(micro_losses) / len(micro_losses)
-                    step_parts = {k: v / len(micro_losses) for k, v in parts_sum.items()}
-                    micro_losses, parts_sum = [], {}
+                    # One optimizer step: the accumulation group's micro-batches (fewer at the end of an epoch),
+                    # built first so that their units are known before the first backward.
+                    first = pos.batch_in_epoch
+                    end = min((first // accum + 1) * accum, len(batches))
+                    micro = [
+                        {k: v.to(acc.device) for k, v in self.make_batch(batches[b]).items()} for b in range(first, end)
+                    ]
+                    step_loss, step_parts = self._accumulate(micro, pos)
+                    window_tokens += sum(int(m["attention_mask"].sum()) for m in micro)
                     outcome = self._optimizer_step(step_loss, pos, spikes, result)
                     if outcome == "rollback":
                         self._rollback(pos, result)
@@ -202,6 +195,42 @@ class TrainLoop:
             self._restore_best(pos, result)
         result.bad_steps = pos.bad_steps
         return result
+
+    # --- one accumulation group: exact normalisation -------------------------------------------------------------
+    def _accumulate(self, micro: list[dict[str, torch.Tensor]], pos: TrainPosition) -> tuple[float, dict[str, float]]:
+        """Forward/backward of one optimizer step's micro-batches; returns its loss and logged parts.
+
+        `loss_fn` returns a mean over its batch's units (`units`: trained tokens, sequences, pairs). Each micro-batch's
+        mean is weighted by its units over the units of the whole step on every process — times the world size, to
+        undo DDP's gradient averaging — so the gradient is the objective's mean over the global batch, however it is
+        split into micro-batches and processes (a short last group of an epoch included). The penalty (a term on the
+        parameters, not on the data) counts once per step."""
+        acc = self.accelerator
+        local = [int(self.units(m)) for m in micro]
+        total_units = float(acc.reduce(torch.tensor([float(sum(local))], device=acc.device), "sum")[0])
+        scale = acc.num_processes / max(total_units, 1.0)
+        loss_sum, parts_sum, penalty_value, penalty_parts = 0.0, {}, 0.0, {}
+        for i, batch in enumerate(micro):
+            context = acc.no_sync(self.model) if i < len(micro) - 1 else _null()
+            with context, acc.autocast():
+                loss, parts = self.loss_fn(self.model, batch)
+                weighted = loss * (local[i] * scale)
+                if self.penalty is not None:
+                    term, penalty_parts = self.penalty(self.model)
+                    weighted = weighted + term / len(micro)
+                    penalty_value = float(term.detach())
+                acc.backward(weighted)
+            loss_sum += float(loss.detach()) * local[i]
+            for k, v in parts.items():
+                parts_sum[k] = parts_sum.get(k, 0.0) + v * local[i]
+            n_tok = int(batch["attention_mask"].sum())
+            pos.tokens += n_tok
+            pos.batch_in_epoch += 1
+        summed = float(acc.reduce(torch.tensor([loss_sum], device=acc.device), "sum")[0])
+        here = max(sum(local), 1)
+        parts = {k: v / here for k, v in parts_sum.items()}
+        parts.update(penalty_parts)
+        return summed / max(total_units, 1.0) + penalty_value, parts
 
     # --- one optimizer step, guarded ---------------------------------------------------------------------------
     _last_grad_norm: float | None = None

@@ -1,5 +1,6 @@
 """Training losses on causal-LM logits: cross-entropy (with label smoothing), logit distillation, repetition
-unlikelihood and a contrastive margin, plus `combined_loss`, which applies whichever of them `TrainConfig` enables.
+unlikelihood and a contrastive margin, plus `combined_loss`, which applies whichever of them `TrainConfig` enables;
+and the per-token log-probs the preference and GRPO objectives are built on (`token_logprobs`).
 
 Every loss is a mean over *trained positions*: after the causal shift (logits at t predict the label at t + 1), the
 positions whose label is not -100. Those positions are gathered first, so the extra work scales with trained tokens,
@@ -162,3 +163,30 @@ def combined_loss(
         parts["contrastive"] = cm.item()
     parts["loss"] = loss.item()
     return loss, parts
+
+
+def gather_logprobs(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """log-softmax(logits / T) at the labelled next tokens: (B, T-1), aligned with labels[:, 1:], 0 where -100.
+
+    Only the labelled positions are gathered before the softmax (memory ∝ completion tokens × vocabulary)."""
+    pos = trained_positions(logits, labels)
+    lp = torch.log_softmax(pos.logits / temperature, dim=-1).gather(1, pos.targets[:, None])[:, 0]
+    out = torch.zeros(pos.mask.shape, dtype=lp.dtype, device=lp.device)
+    return out.masked_scatter(pos.mask.to(lp.device), lp)
+
+
+def token_logprobs(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor], temperature: float = 1.0, keep: int | None = None
+) -> torch.Tensor:
+    """Per-token log-probs of `batch["labels"]` (positions != -100) under `model`.
+
+    `keep`: only the last `keep` tokens carry labels (left-padded prompt + completion); the LM head then runs on
+    those positions alone (`logits_to_keep`) and the result is (B, keep)."""
+    kwargs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "use_cache": False}
+    if "position_ids" in batch:
+        kwargs["position_ids"] = batch["position_ids"]
+    labels = batch["labels"]
+    if keep is not None:
+        kwargs["logits_to_keep"] = keep + 1
+        labels = labels[:, -(keep + 1) :]
+    return gather_logprobs(model(**kwargs).logits, labels, temperature)

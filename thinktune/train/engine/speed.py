@@ -1,4 +1,5 @@
-"""Speed levers of a training run, switched on by `TrainConfig`: packing, chunked LM-head loss, torch.compile, threads.
+"""Speed levers of a training run, switched on by `TrainConfig`: packing, torch.compile, threads, Liger kernels (the
+chunked LM-head loss is the SFT objective's: train/objectives/sft.py).
 
 What the SFT recipe calls (all levers off = exactly the plain padded, full-logits path):
 
@@ -7,7 +8,6 @@ What the SFT recipe calls (all levers off = exactly the plain padded, full-logit
     apply_liger_kernels(model, cfg)                                    # CUDA: Liger RMSNorm / RoPE / SwiGLU
     compile_model(model, cfg)                                          # after the method and gradient checkpointing
     make_batch = build_make_batch(samples, cfg, tokenizer.pad_token_id)
-    loss_fn = build_sft_loss_fn(model, cfg, teacher, ewc, accelerator)
 
 Measured on SmolLM2-135M + LoRA, CPU: see docs/performance.md (`python bench/train_throughput.py`).
 """
@@ -25,15 +25,8 @@ from thinktune.config import TrainConfig
 from thinktune.data.collate import collate_packed, pad_batch
 from thinktune.data.packing import pack
 from thinktune.data.render import TokenizedSample
-from thinktune.errors import ConfigError, EnvironmentProblem
-from thinktune.train.engine.chunked_loss import (
-    HiddenAndHead,
-    hidden_and_head,
-    is_prompt_learning,
-    lm_loss_from_hidden,
-    unwrap_causal_lm,
-)
-from thinktune.train.engine.losses import combined_loss
+from thinktune.errors import EnvironmentProblem
+from thinktune.train.engine.chunked_loss import unwrap_causal_lm
 
 Batch = dict[str, torch.Tensor]
 
@@ -138,53 +131,3 @@ def model_inputs(batch: Batch) -> dict[str, Any]:
     if "position_ids" in batch:
         return {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"], "use_cache": False}
     return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-
-
-# --- loss ---------------------------------------------------------------------------------------------------------
-def chunked_loss_applies(cfg: TrainConfig, teacher: nn.Module | None) -> bool:
-    """The chunked head computes cross-entropy only; distillation and the auxiliary losses need full logits rows."""
-    return bool(cfg.loss_chunk_size) and teacher is None and not cfg.unlikelihood_weight and not cfg.contrastive_weight
-
-
-def build_sft_loss_fn(
-    model: nn.Module,
-    cfg: TrainConfig,
-    teacher: nn.Module | None = None,
-    ewc: Callable[[nn.Module], torch.Tensor] | None = None,
-    accelerator: Any = None,
-) -> Callable[[nn.Module, Batch], tuple[torch.Tensor, dict[str, float]]]:
-    """loss_fn(model, batch) -> (loss, parts) for TrainLoop.
-
-    Levers off: `model(input_ids, attention_mask).logits` → `combined_loss` (+ EWC), the recipe's original path.
-    `cfg.loss_chunk_size` (CE-only runs on models where it applies): hidden states → `lm_loss_from_hidden`.
-    Packed batches (`cfg.packing`) call the model with position ids instead of the attention mask.
-    """
-    if cfg.packing and is_prompt_learning(model):
-        # PEFT drops position_ids for virtual-token methods, and without them packed samples would see each other.
-        raise ConfigError("train.packing does not work with prompt_tuning / p_tuning / prefix_tuning; set it false")
-    head: HiddenAndHead | None = hidden_and_head(model) if chunked_loss_applies(cfg, teacher) else None
-    unwrap = accelerator.unwrap_model if accelerator is not None else (lambda m: m)
-
-    def loss_fn(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
-        inputs = model_inputs(batch)
-        if head is not None:
-            hidden = head.hidden_states(model, **inputs)
-            loss, _ = lm_loss_from_hidden(
-                hidden, head.lm_head, batch["labels"], cfg.loss_chunk_size, cfg.label_smoothing
-            )
-            value = loss.item()
-            parts = {"ce": value, "loss": value}
-        else:
-            logits = model(**inputs).logits
-            teacher_logits = None
-            if teacher is not None:
-                with torch.no_grad():
-                    teacher_logits = teacher(**inputs).logits
-            loss, parts = combined_loss(logits, batch, cfg, teacher_logits)
-        if ewc is not None:
-            penalty = ewc(unwrap(model))
-            loss = loss + penalty
-            parts["ewc"] = float(penalty.detach())
-        return loss, parts
-
-    return loss_fn

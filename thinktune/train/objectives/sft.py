@@ -1,0 +1,59 @@
+"""The SFT objective: next-token cross-entropy over trained positions (label smoothing), optionally mixed with logit
+distillation and the auxiliary unlikelihood / contrastive terms (engine/losses.py `combined_loss`); a token mean.
+
+Fast path, exact: with `train.loss_chunk_size` a cross-entropy-only run computes the loss from the hidden states
+chunk by chunk (engine/chunked_loss.py), never holding the batch × length × vocabulary logits. Packed batches
+(`train.packing`) call the model with position ids that restart at every sample instead of the attention mask.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from thinktune.config import TrainConfig
+from thinktune.errors import ConfigError
+from thinktune.train.engine.chunked_loss import HiddenAndHead, hidden_and_head, is_prompt_learning, lm_loss_from_hidden
+from thinktune.train.engine.loop import Batch, LossFn, trained_tokens
+from thinktune.train.engine.losses import combined_loss
+from thinktune.train.engine.speed import model_inputs
+from thinktune.train.objectives import Objective
+
+
+def chunked_loss_applies(cfg: TrainConfig, teacher: nn.Module | None) -> bool:
+    """The chunked head computes cross-entropy only; distillation and the auxiliary losses need full logits rows."""
+    return bool(cfg.loss_chunk_size) and teacher is None and not cfg.unlikelihood_weight and not cfg.contrastive_weight
+
+
+def build_sft_loss_fn(model: nn.Module, cfg: TrainConfig, teacher: nn.Module | None = None) -> LossFn:
+    """loss_fn(model, batch) -> (token-mean loss, parts).
+
+    Levers off: `model(input_ids, attention_mask).logits` → `combined_loss`. `cfg.loss_chunk_size` (CE-only runs on
+    models where it applies): hidden states → `lm_loss_from_hidden`. Packed batches call the model with position ids.
+    """
+    if cfg.packing and is_prompt_learning(model):
+        # PEFT drops position_ids for virtual-token methods, and without them packed samples would see each other.
+        raise ConfigError("train.packing does not work with prompt_tuning / p_tuning / prefix_tuning; set it false")
+    head: HiddenAndHead | None = hidden_and_head(model) if chunked_loss_applies(cfg, teacher) else None
+
+    def loss_fn(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        inputs = model_inputs(batch)
+        if head is not None:
+            hidden = head.hidden_states(model, **inputs)
+            loss, _ = lm_loss_from_hidden(
+                hidden, head.lm_head, batch["labels"], cfg.loss_chunk_size, cfg.label_smoothing
+            )
+            value = loss.item()
+            return loss, {"ce": value, "loss": value}
+        logits = model(**inputs).logits
+        teacher_logits = None
+        if teacher is not None:
+            with torch.no_grad():
+                teacher_logits = teacher(**inputs).logits
+        return combined_loss(logits, batch, cfg, teacher_logits)
+
+    return loss_fn
+
+
+def sft_objective(model: nn.Module, cfg: TrainConfig, teacher: nn.Module | None = None) -> Objective:
+    return Objective(build_sft_loss_fn(model, cfg, teacher), trained_tokens, "token")
