@@ -329,3 +329,40 @@ def test_every_recipe_draws_items_with_the_balance_weights(monkeypatch, tmp_path
     opt = run_module.Optimization([], None, None, 1)
     run_module.train_loop(run, opt, 4, lambda idx: {}, Objective(lambda m, b: (torch.zeros(()), {})), weights)
     assert seen["sample_weights"] == weights
+
+
+# ---- the recipes' own settings: sections of the run config ----
+
+
+@pytest.mark.parametrize(
+    ("recipe", "sets", "want"),
+    [
+        ("grpo", ["grpo.num_generations=8", "grpo.beta=0"], {"num_generations": 8, "beta": 0.0}),
+        ("dpo", ["dpo.loss=ipo", "dpo.beta=0.3"], {"loss": "ipo", "beta": 0.3}),
+    ],
+)
+def test_set_reaches_the_recipe_section_through_the_cli(recipe, sets, want, monkeypatch, tmp_path):
+    import importlib
+
+    seen = {}
+
+    def fake(cfg, *args, **kwargs):
+        seen["cfg"] = cfg
+        raise ModelNotFoundError("recipe reached")
+
+    monkeypatch.setattr(importlib.import_module(f"thinktune.train.{recipe}"), f"run_{recipe}", fake)
+    r = invoke(recipe, *[x for s in sets for x in ("--set", s)], "-o", str(tmp_path / "run"))
+    assert r.exit_code == 2 and "recipe reached" in r.output, r.output
+    section = getattr(seen["cfg"], recipe)
+    assert {k: getattr(section, k) for k in want} == want
+    # written to the run's config.yaml and read back as it was
+    saved = tmp_path / "config.yaml"
+    saved.write_text(to_yaml(seen["cfg"]))
+    assert getattr(load_config(saved), recipe) == section
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_an_unknown_key_in_a_recipe_section_is_one_line(recipe, no_model, tmp_path):
+    r = invoke(recipe, "--set", f"{recipe}.nonsense=1", "-o", str(tmp_path / "run"))
+    lines = r.output.strip().splitlines()
+    assert r.exit_code == 2 and len(lines) == 1 and f"{recipe}.nonsense" in lines[0], r.output
