@@ -314,7 +314,9 @@ def test_policy_recipes_resume_after_sigkill_with_the_uninterrupted_curve(tiny_m
     a, b = (read_metrics(d / "metrics.jsonl") for d in (full, killed))
     print(f"\n{recipe}: killed at {last.name}, resumed; step | " + " | ".join(f"{k} full, {k} resumed" for k in keys))
     for r, q in zip(a, b, strict=False):
-        print(f"{r['step']} | " + " | ".join(f"{r.get(k, float('nan')):.6f}, {q.get(k, float('nan')):.6f}" for k in keys))
+        print(
+            f"{r['step']} | " + " | ".join(f"{r.get(k, float('nan')):.6f}, {q.get(k, float('nan')):.6f}" for k in keys)
+        )
     for key in keys:
         x, y = [r[key] for r in a if key in r], [r[key] for r in b if key in r]
         assert len(x) == len(y) == steps
