@@ -277,11 +277,14 @@ def kill_once_saved(args: list[str], checkpoint: Path) -> None:
     proc.wait()
 
 
-@pytest.mark.parametrize("recipe", ["dpo", "grpo"])
+@pytest.mark.parametrize("recipe", ["dpo", "grpo", "grpo-reuse-dynamic"])
 def test_policy_recipes_resume_after_sigkill_with_the_uninterrupted_curve(tiny_model_dirs, tmp_path, recipe):
+    """grpo-reuse-dynamic: μ = 2 and dynamic sampling, killed after step 3, so the resumed step replays rollouts
+    kept from before the kill and refills from the prompt stream where it stood."""
     from tests.train.test_dpo import write_prefs
 
-    steps, extra = 8, ["train.save_steps=2", "train.report_to=[]", "eval.before=false", "eval.after=false"]
+    save = 3 if recipe == "grpo-reuse-dynamic" else 2
+    steps, extra = 8, [f"train.save_steps={save}", "train.report_to=[]", "eval.before=false", "eval.after=false"]
     if recipe == "dpo":
         options = ["--data", str(write_prefs(tmp_path / "prefs.jsonl"))]
     else:
@@ -294,6 +297,9 @@ def test_policy_recipes_resume_after_sigkill_with_the_uninterrupted_curve(tiny_m
             "grpo.max_completion_length=6",
         ]
         extra.append("data.max_train_samples=16")
+        if recipe == "grpo-reuse-dynamic":
+            options += ["--dynamic-sampling", "--set", "grpo.num_iterations=2"]
+        recipe = "grpo"
 
     def args(out):
         sets = [x for s in base_sets(tiny_model_dirs["llama"], out, steps, *extra) for x in ("--set", s)]
@@ -302,7 +308,7 @@ def test_policy_recipes_resume_after_sigkill_with_the_uninterrupted_curve(tiny_m
     full, killed = tmp_path / "full", tmp_path / "killed"
     done = cli(*args(full))
     assert done.wait(timeout=300) == 0, done.stderr.read()[-2000:]
-    kill_once_saved(args(killed), killed / "checkpoints" / "step-4")
+    kill_once_saved(args(killed), killed / "checkpoints" / f"step-{3 if save == 3 else 4}")
     assert not (killed / "summary.json").exists(), "the run finished before it could be killed"
     last = list_checkpoints(killed / "checkpoints")[-1]
 

@@ -28,7 +28,7 @@ from thinktune.train.engine.loggers import read_metrics
 from thinktune.train.objectives.grpo import grpo_objective
 from thinktune.train.policy import ReferencePolicy, adapter_starts_at_base, load_policy
 from thinktune.train.rewards import resolve_reward, resolve_step_reward, reward_name
-from thinktune.train.rollout import PromptPool, RolloutReuse, rollout_batch, task_prompt
+from thinktune.train.rollout import PromptPool, RolloutReuse, RolloutState, rollout_batch, task_prompt
 from thinktune.train.run import Run, balanced_weights, execute, optimizer_steps, prepare_training, train_loop
 
 __all__ = ["GRPOConfig", "RL", "run_grpo"]
@@ -150,7 +150,7 @@ class RL:
         if reference is not None and reference.copy is not None:
             reference.copy.to(acc.device)
         reuse = RolloutReuse(g.num_iterations, run.cfg.train.gradient_accumulation_steps)
-        pool = None
+        pool, order = None, None
         if g.dynamic_sampling:
             # a different stream on each process, so processes do not refill with the same prompts
             order = PromptPool(len(tasks), run.cfg.train.seed * 1_000 + acc.process_index)
@@ -161,12 +161,18 @@ class RL:
                 lambda: rollout_batch(run, [tasks[i] for i in idx], g, self.fns, reference, pool, self.step_fn)
             )
 
-        # A resume restores weights, optimizer, schedule, RNGs and data position, which is everything a step depends
-        # on with the defaults: the reference is frozen and β is constant. Not restored, so a resumed curve differs
-        # from the uninterrupted one: the rollouts kept for grpo.num_iterations > 1 (resampled at the resumed step)
-        # and the dynamic-sampling prompt stream (restarts from its seed).
+        # A resume restores weights, optimizer, schedule, RNGs and data position, and with μ > 1 or dynamic sampling
+        # the kept rollouts and the refill stream: the resumed curve is the uninterrupted one.
+        kept = RolloutState(reuse, order if g.dynamic_sampling else None)
         stats = train_loop(
-            run, opt, len(tasks), make_batch, grpo_objective(g, self.names(g)), balanced_weights(run.cfg, tasks), resume
+            run,
+            opt,
+            len(tasks),
+            make_batch,
+            grpo_objective(g, self.names(g)),
+            balanced_weights(run.cfg, tasks),
+            resume,
+            kept if g.num_iterations > 1 or g.dynamic_sampling else None,
         )
         if reference is not None:
             reference.release(acc.unwrap_model(run.model))

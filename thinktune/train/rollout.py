@@ -12,6 +12,9 @@ wrong — is dropped before the update (its advantages are zero), and further pr
 the whole prompt set (`PromptPool`), are sampled until the micro-batch again holds `train.batch_size` informative
 groups (or `grpo.max_resample_rounds` extra rounds are spent). Reward curves are logged over every sampled group,
 kept or not, so they stay comparable with runs without it.
+
+Both the kept rollouts and the prompt stream are part of a checkpoint (`RolloutState`), so a resumed run continues
+exactly as the uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -102,6 +105,16 @@ class RolloutReuse:
         if phase == 0 or slot not in self.stored:
             self.stored[slot] = sample()
         return self.stored[slot]
+
+    def state(self) -> tuple[dict[str, torch.Tensor], dict]:
+        kept = self.stored if self.iterations > 1 else {}  # μ = 1: nothing is replayed
+        return {f"{slot}.{k}": v for slot, batch in kept.items() for k, v in batch.items()}, {"calls": self.calls}
+
+    def load_state(self, tensors: dict[str, torch.Tensor], values: dict) -> None:
+        self.calls, self.stored = values["calls"], {}
+        for name, v in tensors.items():
+            slot, key = name.split(".", 1)
+            self.stored.setdefault(int(slot), {})[key] = v
 
 
 def task_prompt(tokenizer, task: dict, data: DataConfig) -> str:
@@ -221,6 +234,32 @@ class PromptPool:
                 self.order = self.rng.sample(range(self.n), self.n)
             out.append(self.order.pop())
         return out
+
+    def state(self) -> dict:
+        version, words, gauss = self.rng.getstate()
+        return {"rng": [version, list(words), gauss], "order": list(self.order)}
+
+    def load_state(self, values: dict) -> None:
+        version, words, gauss = values["rng"]
+        self.rng.setstate((version, tuple(words), gauss))
+        self.order = list(values["order"])
+
+
+class RolloutState:
+    """What a GRPO resume needs beyond the loop's own checkpoint: the rollouts kept for μ reuse and the position of
+    the dynamic-sampling prompt stream (engine/checkpoint.py `RecipeState`)."""
+
+    def __init__(self, reuse: RolloutReuse, pool: PromptPool | None):
+        self.reuse, self.pool = reuse, pool
+
+    def state(self) -> tuple[dict[str, torch.Tensor], dict]:
+        tensors, reuse = self.reuse.state()
+        return tensors, {"reuse": reuse, "pool": self.pool.state() if self.pool else None}
+
+    def load_state(self, tensors: dict[str, torch.Tensor], values: dict) -> None:
+        self.reuse.load_state(tensors, values["reuse"])
+        if self.pool is not None and values.get("pool"):
+            self.pool.load_state(values["pool"])
 
 
 def rollout_batch(

@@ -41,7 +41,7 @@ from thinktune.methods import (
 )
 from thinktune.models import load_pretrained
 from thinktune.progress import task_progress
-from thinktune.train.engine.checkpoint import resolve_resume
+from thinktune.train.engine.checkpoint import RecipeState, resolve_resume
 from thinktune.train.engine.loggers import MetricsLog, check_trackers
 from thinktune.train.engine.loop import TrainLoop
 from thinktune.train.engine.monitor import plot_update_heatmap
@@ -253,9 +253,11 @@ def train_loop(
     objective: Objective,
     sample_weights: list[float] | None = None,
     resume: str | None = None,
+    state: RecipeState | None = None,
 ) -> dict[str, Any]:
     """The shared TrainLoop over the items, drawn with `sample_weights` when given (data.balance_by), the objective
-    plus the parameter penalty (method term, EWC), validation when train.eval_steps, from checkpoint `resume`."""
+    plus the parameter penalty (method term, EWC), validation when train.eval_steps, from checkpoint `resume`;
+    `state`: the recipe's own resume state, saved in every checkpoint."""
     tcfg, acc = run.cfg.train, run.accelerator
     log = None
     if acc.is_main_process:
@@ -272,6 +274,7 @@ def train_loop(
         loss_fn=objective.loss,
         units=objective.units,
         penalty=parameter_penalty(run.cfg, acc.unwrap_model),
+        state=state,
         total_steps=opt.steps,
         run_dir=run.dir,
         console=run.console,

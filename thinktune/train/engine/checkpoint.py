@@ -10,6 +10,10 @@ A PEFT run's checkpoint is also a loadable adapter: `adapter_config.json` + `ada
 PeftModel's own save_pretrained next to the resume state, so `PeftModel.from_pretrained(base, "checkpoints/step-N")`
 and `thinktune eval/chat/serve/export --adapter runs/x/checkpoints/step-N` work while the run goes on.
 
+A recipe with state of its own beyond weights, optimizer and RNGs (GRPO's rollouts kept for reuse, its refill prompt
+stream) gives the loop a `RecipeState`; every process writes its own part (`recipe.rank<r>.safetensors` + `.json`),
+staged beside the checkpoint and moved into it before the rename, and reads it back on resume.
+
 `checkpoints/best/` (train.load_best_at_end) holds the best-validated trainable weights and `best.json` (step,
 value), written the same atomic way whenever validation finds a new best; a resume loads them back.
 """
@@ -23,6 +27,7 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -32,6 +37,31 @@ from thinktune.errors import UserError
 
 PREFIX = "step-"
 BEST = "best"  # train.load_best_at_end: the best-validated weights, so a resumed run still ends with them
+
+
+class RecipeState(Protocol):
+    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Tensors (safetensors) and JSON-able values that a resume needs to continue exactly."""
+
+    def load_state(self, tensors: dict[str, torch.Tensor], values: dict[str, Any]) -> None: ...
+
+
+def stage_recipe_state(root: Path, step: int, rank: int, state: RecipeState) -> None:
+    """This process's recipe state, staged in `root/.recipe-step-N/` for the main process's save_checkpoint."""
+    stage = root / f".recipe-{PREFIX}{step}"
+    stage.mkdir(parents=True, exist_ok=True)
+    tensors, values = state.state()
+    save_file(
+        {k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(stage / f"recipe.rank{rank}.safetensors")
+    )
+    (stage / f"recipe.rank{rank}.json").write_text(json.dumps(values))
+
+
+def load_recipe_state(path: Path, rank: int, state: RecipeState) -> None:
+    values = path / f"recipe.rank{rank}.json"
+    if not values.is_file():
+        raise UserError(f"{path}: no recipe state for process {rank} (saved by a run with fewer processes?)")
+    state.load_state(load_file(str(path / f"recipe.rank{rank}.safetensors")), json.loads(values.read_text()))
 
 
 @dataclass
@@ -97,6 +127,11 @@ def save_checkpoint(
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "state.pt")
     save_rng_state(tmp)
     (tmp / "position.json").write_text(json.dumps(asdict(position)))
+    stage = root / f".recipe-{PREFIX}{position.step}"
+    if stage.is_dir():  # the recipe state every process staged
+        for f in stage.iterdir():
+            f.rename(tmp / f.name)
+        stage.rmdir()
     if final.exists():
         shutil.rmtree(final)
     tmp.rename(final)

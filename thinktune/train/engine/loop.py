@@ -26,12 +26,15 @@ from thinktune.errors import UserError
 from thinktune.progress import training_progress
 from thinktune.train.engine import monitor
 from thinktune.train.engine.checkpoint import (
+    RecipeState,
     TrainPosition,
     load_best,
     load_checkpoint,
+    load_recipe_state,
     resolve_resume,
     save_best,
     save_checkpoint,
+    stage_recipe_state,
 )
 from thinktune.train.engine.guards import Plateau, SpikeDetector, is_finite
 from thinktune.train.engine.loggers import MetricsLog, read_metrics
@@ -87,6 +90,7 @@ class TrainLoop:
     log: MetricsLog | None = None
     units: UnitsFn = trained_tokens  # what loss_fn's mean is over (see _accumulate)
     penalty: Penalty | None = None  # a term on the parameters (EWC, AdaLoRA's), once per optimizer step
+    state: RecipeState | None = None  # the recipe's own resume state (GRPO's kept rollouts, prompt stream)
 
     @property
     def checkpoint_root(self) -> Path:
@@ -98,6 +102,8 @@ class TrainLoop:
         resumed = resolve_resume(resume, self.checkpoint_root)
         if resumed is not None:
             pos = load_checkpoint(resumed, self.params, self.optimizer, self.scheduler)
+            if self.state is not None:
+                load_recipe_state(resumed, acc.process_index, self.state)
             self._truncate_metrics(pos.step)
             self.console.print(
                 f"resumed from [bold]{resumed}[/] at step {pos.step} (epoch {pos.epoch}, batch {pos.batch_in_epoch})"
@@ -307,6 +313,9 @@ class TrainLoop:
     # --- checkpoints, rollback, validation ---------------------------------------------------------------------
     def _save(self, pos: TrainPosition) -> None:
         self.accelerator.wait_for_everyone()
+        if self.state is not None:
+            stage_recipe_state(self.checkpoint_root, pos.step, self.accelerator.process_index, self.state)
+            self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
             model = self.accelerator.unwrap_model(self.model)
             save_checkpoint(
@@ -324,7 +333,10 @@ class TrainLoop:
         return resolve_resume("auto", self.checkpoint_root)
 
     def _rollback(self, pos: TrainPosition, result: LoopResult) -> None:
-        restored = load_checkpoint(self._latest_checkpoint(), self.params, self.optimizer, self.scheduler)
+        latest = self._latest_checkpoint()
+        restored = load_checkpoint(latest, self.params, self.optimizer, self.scheduler)
+        if self.state is not None:
+            load_recipe_state(latest, self.accelerator.process_index, self.state)
         restored.bad_steps = pos.bad_steps
         self.scheduler.base_lrs = [lr * 0.5 for lr in self.scheduler.base_lrs]
         for group, lr in zip(self.optimizer.param_groups, self.scheduler.get_last_lr(), strict=True):
