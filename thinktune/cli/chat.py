@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from thinktune.cli.app import ConfigOpt, OfflineOpt, SetOpt, app, build_config, console, user_errors
+from thinktune.progress import status
 
 
 @app.command()
@@ -43,7 +44,7 @@ def chat(
         run = open_run(run_dir)
         config, adapter = config or run.config, adapter or run.path
     cfg = build_config(config, (set_ or []) + ([f"model.name_or_path={model}"] if model else []))
-    with console.status(f"loading {cfg.model.name_or_path}"):
+    with status(console, f"loading {cfg.model.name_or_path}"):
         m, tok, _ = load_pretrained(cfg.model)
         if adapter:
             m = load_trained(m, adapter)

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from thinktune.cli.app import OutOpt, app, console, user_errors
 from thinktune.errors import UserError
+from thinktune.progress import status
 
 experts_app = typer.Typer(no_args_is_help=True, help="Inspect mixture-of-experts routing.")
 app.add_typer(experts_app, name="experts")
@@ -44,13 +45,13 @@ def experts_profile(
     if score not in ("gate", "token"):
         raise UserError(f"--score {score}: choose gate or token")
     out = Path(output_dir or "runs/experts")
-    with console.status(f"loading {model}"):
+    with status(console, f"loading {model}"):
         m, tok, _ = load_pretrained(ModelConfig(name_or_path=model))
     facts = arch_facts(m.config.model_type)
     if facts is None or not facts.moe:
         raise UserError(f"{model}: '{m.config.model_type}' is not a mixture-of-experts model thinktune knows")
     prepared = prepare_training_data(DataConfig(train=[data], test=None, max_length=max_length), tok)
-    with console.status(f"routing {min(samples, len(prepared.samples))} samples"):
+    with status(console, f"routing {min(samples, len(prepared.samples))} samples"):
         usage = expert_usage(m, prepared.samples, facts, max_samples=samples)
     share = usage.share(score)
     table = Table(title=f"expert usage ({'gate-score share' if score == 'gate' else 'token-selection ratio'})")

@@ -16,6 +16,7 @@ from rich.table import Table
 
 from thinktune.cli.app import ConfigOpt, OfflineOpt, SetOpt, app, build_config, console, user_errors
 from thinktune.errors import UserError
+from thinktune.progress import status
 from thinktune.runs import EXPORT, open_run
 
 
@@ -128,7 +129,7 @@ def export(
         out = output_dir or cfg.run_dir / EXPORT
         out = out / fmt if len(formats) > 1 or output_dir is None else out
         try:
-            with console.status(f"exporting {fmt} to {out}"):
+            with status(console, f"exporting {fmt} to {out}"):
                 record = run_export(cfg.model, fmt, out, options, adapter, run_dir)
         except VerificationFailed as e:
             console.print(verification_table(e.record))
@@ -147,7 +148,7 @@ def push(folder: Path, repo_id: str, private: bool, revision: str | None, dry_ru
         for line in plan.describe():
             typer.echo(line)
         return
-    with console.status(f"pushing {len(plan.files)} files ({plan.total_bytes:,} bytes) to {repo_id}"):
+    with status(console, f"pushing {len(plan.files)} files ({plan.total_bytes:,} bytes) to {repo_id}"):
         url = push_folder(plan)
     console.print(f"pushed to [bold]{repo_id}[/] ({revision or 'main'}): {url}", soft_wrap=True)
 

@@ -14,6 +14,7 @@ from rich.table import Table
 
 from thinktune.cli.app import ConfigOpt, OfflineOpt, SetOpt, app, build_config, console, user_errors
 from thinktune.errors import UserError
+from thinktune.progress import status
 
 
 @app.command()
@@ -94,7 +95,7 @@ def plan(
         else gradient_checkpointing,
         gpus=gpus,
     )
-    with console.status(f"reading {cfg.model.name_or_path}"):
+    with status(console, f"reading {cfg.model.name_or_path}"):
         shape = model_shape(cfg.model.name_or_path, cfg.model.gguf_file, cfg.model.revision)
     problem = unsupported(shape, cfg.method)
     if problem:

@@ -23,7 +23,7 @@ from thinktune.eval.runner import EvalResult, evaluate
 from thinktune.eval.significance import paired_from_samples
 from thinktune.eval.tasks import load_tasks
 from thinktune.models import load_pretrained
-from thinktune.progress import task_progress
+from thinktune.progress import status, task_progress
 from thinktune.runs import ADAPTER, MODEL, find_trained, load_trained
 
 TABLE = ("accuracy", "format_compliance", "mean_think_tokens", "mean_output_tokens", "loss", "perplexity", "seconds")
@@ -62,7 +62,7 @@ def compare_models(cfg: RunConfig, candidates: list[str], out_dir: Path, console
         label = candidate_label(ref)
         if label in results:
             label = ref
-        with console.status(f"loading {label}"):
+        with status(console, f"loading {label}"):
             model, tok = load_candidate(cfg, ref)
         with task_progress(console, f"eval {label}") as bar:
             task = bar.add_task(label, total=len(loaded.records))

@@ -19,7 +19,7 @@ from thinktune.eval.report import write_report
 from thinktune.eval.runner import EvalResult, evaluate
 from thinktune.eval.tasks import load_tasks
 from thinktune.models import load_pretrained
-from thinktune.progress import task_progress
+from thinktune.progress import status, task_progress
 from thinktune.runs import load_trained
 
 
@@ -42,7 +42,7 @@ def run_eval_job(
     loaded = load_tasks(cfg.data.test, cfg.data.format, cfg.eval.max_samples) if cfg.data.test else None
     if loaded is not None:
         check_bad_fraction(loaded, cfg.data.max_bad_fraction, cfg.data.test)
-    with console.status(f"loading {cfg.model.name_or_path}"):
+    with status(console, f"loading {cfg.model.name_or_path}"):
         model, tokenizer, _ = load_pretrained(cfg.model)
         if adapter:
             model = load_trained(model, adapter)  # an adapter/ or model/ folder, or a run directory
@@ -62,7 +62,7 @@ def run_eval_job(
         if extras.robustness:
             from thinktune.eval.robustness import robustness_report
 
-            with console.status("robustness: perturbed prompts"):
+            with status(console, "robustness: perturbed prompts"):
                 more["robustness"] = robustness_report(
                     model, tokenizer, loaded.records, cfg.eval, cfg.data.system_prompt
                 )
@@ -71,12 +71,12 @@ def run_eval_job(
             from thinktune.eval.efficiency import measure_efficiency
 
             prompts = [render_prompt(tokenizer, t["prompt"], cfg.data.system_prompt) for t in loaded.records[:16]]
-            with console.status("efficiency: latency and throughput at batch 1 and N"):
+            with status(console, "efficiency: latency and throughput at batch 1 and N"):
                 more["efficiency"] = measure_efficiency(model, tokenizer, prompts, cfg.eval.max_new_tokens)
     if extras.lm_eval_tasks:
         from thinktune.eval.lm_eval_bridge import run_lm_eval
 
-        with console.status(f"lm-eval-harness: {', '.join(extras.lm_eval_tasks)}"):
+        with status(console, f"lm-eval-harness: {', '.join(extras.lm_eval_tasks)}"):
             more["lm_eval"] = run_lm_eval(
                 model, tokenizer, extras.lm_eval_tasks, extras.lm_eval_include, limit=cfg.eval.max_samples
             )

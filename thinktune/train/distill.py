@@ -31,6 +31,7 @@ from thinktune.data.records import to_row
 from thinktune.data.render import render_prompt
 from thinktune.errors import DataError, EnvironmentProblem
 from thinktune.eval.reasoning import answers_match, extract_answer, split_thinking
+from thinktune.progress import status
 
 
 class DistillConfig(Section):
@@ -189,7 +190,7 @@ def distill_traces(
     rejects: list[Reject] = list(loaded.rejects)
     kept = tries = solved = 0
     chunk = max(cfg.batch_size, cfg.concurrency)
-    with open(output, "w", encoding="utf-8") as f, console.status("teacher writing traces") as status:
+    with open(output, "w", encoding="utf-8") as f, status(console, "teacher writing traces") as spinner:
         for start in range(0, len(loaded.records), chunk):
             tasks = loaded.records[start : start + chunk]
             answers = teacher([t["prompt"] for t in tasks], cfg.n)
@@ -218,7 +219,7 @@ def distill_traces(
                             f"no verified trace in {len(outs)} tries ({detail or 'no answers'})",
                         )
                     )
-            status.update(f"teacher writing traces: {start + len(tasks)}/{len(loaded.records)} tasks, {kept} kept")
+            spinner.update(f"teacher writing traces: {start + len(tasks)}/{len(loaded.records)} tasks, {kept} kept")
     write_rejects(rejects, output.with_suffix(".rejects.jsonl"))
     stats = {
         "tasks": len(loaded.records),

@@ -29,6 +29,7 @@ from thinktune.data.render import RenderOptions, TokenizedSample, tokenize_recor
 from thinktune.data.spec import DatasetSpec
 from thinktune.errors import ConfigError, DataError
 from thinktune.methods import count_parameters
+from thinktune.progress import status
 from thinktune.train.objectives.preference import REFERENCE_FREE, kl_rows, preference_objective
 from thinktune.train.policy import ReferencePolicy, adapter_starts_at_base, load_policy
 from thinktune.train.run import Run, balanced_weights, execute, optimizer_steps, prepare_training, train_loop
@@ -234,7 +235,7 @@ class Preference:
             reference.copy.to(run.accelerator.device)
         cached = None
         if needs_ref and cfg.reference == "cached":
-            with run.console.status("reference log-probs (one pass over the pairs)"):
+            with status(run.console, "reference log-probs (one pass over the pairs)"):
                 cached = cache_reference_logps(run, data, reference)
             if reference.kind == "copy":
                 reference.release(run.model)  # cached: the frozen copy is no longer needed

@@ -40,7 +40,7 @@ from thinktune.methods import (
     save_trained,
 )
 from thinktune.models import load_pretrained
-from thinktune.progress import task_progress
+from thinktune.progress import status, task_progress
 from thinktune.train.engine.checkpoint import RecipeState, resolve_resume
 from thinktune.train.engine.loggers import MetricsLog, check_trackers
 from thinktune.train.engine.loop import TrainLoop
@@ -128,7 +128,7 @@ def start(cfg: RunConfig, console: Console) -> Run:
         from thinktune.methods.qlora import quantization_config
 
         quantization = quantization_config(cfg.method)  # load once, already 4-bit
-    with console.status(f"loading model {cfg.model.name_or_path} (first use of a GGUF converts it once)"):
+    with status(console, f"loading model {cfg.model.name_or_path} (first use of a GGUF converts it once)"):
         t = time.perf_counter()
         run.model, run.tokenizer, source = load_pretrained(cfg.model, quantization)
     check_method_model(run.model, cfg.method)  # before the evaluation: ESFT on a dense model stops here
