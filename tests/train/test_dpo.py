@@ -14,7 +14,8 @@ from rich.console import Console
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from thinktune.cli.rl import load_run_config, option_sets
+from thinktune.cli.app import build_config
+from thinktune.cli.rl import option_sets
 from thinktune.config import DPOConfig, load_config
 from thinktune.data.collate import pad_batch
 from thinktune.errors import ConfigError
@@ -337,16 +338,16 @@ def test_continuing_an_adapter_uses_a_frozen_copy_of_it(tiny_model_dirs, tmp_pat
 def test_dpo_section_from_yaml_and_overrides(tmp_path):
     cfg_file = tmp_path / "run.yaml"
     cfg_file.write_text("name: pref\ntrain:\n  learning_rate: 5.0e-6\ndpo:\n  loss: ipo\n  beta: 0.3\n")
-    cfg = load_run_config(cfg_file, ["dpo.label_smoothing=0.1"], None)
+    cfg = build_config(cfg_file, ["dpo.label_smoothing=0.1"], None)
     dpo = cfg.dpo
     assert cfg.train.learning_rate == 5e-6 and dpo.loss == "ipo" and dpo.beta == 0.3 and dpo.label_smoothing == 0.1
-    dpo = load_run_config(cfg_file, option_sets("dpo", loss="simpo", beta=None), None).dpo
+    dpo = build_config(cfg_file, option_sets("dpo", loss="simpo", beta=None), None).dpo
     assert dpo.loss == "simpo" and dpo.beta_value == 0.3
     assert DPOConfig(loss="simpo").beta_value == 2.0
     with pytest.raises(ConfigError, match="dpo.loss"):
-        load_run_config(cfg_file, ["dpo.loss=ppo"], None)
+        build_config(cfg_file, ["dpo.loss=ppo"], None)
     with pytest.raises(ConfigError, match="dpo.betta"):
-        load_run_config(cfg_file, ["dpo.betta=1"], None)
+        build_config(cfg_file, ["dpo.betta=1"], None)
 
 
 def test_pair_logps_dataclass_order():

@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM
 from typer.testing import CliRunner
 
 from thinktune.cli import app
-from thinktune.cli.rl import load_run_config
+from thinktune.cli.app import build_config
 from thinktune.config import DataConfig, MethodConfig, load_config, to_yaml
 from thinktune.errors import ConfigError, DataError, ModelNotFoundError
 from thinktune.methods import MethodContext, apply_method, method_loss, optimizer_parameters
@@ -193,7 +193,7 @@ def test_cli_with_honoured_settings_reaches_the_model(recipe, no_model, tmp_path
     "path", [None, *sorted((ROOT / "examples").glob("*.yaml"))], ids=lambda p: getattr(p, "name", "quickstart")
 )
 def test_shipped_configs_pass_the_check(recipe, path):
-    cfg = load_run_config(path, [], None)
+    cfg = build_config(path, [], None)
     check_settings(cfg, recipe)
 
 
@@ -203,7 +203,7 @@ def test_an_sft_runs_config_yaml_passes_the_check(recipe, tmp_path):
     the SFT-only ones at their defaults."""
     saved = tmp_path / "config.yaml"
     saved.write_text(to_yaml(load_config(None)))
-    cfg = load_run_config(saved, [], None)
+    cfg = build_config(saved, [], None)
     check_settings(cfg, recipe)
 
 
@@ -366,3 +366,73 @@ def test_an_unknown_key_in_a_recipe_section_is_one_line(recipe, no_model, tmp_pa
     r = invoke(recipe, "--set", f"{recipe}.nonsense=1", "-o", str(tmp_path / "run"))
     lines = r.output.strip().splitlines()
     assert r.exit_code == 2 and len(lines) == 1 and f"{recipe}.nonsense" in lines[0], r.output
+
+
+def test_a_yaml_recipe_section_reaches_the_recipe(monkeypatch, tmp_path):
+    seen = {}
+
+    def fake(cfg, *args, **kwargs):
+        seen["cfg"] = cfg
+        raise ModelNotFoundError("recipe reached")
+
+    monkeypatch.setattr("thinktune.train.grpo.run_grpo", fake)
+    config = tmp_path / "rl.yaml"
+    config.write_text("grpo:\n  num_generations: 8\n  rewards: [accuracy]\n  loss_aggregation: token\n")
+    r = invoke("grpo", "-c", str(config), "-G", "6", "-o", str(tmp_path / "run"))
+    assert r.exit_code == 2 and "recipe reached" in r.output, r.output
+    g = seen["cfg"].grpo
+    assert (g.num_generations, g.rewards, g.loss_aggregation) == (6, ["accuracy"], "token")  # the option wins
+
+
+def test_an_unknown_key_in_a_yaml_recipe_section_names_file_and_line(no_model, tmp_path):
+    config = tmp_path / "rl.yaml"
+    config.write_text("name: rl\ngrpo:\n  num_generations: 8\n  num_generation: 4\n")
+    r = invoke("grpo", "-c", str(config), "-o", str(tmp_path / "run"))
+    lines = r.output.strip().splitlines()
+    assert r.exit_code == 2 and len(lines) == 1, r.output
+    assert f"{config}:4: unknown key 'grpo.num_generation'; did you mean 'grpo.num_generations'?" in lines[0]
+
+
+# ---- another recipe's section: refused as the SFT-only settings are ----
+
+FOREIGN = [
+    ("train", "grpo.num_generations=8", "grpo.num_generations=8 (read by thinktune grpo only)"),
+    ("train", "dpo.loss=ipo", "dpo.loss=ipo (read by thinktune dpo only)"),
+    ("dpo", "grpo.beta=0", "grpo.beta=0.0 (read by thinktune grpo only)"),
+    ("grpo", "dpo.reference=live", "dpo.reference=live (read by thinktune dpo only)"),
+]
+
+
+@pytest.mark.parametrize(("command", "item", "named"), FOREIGN, ids=[f"{c}-{i}" for c, i, _ in FOREIGN])
+def test_cli_refuses_another_recipes_section_in_one_line(command, item, named, no_model, tmp_path):
+    r = invoke(command, "--set", item, "-o", str(tmp_path / "run"))
+    lines = r.output.strip().splitlines()
+    assert r.exit_code == 2 and len(lines) == 1, r.output
+    assert lines[0].startswith(f"error: thinktune {command} ignores {named}: remove them"), lines[0]
+    assert "model load reached" not in r.output and not (tmp_path / "run").exists()
+
+
+def test_refused_settings_of_every_kind_are_named_at_once():
+    cfg = load_config(None, ["train.packing=true", "grpo.beta=0", "grpo.rewards=[accuracy]", "dpo.loss=kto"])
+    with pytest.raises(ConfigError) as e:
+        check_settings(cfg, "dpo")
+    assert str(e.value) == (
+        "thinktune dpo ignores train.packing=true (SFT settings; see docs/rl.md), grpo.rewards, grpo.beta=0.0 "
+        "(read by thinktune grpo only): remove them from the config or --set train.packing=false "
+        "--set grpo.rewards=[accuracy, format] --set grpo.beta=0.04"
+    )
+    with pytest.raises(ConfigError, match=r"^thinktune train ignores dpo.loss=kto \(read by thinktune dpo only\), "):
+        check_settings(cfg, "sft")
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_a_recipe_runs_config_yaml_passes_its_own_check_only(recipe, tmp_path):
+    """A DPO/GRPO run's config.yaml holds its section; `-c` with it runs that recipe again, and no other silently."""
+    item = {"dpo": "dpo.loss=simpo", "grpo": "grpo.num_generations=8"}[recipe]
+    saved = tmp_path / "config.yaml"
+    saved.write_text(to_yaml(load_config(None, [item])))
+    cfg = build_config(saved, [], None)
+    check_settings(cfg, recipe)
+    for other in {"sft", *RECIPES} - {recipe}:
+        with pytest.raises(ConfigError, match=f"ignores {item} "):
+            check_settings(cfg, other)

@@ -18,7 +18,7 @@ import typer
 import yaml
 from pydantic import ValidationError
 
-from thinktune.cli.app import ConfigOpt, OfflineOpt, OutOpt, SetOpt, app, console, user_errors
+from thinktune.cli.app import ConfigOpt, OfflineOpt, OutOpt, SetOpt, app, build_config, console, user_errors
 from thinktune.errors import ConfigError
 from thinktune.eval.significance import describe
 
@@ -32,13 +32,6 @@ ResumeOpt = Annotated[str | None, typer.Option(help="`auto` (latest checkpoint o
 AdapterOpt = Annotated[
     Path | None, typer.Option(help="Continue training this PEFT adapter (e.g. an SFT run's adapter/).")
 ]
-
-
-def load_run_config(config: Path | None, sets: list[str], output_dir: Path | None):
-    """The run config, its `dpo:` / `grpo:` section included, as `thinktune train` loads it; -o wins."""
-    from thinktune.config import load_config
-
-    return load_config(config, list(sets) + ([f"output_dir={output_dir}"] if output_dir is not None else []))
 
 
 def default_output(cfg, command: str):
@@ -96,7 +89,7 @@ def dpo(
     Resume after a crash: the same command with `--resume auto` (needs train.save_steps).
     """
     sets = list(set_ or []) + option_sets("dpo", loss=loss, beta=beta, reference=reference)
-    cfg = load_run_config(config, sets, output_dir)
+    cfg = build_config(config, sets, output_dir)  # as `thinktune train` loads it
     from thinktune.train.dpo import run_dpo
 
     summary = run_dpo(default_output(cfg, "dpo"), data, str(adapter) if adapter else None, console, resume)
@@ -147,7 +140,7 @@ def grpo(
         dynamic_sampling=dynamic_sampling,
         process_reward=process_reward,
     )
-    cfg = load_run_config(config, sets, output_dir)
+    cfg = build_config(config, sets, output_dir)  # as `thinktune train` loads it
     from thinktune.train.grpo import run_grpo
 
     summary = run_grpo(default_output(cfg, "grpo"), data, str(adapter) if adapter else None, console, resume)

@@ -37,7 +37,10 @@ def train(
     Resume after a crash: `thinktune train -c my.yaml --resume auto` (needs train.save_steps).
     Two processes: `thinktune train -c my.yaml --num-processes 2` (or `accelerate launch -m thinktune train ...`).
     """
+    from thinktune.train.settings import check_settings
+
     cfg = build_config(config, set_, output_dir)  # config errors show before torch is imported
+    check_settings(cfg, "sft")  # `dpo:`/`grpo:` settings: one line here, not one per process under torchrun
     if num_processes > 1:
         raise typer.Exit(launch_distributed(num_processes, config, set_, output_dir, resume))
     if num_processes < 1:

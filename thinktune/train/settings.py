@@ -3,14 +3,15 @@
     check_settings(cfg, "grpo", data_files)   # Recipe.check, before anything loads
 
 SFT reads every setting of `model`, `data`, `method`, `train` and `eval`; `dpo:` and `grpo:` are the sections of
-their own commands (one YAML may carry both for a pipeline: each command reads its own). DPO trains on preference
-pairs and GRPO on sampled completions, each with its own loss, so a few SFT settings have nothing to act on there. A
-user who sets one hears so in one line, naming every such setting, instead of getting a run that quietly did
-something else.
+their own commands, and no other command reads them (`RECIPE_SECTIONS`). DPO trains on preference pairs and GRPO on
+sampled completions, each with its own loss, so a few SFT settings have nothing to act on there. A user who sets one
+of these, or a `grpo.*` setting for `thinktune train` or `thinktune dpo` (a `dpo.*` one for `train` or `grpo`),
+hears so in one line, naming every such setting, instead of getting a run that quietly did something else.
 
 A setting counts as given when its value differs from the default. A config written for an SFT run (the quickstart,
-an SFT YAML, a run's config.yaml) therefore passes as long as it leaves the SFT-only settings at their defaults; an
-explicit `packing: false` is no reason to stop.
+an SFT YAML, a run's config.yaml, which writes every section out) therefore passes as long as it leaves the
+SFT-only settings and the other recipes' sections at their defaults; an explicit `packing: false` is no reason to
+stop.
 
 A new setting in config.py is refused by DPO and GRPO until it is listed here: in `HONOURED` for the recipes whose
 code reads it, in `SFT_ONLY` with the reason otherwise (tests/train/test_recipe_settings.py checks that every
@@ -29,6 +30,8 @@ from thinktune.data.spec import DatasetSpec
 from thinktune.errors import ConfigError
 
 CHECKED_SECTIONS = ("model", "data", "method", "train", "eval")  # export/serve: no recipe trains with them
+RECIPE_SECTIONS = {"dpo": "dpo", "grpo": "grpo"}  # section → the only recipe that reads it
+COMMANDS = {"sft": "train", "dpo": "dpo", "grpo": "grpo"}  # recipe → `thinktune <command>`
 
 
 def all_settings() -> frozenset[str]:
@@ -115,26 +118,49 @@ def given_settings(cfg: RunConfig, recipe: str, data_files: list[str] | None = N
     return out
 
 
+def foreign_settings(cfg: RunConfig, recipe: str) -> list[tuple[str, Any]]:
+    """(setting, value) of every setting in another recipe's section (`grpo.*` for sft and dpo, `dpo.*` for sft
+    and grpo) whose value is not the default."""
+    out = []
+    for section, owner in RECIPE_SECTIONS.items():
+        if owner == recipe:
+            continue
+        values = getattr(cfg, section)
+        for name in type(values).model_fields:
+            if getattr(values, name) != _default(section, name):
+                out.append((f"{section}.{name}", getattr(values, name)))
+    return out
+
+
 def _yaml(value: Any) -> str:
     value = value.model_dump(mode="json") if isinstance(value, BaseModel) else value
     return yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
 
 
+def _shown(given: list[tuple[str, Any]]) -> str:
+    return ", ".join(f"{k}={_yaml(v)}" if not isinstance(v, dict | list | BaseModel) else k for k, v in given)
+
+
 def check_settings(cfg: RunConfig, recipe: str, data_files: list[str] | None = None) -> None:
     """One ConfigError line, before any data or weights load, when `cfg` sets what `recipe` would ignore."""
+    command = f"thinktune {COMMANDS[recipe]}"
     if recipe != "sft" and cfg.method.name in UNSUPPORTED_METHODS:
         raise ConfigError(
-            f"thinktune {recipe} cannot train method.name={cfg.method.name} ({UNSUPPORTED_METHODS[cfg.method.name]}); "
+            f"{command} cannot train method.name={cfg.method.name} ({UNSUPPORTED_METHODS[cfg.method.name]}); "
             "use lora, qlora, adalora, ia3, freeze or full"
         )
-    given = given_settings(cfg, recipe, data_files)
-    if not given:
+    sft_only, foreign = given_settings(cfg, recipe, data_files), foreign_settings(cfg, recipe)
+    if not sft_only and not foreign:
         return
-    shown = ", ".join(f"{k}={_yaml(v)}" if not isinstance(v, dict | list | BaseModel) else k for k, v in given)
+    parts = [f"{_shown(sft_only)} (SFT settings; see docs/rl.md)"] if sft_only else []
+    for section in sorted({k.split(".")[0] for k, _ in foreign}):
+        given = [(k, v) for k, v in foreign if k.split(".")[0] == section]
+        parts.append(f"{_shown(given)} (read by thinktune {COMMANDS[RECIPE_SECTIONS[section]]} only)")
+    given = sft_only + foreign
     resets = " ".join(f"--set {k}={_yaml(_default(*k.split('.')))}" for k, _ in given if "[" not in k and "." in k)
     hints = "".join(f"; {INSTEAD[recipe, k]}" for k, _ in given if (recipe, k) in INSTEAD)
     raise ConfigError(
-        f"thinktune {recipe} ignores {shown} (SFT settings; see docs/rl.md): remove them from the config"
+        f"{command} ignores {', '.join(parts)}: remove them from the config"
         + (f" or {resets}" if resets else "")
         + hints
     )
