@@ -210,12 +210,20 @@ class TrainConfig(Section):
     ewc_lambda: float = Field(0.0, ge=0, description="EWC penalty weight (needs ewc_fisher).")
     ewc_fisher: str | None = Field(None, description="EWC: Fisher file from a previous task's run (fisher.pt).")
     save_fisher: bool = Field(False, description="Write fisher.pt at the end of the run for a later run's EWC.")
-    packing: bool = Field(False, description="Pack samples into max_length rows (position ids reset per sample).")
-    loss_chunk_size: int | None = Field(
-        None, gt=0, description="Apply the LM head on trained tokens only, in chunks of N (no full logits tensor)."
+    packing: bool | Literal["auto"] = Field(
+        "auto",
+        description="Pack each micro-batch's samples into rows, position ids reset per sample (same loss, less "
+        "padding). auto: on, except for virtual-token methods (prompt/prefix tuning), where it cannot apply.",
+    )
+    loss_chunk_size: int | Literal["auto"] | None = Field(
+        "auto",
+        description="Apply the LM head on trained tokens only, in chunks of N (no full logits tensor; same loss). "
+        "auto: 1024 where it applies (cross-entropy only, a plain LM head), else the full-logits loss; null: off.",
     )
     torch_compile: bool = Field(False, description="torch.compile the model (pays off on long runs).")
-    optimizer: Literal["adamw", "adamw_fused"] = Field("adamw", description="AdamW (foreach) or fused AdamW.")
+    optimizer: Literal["adamw", "adamw_fused"] = Field(
+        "adamw_fused", description="Fused AdamW (one kernel; foreach where the parameters do not allow it) or AdamW."
+    )
     liger_kernels: bool = Field(
         False, description="CUDA: Liger Triton kernels for RMSNorm, RoPE and SwiGLU (pip install 'thinktune[speed]')."
     )
@@ -231,6 +239,13 @@ class TrainConfig(Section):
     distill_temperature: float = Field(2.0, gt=0, description="Distillation temperature.")
     unlikelihood_weight: float = Field(0.0, ge=0, description="Repetition unlikelihood auxiliary loss weight.")
     contrastive_weight: float = Field(0.0, ge=0, description="Contrastive margin auxiliary loss weight.")
+
+    @field_validator("loss_chunk_size")
+    @classmethod
+    def _chunk_positive(cls, v):
+        if isinstance(v, int) and v <= 0:
+            raise ValueError("must be a positive number of rows, auto, or null")
+        return v
 
 
 class EvalConfig(Section):

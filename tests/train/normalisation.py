@@ -46,7 +46,7 @@ def _sizes(gen: torch.Generator, low: int, high: int) -> int:
 
 def sft_items(vocab: int, gen: torch.Generator):
     samples = [_sample(gen, vocab, _sizes(gen, 2, 9), _sizes(gen, 1, 14)) for _ in range(N_ITEMS)]
-    return build_make_batch(samples, TrainConfig(), PAD)
+    return build_make_batch(samples, TrainConfig(packing=False), PAD)
 
 
 def preference_items(vocab: int, gen: torch.Generator, kto: bool):

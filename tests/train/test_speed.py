@@ -73,7 +73,7 @@ def test_packed_batch_keeps_every_token_in_fewer_rows():
 
 def test_make_batch_follows_the_config():
     data = samples(500)
-    plain = build_make_batch(data, TrainConfig(), 0)([0, 2, 5])
+    plain = build_make_batch(data, TrainConfig(packing=False), 0)([0, 2, 5])
     assert set(plain) == {"input_ids", "labels", "attention_mask"}
     for key, value in pad_batch([data[0], data[2], data[5]], 0).items():
         assert torch.equal(plain[key], value)
@@ -106,7 +106,7 @@ def recipe_loss_fn(cfg, teacher=None):
 def test_levers_off_reproduce_the_recipe_exactly(tiny_model_dirs, extra):
     model = lora_model(tiny_model_dirs)
     teacher = AutoModelForCausalLM.from_pretrained(tiny_model_dirs["llama"]).eval() if "teacher" in extra else None
-    cfg = TrainConfig(**extra)
+    cfg = TrainConfig(packing=False, loss_chunk_size=None, **extra)  # the levers off
 
     batch = pad_batch(samples(model.config.vocab_size), 0)
     want_loss, want_parts = recipe_loss_fn(cfg, teacher)(model, batch)
@@ -123,7 +123,7 @@ def test_levers_off_reproduce_the_recipe_exactly(tiny_model_dirs, extra):
 def test_packed_chunked_loss_equals_padded_full_logits(tiny_model_dirs, arch):
     model = lora_model(tiny_model_dirs, arch)
     data = samples(model.config.vocab_size)
-    plain_cfg, fast_cfg = TrainConfig(), TrainConfig(packing=True, loss_chunk_size=5)
+    plain_cfg, fast_cfg = TrainConfig(packing=False, loss_chunk_size=None), TrainConfig(packing=True, loss_chunk_size=5)
     idx = list(range(len(data)))
     want_loss, want_parts = build_sft_loss_fn(model, plain_cfg)(model, build_make_batch(data, plain_cfg, 0)(idx))
     want_loss.backward()
@@ -151,7 +151,7 @@ def test_packing_is_refused_for_virtual_token_methods(tiny_model_dirs):
 def test_chunked_loss_only_for_plain_cross_entropy():
     assert chunked_loss_applies(TrainConfig(loss_chunk_size=8), None)
     assert chunked_loss_applies(TrainConfig(loss_chunk_size=8, label_smoothing=0.1), None)
-    assert not chunked_loss_applies(TrainConfig(), None)
+    assert not chunked_loss_applies(TrainConfig(loss_chunk_size=None), None)
     assert not chunked_loss_applies(TrainConfig(loss_chunk_size=8), teacher=torch.nn.Linear(1, 1))
     assert not chunked_loss_applies(TrainConfig(loss_chunk_size=8, unlikelihood_weight=0.1), None)
     assert not chunked_loss_applies(TrainConfig(loss_chunk_size=8, contrastive_weight=0.1), None)
@@ -188,14 +188,16 @@ def train_steps(tiny_model_dirs, tmp_path, **levers) -> list[float]:
     """A few TrainLoop steps on a tiny LoRA model."""
     cfg = TrainConfig(batch_size=4, max_steps=4, learning_rate=1e-2, report_to=[], seed=0, warmup_ratio=0.0, **levers)
     lengths = (7, 19, 4, 12, 9, 3, 15, 6, 11, 5, 17, 8, 2, 14, 10, 13)
-    loop, params, data = tiny_loop(tiny_model_dirs, cfg, tmp_path / ("fast" if levers else "plain"), 4, lengths)
+    loop, params, data = tiny_loop(
+        tiny_model_dirs, cfg, tmp_path / ("fast" if levers["packing"] else "plain"), 4, lengths
+    )
     result = loop.run()
     assert result.steps == 4 and result.tokens == sum(len(s.input_ids) for s in data)
     return [p.detach().clone() for _, p in params] + [torch.tensor(result.final_loss)]
 
 
 def test_train_loop_with_levers_trains_like_the_plain_path(tiny_model_dirs, tmp_path):
-    plain = train_steps(tiny_model_dirs, tmp_path)
+    plain = train_steps(tiny_model_dirs, tmp_path, packing=False, loss_chunk_size=None, optimizer="adamw")
     fast = train_steps(tiny_model_dirs, tmp_path, packing=True, loss_chunk_size=7, optimizer="adamw_fused")
     for a, b in zip(plain, fast, strict=True):
         torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4)
@@ -273,3 +275,22 @@ def test_attn_implementation_reaches_the_model(tiny_model_dirs):
 
     model, _, _ = load_pretrained(ModelConfig(name_or_path=str(tiny_model_dirs["llama"]), attn_implementation="eager"))
     assert model.config._attn_implementation == "eager"
+
+
+def test_auto_levers_are_decided_per_model_and_method(tiny_model_dirs):
+    """The defaults: packing and the chunked head wherever they are exact, off where they cannot apply; a value the
+    user gives is kept (and refused where it cannot apply)."""
+    from thinktune.train.objectives.sft import AUTO_CHUNK, resolve_levers
+
+    model = lora_model(tiny_model_dirs)
+    auto = resolve_levers(TrainConfig(), model)
+    assert auto.packing is True and auto.loss_chunk_size == AUTO_CHUNK and auto.optimizer == "adamw_fused"
+    assert resolve_levers(TrainConfig(unlikelihood_weight=0.1), model).loss_chunk_size is None  # needs full logits
+    assert resolve_levers(TrainConfig(packing=False, loss_chunk_size=None), model).packing is False
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dirs["llama"])
+    prompt = get_peft_model(base, PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4))
+    assert resolve_levers(TrainConfig(), prompt).packing is False  # virtual tokens: packing cannot apply
+    with pytest.raises(ConfigError, match="packing does not work"):
+        build_sft_loss_fn(prompt, TrainConfig(packing=True))
+    with pytest.raises(ValueError, match="positive"):
+        TrainConfig(loss_chunk_size=0)

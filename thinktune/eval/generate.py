@@ -1,8 +1,17 @@
-"""Batched generation for evaluation and chat: left-padded prompts, greedy by default, stops at end of turn."""
+"""Batched generation for evaluation and chat: left-padded prompts, greedy by default, stops at end of turn.
+
+transformers' `model.generate` does the decoding: a hand-written loop (in-place KV cache, finished rows leaving the
+batch) measured no faster on a 2-core CPU, where decoding is bound by the matmuls themselves (docs/performance.md).
+What is ours: the evaluation after training runs with a LoRA-family adapter merged (`merged_for_inference`), and
+every call can count its generated tokens and seconds (`GenerationStats`, reported as tokens/s in eval summaries).
+"""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -19,6 +28,38 @@ def stop_token_ids(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel) -
     return sorted(i for i in ids if i is not None)
 
 
+@dataclass
+class GenerationStats:
+    """Accumulated over calls: generated tokens and the seconds spent generating them."""
+
+    tokens: int = 0
+    seconds: float = 0.0
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds if self.seconds else 0.0
+
+
+MERGEABLE = {"LORA", "ADALORA", "IA3", "LOHA", "LOKR"}  # PEFT types whose adapter merges into the weights
+
+
+@contextmanager
+def merged_for_inference(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """A PEFT model with its adapter merged into the base weights while generating (one matmul per layer instead
+    of the base's plus the adapter's two), unmerged after. Models without a mergeable adapter (no PEFT, prompt
+    learning, a 4-bit base) are used as they are."""
+    merge = getattr(model, "merge_adapter", None)
+    quantized = getattr(getattr(model, "config", None), "quantization_config", None) is not None
+    if merge is None or quantized or getattr(model, "peft_type", None) not in MERGEABLE:
+        yield model
+        return
+    merge()
+    try:
+        yield model
+    finally:
+        model.unmerge_adapter()
+
+
 @torch.inference_mode()
 def generate_batch(
     model: PreTrainedModel,
@@ -27,8 +68,10 @@ def generate_batch(
     max_new_tokens: int = 160,
     do_sample: bool = False,
     temperature: float = 0.7,
+    stats: GenerationStats | None = None,
 ) -> list[tuple[str, int]]:
-    """(completion text, number of generated tokens) for each prompt."""
+    """(completion text, number of generated tokens) for each prompt; `stats` accumulates tokens and seconds."""
+    start = time.perf_counter()
     enc = left_padded(tokenizer(prompts, add_special_tokens=False)["input_ids"], tokenizer.pad_token_id)
     enc = {k: v.to(model.device) for k, v in enc.items()}
     stops = stop_token_ids(tokenizer, model)
@@ -47,6 +90,9 @@ def generate_batch(
         ids = row.tolist()
         n = next((i + 1 for i, t in enumerate(ids) if t in stops), len(ids))
         results.append((tokenizer.decode(ids[:n], skip_special_tokens=True), n))
+    if stats is not None:
+        stats.tokens += sum(n for _, n in results)
+        stats.seconds += time.perf_counter() - start
     return results
 
 

@@ -20,7 +20,7 @@ from thinktune.data.formats import RecordError
 from thinktune.data.render import RenderOptions, inference_thinking, render_prompt, tokenize_conversation
 from thinktune.data.tool_calls import calls_equal
 from thinktune.errors import ConfigError
-from thinktune.eval.generate import batched, generate_batch
+from thinktune.eval.generate import GenerationStats, batched, generate_batch
 from thinktune.eval.metrics import compute_metrics, perplexity_from_loss
 from thinktune.eval.reasoning import answers_match, format_report, maj_at_k_correct, parse_output, pass_at_k
 from thinktune.eval.tool_calls import majority_calls_correct, score_tool_calls, tool_call_summary
@@ -108,9 +108,16 @@ def evaluate(
     order = sorted(range(len(tasks)), key=lambda i: len(prompts[i]))
     jobs = [i for i in order for _ in range(k)]
     outputs: dict[int, list[tuple[str, int]]] = {i: [] for i in range(len(tasks))}
+    stats = GenerationStats()
     for chunk in batched(jobs, cfg.batch_size):
         gen = generate_batch(
-            model, tokenizer, [prompts[i] for i in chunk], cfg.max_new_tokens, cfg.do_sample or k > 1, cfg.temperature
+            model,
+            tokenizer,
+            [prompts[i] for i in chunk],
+            cfg.max_new_tokens,
+            cfg.do_sample or k > 1,
+            cfg.temperature,
+            stats,
         )
         for i, out in zip(chunk, gen, strict=True):
             outputs[i].append(out)
@@ -119,7 +126,7 @@ def evaluate(
     samples = [score_sample(t, outputs[i], tokenizer, schema) for i, t in enumerate(tasks)]
     loss = heldout_loss(model, tokenizer, tasks, system_prompt, cfg.batch_size, thinking)
     n = max(1, len(samples))
-    extra: dict[str, float | int] = {}
+    extra: dict[str, float | int] = {"generation_tokens_per_second": stats.tokens_per_second}
     extra.update(tool_call_summary(samples))
     if k > 1:
         extra[f"pass@{k}"] = sum(s["pass_at_k"] for s in samples) / n

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -28,6 +29,7 @@ from thinktune import runs
 from thinktune.config import RunConfig, to_yaml
 from thinktune.data.reading import Reject, check_bad_fraction, write_rejects
 from thinktune.errors import ConfigError, EnvironmentProblem
+from thinktune.eval.generate import merged_for_inference
 from thinktune.eval.report import write_report
 from thinktune.eval.runner import EvalResult, evaluate, heldout_loss
 from thinktune.eval.significance import paired_from_samples
@@ -148,11 +150,16 @@ def start(cfg: RunConfig, console: Console) -> Run:
 # ---- evaluation ----------------------------------------------------------------------------------------------------
 
 
-def run_eval(run: Run, label: str) -> EvalResult | None:
+def run_eval(run: Run, label: str, merged: bool = False) -> EvalResult | None:
+    """The held-out evaluation; `merged`: with the adapter merged into the weights (after training, when the model
+    trains no further: the same model, fewer matmuls per token)."""
     if not run.tasks or not run.accelerator.is_main_process:
         return None
     model = run.accelerator.unwrap_model(run.model)
-    with task_progress(run.console, f"eval {label}") as bar:
+    with (
+        merged_for_inference(model) if merged else nullcontext(model) as model,
+        task_progress(run.console, f"eval {label}") as bar,
+    ):
         task = bar.add_task(label, total=len(run.tasks))
         result = evaluate(
             model,
@@ -362,7 +369,7 @@ def execute(cfg: RunConfig, recipe: Recipe, console: Console | None = None, resu
     stats = recipe.fit(run, resume)
     adapter_dir = save(run)
     own = recipe.finish(run)
-    after = run_eval(run, "after") if cfg.eval.after else None
+    after = run_eval(run, "after", merged=True) if cfg.eval.after else None
     summary = {
         "run_dir": str(run.dir),
         "adapter_dir": str(adapter_dir),

@@ -22,7 +22,7 @@ from thinktune.methods import MethodContext, apply_method, count_parameters, opt
 from thinktune.models import load_pretrained
 from thinktune.train.engine.ewc import compute_fisher, save_fisher
 from thinktune.train.engine.speed import apply_liger_kernels, build_make_batch
-from thinktune.train.objectives.sft import sft_objective
+from thinktune.train.objectives.sft import resolve_levers, sft_objective
 from thinktune.train.run import Run, balanced_weights, execute, optimizer_steps, prepare_training, train_loop
 
 
@@ -57,6 +57,12 @@ class SFT:
         )
         opt = prepare_training(run, len(samples))
         teacher = load_teacher(run) if cfg.teacher else None
+        cfg = resolve_levers(cfg, run.model, teacher)  # `auto` levers decided for this model and method
+        run.console.print(
+            f"speed: packing {'on' if cfg.packing else 'off'}, LM-head loss "
+            f"{f'chunked ({cfg.loss_chunk_size} rows)' if cfg.loss_chunk_size else 'on full logits'}, "
+            f"optimizer {cfg.optimizer}"
+        )
         return train_loop(
             run,
             opt,

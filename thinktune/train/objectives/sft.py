@@ -19,10 +19,28 @@ from thinktune.train.engine.losses import combined_loss
 from thinktune.train.engine.speed import model_inputs
 from thinktune.train.objectives import Objective
 
+AUTO_CHUNK = 1024  # rows of the chunked head when train.loss_chunk_size is auto
+
 
 def chunked_loss_applies(cfg: TrainConfig, teacher: nn.Module | None) -> bool:
     """The chunked head computes cross-entropy only; distillation and the auxiliary losses need full logits rows."""
     return bool(cfg.loss_chunk_size) and teacher is None and not cfg.unlikelihood_weight and not cfg.contrastive_weight
+
+
+def resolve_levers(cfg: TrainConfig, model: nn.Module, teacher: nn.Module | None = None) -> TrainConfig:
+    """`cfg` with the `auto` speed levers decided for this model: packing on unless the method prepends virtual
+    tokens; the chunked head (1024 rows) where it applies — cross-entropy only, an LM head that does not transform
+    its logits — else the full-logits loss. Values the user gave are kept (and refused where they cannot apply)."""
+    packing = cfg.packing if cfg.packing != "auto" else not is_prompt_learning(model)
+    chunk = cfg.loss_chunk_size
+    if chunk == "auto":
+        chunk = None
+        if chunked_loss_applies(cfg, teacher):
+            try:
+                chunk = AUTO_CHUNK if hidden_and_head(model) is not None else None
+            except ConfigError:  # the head transforms its logits (soft-capping): the plain loss is the exact one
+                chunk = None
+    return cfg.model_copy(update={"packing": packing, "loss_chunk_size": chunk})
 
 
 def build_sft_loss_fn(model: nn.Module, cfg: TrainConfig, teacher: nn.Module | None = None) -> LossFn:
@@ -31,6 +49,7 @@ def build_sft_loss_fn(model: nn.Module, cfg: TrainConfig, teacher: nn.Module | N
     Levers off: `model(input_ids, attention_mask).logits` → `combined_loss`. `cfg.loss_chunk_size` (CE-only runs on
     models where it applies): hidden states → `lm_loss_from_hidden`. Packed batches call the model with position ids.
     """
+    cfg = resolve_levers(cfg, model, teacher)
     if cfg.packing and is_prompt_learning(model):
         # PEFT drops position_ids for virtual-token methods, and without them packed samples would see each other.
         raise ConfigError("train.packing does not work with prompt_tuning / p_tuning / prefix_tuning; set it false")
