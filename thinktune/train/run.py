@@ -173,7 +173,8 @@ def run_eval(run: Run, label: str, merged: bool = False) -> EvalResult | None:
     write_report(result, run.dir / runs.EVAL, label, f"{label}: {run.cfg.model.name_or_path}")
     run.console.print(
         f"eval {label}: accuracy {result.accuracy:.1%}, format {result.format_compliance:.1%}, "
-        f"loss {result.loss:.3f} ({result.seconds:.0f}s)"
+        f"loss {result.loss:.3f} ({result.seconds:.0f}s, generating "
+        f"{result.extra.get('generation_tokens_per_second', 0):.0f} tokens/s)"
     )
     return result
 
