@@ -74,7 +74,7 @@ class LineProgress(Progress):
             extra = ""
         eta = "" if done else f" ETA {_clock(task.time_remaining)}"
         line = f"{self.label or task.description} {int(task.completed)}/{total} {extra} elapsed {_clock(task.elapsed)}"
-        self.console.print(line.replace("  ", " ") + eta, markup=False, highlight=False)
+        self.console.print(line.replace("  ", " ") + eta, markup=False, highlight=False, soft_wrap=True)
 
 
 def training_progress(console: Console) -> Progress:
@@ -111,7 +111,7 @@ class _PlainStatus:
 
     def update(self, status: str = "", **_) -> None:
         if status:
-            self.console.print(status, markup=False, highlight=False)
+            self.console.print(status, markup=False, highlight=False, soft_wrap=True)
 
 
 @contextmanager
@@ -125,11 +125,13 @@ def status(console: Console, message: str) -> Iterator[Any]:
     plain = message.replace("[bold]", "").replace("[/]", "")
     interval = float(os.environ.get("THINKTUNE_PROGRESS_SECONDS", 30))
     start, stop = time.monotonic(), threading.Event()
-    console.print(f"{plain} …", markup=False, highlight=False)
+    console.print(f"{plain} …", markup=False, highlight=False, soft_wrap=True)
 
     def heartbeat() -> None:
         while not stop.wait(max(interval, 0.01)):
-            console.print(f"{plain} … {_clock(time.monotonic() - start)}", markup=False, highlight=False)
+            console.print(
+                f"{plain} … {_clock(time.monotonic() - start)}", markup=False, highlight=False, soft_wrap=True
+            )
 
     beat = threading.Thread(target=heartbeat, daemon=True)
     beat.start()
@@ -138,4 +140,4 @@ def status(console: Console, message: str) -> Iterator[Any]:
     finally:
         stop.set()
         beat.join()
-    console.print(f"{plain}: done in {_clock(time.monotonic() - start)}", markup=False, highlight=False)
+    console.print(f"{plain}: done in {_clock(time.monotonic() - start)}", markup=False, highlight=False, soft_wrap=True)

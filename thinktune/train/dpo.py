@@ -31,7 +31,7 @@ from thinktune.errors import ConfigError, DataError
 from thinktune.methods import count_parameters
 from thinktune.progress import status
 from thinktune.train.objectives.preference import REFERENCE_FREE, kl_rows, preference_objective
-from thinktune.train.policy import ReferencePolicy, adapter_starts_at_base, load_policy
+from thinktune.train.policy import ReferencePolicy, load_policy, reference_for
 from thinktune.train.run import Run, balanced_weights, execute, optimizer_steps, prepare_training, train_loop
 
 __all__ = ["DPOConfig", "Preference", "run_dpo"]
@@ -220,19 +220,15 @@ class Preference:
     def fit(self, run: Run, resume: str | None) -> dict[str, Any]:
         cfg, data = run.cfg.dpo, self.data
         needs_ref = cfg.loss not in REFERENCE_FREE
-        reference = None
-        if needs_ref:
-            reference = ReferencePolicy.of(
-                run.model, adapter_starts_at_base(run.model, self.adapter is not None, run.cfg)
-            )
+        reference = reference_for(run, self.adapter is not None) if needs_ref else None
         trainable, total = count_parameters(run.model)
         run.console.print(
             f"{cfg.loss}: {trainable:,} trainable of {total:,} parameters; reference: "
             f"{reference.kind if reference else 'none (reference-free loss)'}"
         )
         opt = prepare_training(run, len(data.records))
-        if reference is not None and reference.copy is not None:
-            reference.copy.to(run.accelerator.device)
+        if reference is not None:
+            reference.to(run.accelerator.device)
         cached = None
         if needs_ref and cfg.reference == "cached":
             with status(run.console, "reference log-probs (one pass over the pairs)"):

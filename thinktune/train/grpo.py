@@ -26,7 +26,7 @@ from thinktune.errors import DataError
 from thinktune.methods import count_parameters
 from thinktune.train.engine.loggers import read_metrics
 from thinktune.train.objectives.grpo import grpo_objective
-from thinktune.train.policy import ReferencePolicy, adapter_starts_at_base, load_policy
+from thinktune.train.policy import load_policy, reference_for
 from thinktune.train.rewards import resolve_reward, resolve_step_reward, reward_name
 from thinktune.train.rollout import PromptPool, RolloutReuse, RolloutState, rollout_batch, task_prompt
 from thinktune.train.run import Run, balanced_weights, execute, optimizer_steps, prepare_training, train_loop
@@ -135,11 +135,7 @@ class RL:
 
     def fit(self, run: Run, resume: str | None) -> dict[str, Any]:
         g, tasks, acc = run.cfg.grpo, self.tasks, run.accelerator
-        reference = None
-        if g.beta > 0:
-            reference = ReferencePolicy.of(
-                run.model, adapter_starts_at_base(run.model, self.adapter is not None, run.cfg)
-            )
+        reference = reference_for(run, self.adapter is not None) if g.beta > 0 else None
         trainable, total = count_parameters(run.model)
         run.console.print(
             f"grpo: {trainable:,} trainable of {total:,} parameters; G={g.num_generations}, "
@@ -147,8 +143,8 @@ class RL:
             + (f"; process reward: {g.process_reward} ({g.process_credit} credit)" if g.process_reward else "")
         )
         opt = prepare_training(run, len(tasks))
-        if reference is not None and reference.copy is not None:
-            reference.copy.to(acc.device)
+        if reference is not None:
+            reference.to(acc.device)
         reuse = RolloutReuse(g.num_iterations, run.cfg.train.gradient_accumulation_steps)
         pool, order = None, None
         if g.dynamic_sampling:

@@ -122,11 +122,22 @@ class ReferencePolicy:
         with self.active(model) as ref:
             return token_logprobs(ref, batch, temperature, keep)
 
+    def to(self, device: torch.device | str) -> ReferencePolicy:
+        """The frozen copy (if any) on the policy's device, after Accelerate has placed the policy."""
+        if self.copy is not None:
+            self.copy.to(device)
+        return self
+
     def release(self, model: torch.nn.Module) -> None:
         """Drop the reference adapter before saving (the saved adapter must be the trained one alone)."""
         if self.kind == "adapter":
             (_peft(model) or _peft(getattr(model, "module", None))).delete_adapter(REFERENCE_ADAPTER)
         self.copy = None
+
+
+def reference_for(run: Run, loaded_adapter: bool) -> ReferencePolicy:
+    """π_ref of the policy `run.model` as it is before any update (`loaded_adapter`: trained further from --adapter)."""
+    return ReferencePolicy.of(run.model, adapter_starts_at_base(run.model, loaded_adapter, run.cfg))
 
 
 def adapter_starts_at_base(model: torch.nn.Module, loaded_adapter: bool, cfg: RunConfig) -> bool:
