@@ -3,7 +3,7 @@
 On a terminal the bar redraws live. When output is not a terminal (`make demo > log`, CI, nohup, a notebook) a live
 bar draws nothing, so a plain line is printed instead every `THINKTUNE_PROGRESS_SECONDS` (default 30) seconds and
 when a task completes: `train 120/480 loss 0.5213 lr 9.1e-04 310 tok/s elapsed 1:02 ETA 3:05`; `status` (work
-without a count: loading, exporting) prints a start line, a line per interval and its duration.
+without a count: loading, exporting) prints a line per interval and then its duration.
 """
 
 from __future__ import annotations
@@ -116,22 +116,22 @@ class _PlainStatus:
 
 @contextmanager
 def status(console: Console, message: str) -> Iterator[Any]:
-    """`console.status(message)` on a terminal (a spinner); otherwise a line when the work starts, a line every
-    THINKTUNE_PROGRESS_SECONDS while it runs (a spinner draws nothing into a log) and one with its duration."""
+    """`console.status(message)` on a terminal (a spinner); otherwise, since a spinner draws nothing into a log, a
+    line every THINKTUNE_PROGRESS_SECONDS while the work runs and, if any was printed, one with its duration. Work
+    shorter than that (or failing) prints nothing, so a one-line error stays one line."""
     if console.is_terminal:
         with console.status(message) as spinner:
             yield spinner
         return
     plain = message.replace("[bold]", "").replace("[/]", "")
     interval = float(os.environ.get("THINKTUNE_PROGRESS_SECONDS", 30))
-    start, stop = time.monotonic(), threading.Event()
-    console.print(f"{plain} …", markup=False, highlight=False, soft_wrap=True)
+    start, stop, beats = time.monotonic(), threading.Event(), []
 
     def heartbeat() -> None:
         while not stop.wait(max(interval, 0.01)):
-            console.print(
-                f"{plain} … {_clock(time.monotonic() - start)}", markup=False, highlight=False, soft_wrap=True
-            )
+            beats.append(1)
+            line = f"{plain} … {_clock(time.monotonic() - start)}"
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
 
     beat = threading.Thread(target=heartbeat, daemon=True)
     beat.start()
@@ -140,4 +140,6 @@ def status(console: Console, message: str) -> Iterator[Any]:
     finally:
         stop.set()
         beat.join()
-    console.print(f"{plain}: done in {_clock(time.monotonic() - start)}", markup=False, highlight=False, soft_wrap=True)
+    if beats:
+        line = f"{plain}: done in {_clock(time.monotonic() - start)}"
+        console.print(line, markup=False, highlight=False, soft_wrap=True)

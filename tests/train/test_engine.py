@@ -185,6 +185,7 @@ def test_non_finite_steps_are_skipped_then_stop_with_checkpoint(tiny_model_dirs,
             "eval.before=false",
             "eval.after=false",
             "train.max_bad_steps=5",
+            "train.loss_chunk_size=null",  # the patched loss is the full-logits one
         ),
     )
     summary = run_sft(cfg, QUIET)
@@ -200,6 +201,7 @@ def test_non_finite_steps_are_skipped_then_stop_with_checkpoint(tiny_model_dirs,
             "eval.before=false",
             "train.max_bad_steps=2",
             "train.save_steps=2",
+            "train.loss_chunk_size=null",
         ),
     )
     from thinktune.train.engine.loop import TrainingStopped
@@ -230,6 +232,7 @@ def test_gradient_spike_rolls_back_with_halved_lr(tiny_model_dirs, tmp_path, mon
             "eval.before=false",
             "eval.after=false",
             "train.save_steps=4",
+            "train.loss_chunk_size=null",  # the patched loss is the full-logits one
             "train.spike_action=rollback",
             "train.spike_window=8",
             "train.max_grad_norm=null",

@@ -93,6 +93,10 @@ INSTEAD: dict[tuple[str, str], str] = {
 }
 
 
+# Values that ask for nothing, so no reason to stop even where the default is `auto`: packing off, no chunked head.
+INERT: dict[str, Any] = {"train.packing": False, "train.loss_chunk_size": None}
+
+
 def _default(section: str, name: str) -> Any:
     return RunConfig.model_fields[section].annotation.model_fields[name].get_default(call_default_factory=True)
 
@@ -108,7 +112,8 @@ def given_settings(cfg: RunConfig, recipe: str, data_files: list[str] | None = N
         values = getattr(cfg, section)
         for name in type(values).model_fields:
             key = f"{section}.{name}"
-            if key not in honoured and getattr(values, name) != _default(section, name):
+            value = getattr(values, name)
+            if key not in honoured and value != _default(section, name) and (key not in INERT or value != INERT[key]):
                 out.append((key, getattr(values, name)))
     if recipe != "sft" and not data_files:
         # SFT repeats or subsamples a dataset by its weight; the pair and prompt readers read each record once
@@ -157,7 +162,11 @@ def check_settings(cfg: RunConfig, recipe: str, data_files: list[str] | None = N
         given = [(k, v) for k, v in foreign if k.split(".")[0] == section]
         parts.append(f"{_shown(given)} (read by thinktune {COMMANDS[RECIPE_SECTIONS[section]]} only)")
     given = sft_only + foreign
-    resets = " ".join(f"--set {k}={_yaml(_default(*k.split('.')))}" for k, _ in given if "[" not in k and "." in k)
+    resets = " ".join(
+        f"--set {k}={_yaml(INERT[k] if k in INERT else _default(*k.split('.')))}"
+        for k, _ in given
+        if "[" not in k and "." in k
+    )
     hints = "".join(f"; {INSTEAD[recipe, k]}" for k, _ in given if (recipe, k) in INSTEAD)
     raise ConfigError(
         f"{command} ignores {', '.join(parts)}: remove them from the config"
