@@ -21,34 +21,10 @@ from pathlib import Path
 import torch
 
 from thinktune.config import load_config
-from thinktune.eval.generate import (
-    GenerationStats,
-    generate_batch,
-    left_padded,
-    merged_for_inference,
-    stop_token_ids,
-)
+from thinktune.eval.generate import GenerationStats, generate_batch, merged_for_inference
 from thinktune.eval.runner import task_prompts
 from thinktune.eval.tasks import load_tasks
 from thinktune.models import load_pretrained
-
-
-def hf_generate(model, tok, prompts: list[str], max_new: int) -> list[tuple[str, int]]:
-    """The path evaluation took before the engine: model.generate on left-padded prompts, cut at the first stop."""
-    rows = tok(prompts, add_special_tokens=False)["input_ids"]
-    enc = {k: v.to(model.device) for k, v in left_padded(rows, tok.pad_token_id).items()}
-    stops = stop_token_ids(tok, model)
-    with torch.inference_mode():
-        out = model.generate(
-            **enc, max_new_tokens=max_new, eos_token_id=stops, pad_token_id=tok.pad_token_id, do_sample=False,
-            top_p=None, top_k=None,
-        )  # fmt: skip
-    results = []
-    for row in out[:, enc["input_ids"].shape[1] :]:
-        ids = row.tolist()
-        n = next((i + 1 for i, t in enumerate(ids) if t in stops), len(ids))
-        results.append((tok.decode(ids[:n], skip_special_tokens=True), n))
-    return results
 
 
 def timed(fn, prompts: list[str], batch: int) -> tuple[list[tuple[str, int]], float]:
@@ -86,13 +62,13 @@ def main() -> None:
         models["after (LoRA adapter)"] = PeftModel.from_pretrained(model, args.adapter).eval()
     rows = []
     for label, m in models.items():
-        old, t_old = timed(lambda b, m=m: hf_generate(m, tok, b, args.max_new_tokens), prompts, 50)
+        old, t_old = timed(lambda b, m=m: generate_batch(m, tok, b, args.max_new_tokens), prompts, 50)
         stats = GenerationStats()
         with merged_for_inference(m) if "after" in label else nullcontext(m) as now:  # as run_eval does
             new, t_new = timed(
                 lambda b, m=now, st=stats: generate_batch(m, tok, b, args.max_new_tokens, stats=st), prompts, 50
             )
-        _, t_100 = timed(lambda b, m=m: hf_generate(m, tok, b, args.max_new_tokens), prompts, 100)
+        _, t_100 = timed(lambda b, m=m: generate_batch(m, tok, b, args.max_new_tokens), prompts, 100)
         same = sum(a[0] == b[0] for a, b in zip(old, new, strict=True))
         tokens = sum(n for _, n in new)
         rows.append({

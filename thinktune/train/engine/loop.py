@@ -148,8 +148,9 @@ class TrainLoop:
                     micro = [
                         {k: v.to(acc.device) for k, v in self.make_batch(batches[b]).items()} for b in range(first, end)
                     ]
+                    tokens_before = pos.tokens
                     step_loss, step_parts = self._accumulate(micro, pos)
-                    window_tokens += sum(int(m["attention_mask"].sum()) for m in micro)
+                    window_tokens += pos.tokens - tokens_before
                     outcome = self._optimizer_step(step_loss, pos, spikes, result)
                     if outcome == "rollback":
                         self._rollback(pos, result)
@@ -229,8 +230,7 @@ class TrainLoop:
             loss_sum += float(loss.detach()) * local[i]
             for k, v in parts.items():
                 parts_sum[k] = parts_sum.get(k, 0.0) + v * local[i]
-            n_tok = int(batch["attention_mask"].sum())
-            pos.tokens += n_tok
+            pos.tokens += int(batch["attention_mask"].sum())
             pos.batch_in_epoch += 1
         summed = float(acc.reduce(torch.tensor([loss_sum], device=acc.device), "sum")[0])
         here = max(sum(local), 1)
