@@ -221,6 +221,12 @@ class TrainConfig(Section):
         "auto: 1024 where it applies (cross-entropy only, a plain LM head), else the full-logits loss; null: off.",
     )
     torch_compile: bool = Field(False, description="torch.compile the model (pays off on long runs).")
+    distributed: Literal["auto", "ddp", "fsdp"] = Field(
+        "auto",
+        description="How the processes of `--num-processes N` or `accelerate launch` share the model: `ddp` (each "
+        "holds all of it), `fsdp` (FSDP2: parameters, gradients and optimizer state sharded across them, for a model "
+        "one device cannot train; methods lora, full, freeze). auto: what accelerate launch's config says, else ddp.",
+    )
     optimizer: Literal["adamw", "adamw_fused"] = Field(
         "adamw_fused", description="Fused AdamW (one kernel; foreach where the parameters do not allow it) or AdamW."
     )

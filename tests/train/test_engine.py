@@ -119,7 +119,7 @@ def test_checkpoint_resumes_without_unpickling(tmp_path):
     assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == expected[:3]
     assert torch.equal(opt2.state_dict()["state"][0]["exp_avg"], expected[3]["exp_avg"])
     assert sched2.last_epoch == 1 and torch.equal(w2, w)
-    files = ["position.json", "rng.json", "rng.safetensors", "state.pt", "trainable.safetensors"]
+    files = ["layout.json", "position.json", "rng.json", "rng.safetensors", "state.pt", "trainable.safetensors"]
     assert sorted(f.name for f in path.iterdir()) == files
 
     class Payload:

@@ -26,7 +26,11 @@ def train(
         str | None, typer.Option(help="`auto` (latest checkpoint of the run) or a checkpoint directory.")
     ] = None,
     num_processes: Annotated[
-        int, typer.Option(help="Data-parallel processes on this machine (DDP through torchrun + Accelerate).")
+        int,
+        typer.Option(
+            help="Processes on this machine (torchrun + Accelerate): replicas (DDP), or shards with "
+            "train.distributed=fsdp."
+        ),
     ] = 1,
     offline: OfflineOpt = False,
 ) -> None:
@@ -35,13 +39,17 @@ def train(
     Example: `thinktune train --config examples/quickstart.yaml --set train.learning_rate=5e-4 -o runs/try1`
 
     Resume after a crash: `thinktune train -c my.yaml --resume auto` (needs train.save_steps).
-    Two processes: `thinktune train -c my.yaml --num-processes 2` (or `accelerate launch -m thinktune train ...`).
+    Two processes: `thinktune train -c my.yaml --num-processes 2` (or `accelerate launch -m thinktune train ...`);
+    sharded across them (FSDP2): add `--set train.distributed=fsdp`.
     """
     from thinktune.train.settings import check_settings
 
     cfg = build_config(config, set_, output_dir)  # config errors show before torch is imported
     check_settings(cfg, "sft")  # `dpo:`/`grpo:` settings: one line here, not one per process under torchrun
     if num_processes > 1:
+        from thinktune.train.engine.sharding import check_fsdp
+
+        check_fsdp(cfg.train, cfg.method.name, "sft")  # one line here, not one per process
         raise typer.Exit(launch_distributed(num_processes, config, set_, output_dir, resume))
     if num_processes < 1:
         raise UserError("--num-processes must be at least 1")

@@ -116,11 +116,12 @@ def apply_lora(model: PreTrainedModel, cfg: MethodConfig, ctx: MethodContext | N
     return peft_model
 
 
-def save_lora(model: PeftModel, cfg: MethodConfig, run_dir: Path) -> Path:
+def save_lora(model: PeftModel, cfg: MethodConfig, run_dir: Path, state_dict: dict | None = None) -> Path:
+    """`state_dict`: the model's tensors, gathered, when the model holds shards of them (FSDP)."""
     out = run_dir / ADAPTER
     initial = method_state(model).get("pissa_initial")
     if initial is None:
-        model.save_pretrained(out)
+        model.save_pretrained(out, state_dict=state_dict)
         return out
     with tempfile.TemporaryDirectory() as tmp:
         init_dir = Path(tmp) / "pissa_init"

@@ -35,6 +35,8 @@ from thinktune.eval.runner import EvalResult, evaluate, heldout_loss
 from thinktune.eval.significance import paired_from_samples
 from thinktune.eval.tasks import load_tasks
 from thinktune.methods import (
+    MethodContext,
+    apply_method,
     check_method_environment,
     check_method_model,
     on_optimizer_step,
@@ -50,6 +52,7 @@ from thinktune.train.engine.monitor import plot_update_heatmap
 from thinktune.train.engine.optim import build_optimizer, build_scheduler, total_optimizer_steps
 from thinktune.train.engine.plots import plot_metrics
 from thinktune.train.engine.sampler import batches_per_epoch
+from thinktune.train.engine.sharding import enable_on_cpu, fsdp_plugin, sharded
 from thinktune.train.engine.speed import check_speed_environment, compile_model, configure_threads
 from thinktune.train.objectives import Objective, parameter_penalty
 
@@ -109,12 +112,15 @@ def load_validation(cfg: RunConfig) -> tuple[list[dict] | None, list[Reject]]:
     return None, []
 
 
-def start(cfg: RunConfig, console: Console) -> Run:
+def start(cfg: RunConfig, console: Console, recipe: str = "sft") -> Run:
     configure_threads(cfg.train.num_threads)
+    plugin = fsdp_plugin(cfg.train, cfg.method.name, recipe)  # train.distributed=fsdp: FSDP2, else replicas (DDP)
     acc = Accelerator(
         cpu=not torch.cuda.is_available(),  # also what makes torchrun on CPU form a gloo process group
         mixed_precision=mixed_precision(cfg.train.mixed_precision),
+        fsdp_plugin=plugin,
     )
+    enable_on_cpu(acc, plugin)
     if not acc.is_main_process:
         console = Console(quiet=True)  # one process talks
     run = Run(cfg, cfg.run_dir, acc, console)
@@ -240,6 +246,14 @@ def prepare_training(run: Run, n_items: int) -> Optimization:
     optimizer = build_optimizer(params, tcfg)
     scheduler = build_scheduler(optimizer, tcfg, steps)
     run.model, optimizer = acc.prepare(run.model, optimizer)
+    if sharded(acc):  # the optimizer now steps the sharded parameters, under the same names
+        now = dict(run.model.named_parameters())
+        params = [(n, now[n]) for n, _ in params]
+    if acc.num_processes > 1:
+        run.console.print(
+            f"{acc.num_processes} processes: "
+            + ("FSDP2, parameters, gradients and optimizer state sharded" if sharded(acc) else "DDP, replicas")
+        )
     return Optimization(params, optimizer, scheduler, steps)
 
 
@@ -332,6 +346,7 @@ def save(run: Run) -> Path:
     base model recorded in a PEFT adapter, the metric plots."""
     adapter_dir = run.dir / runs.ADAPTER
     run.accelerator.wait_for_everyone()
+    gather(run)
     if run.accelerator.is_main_process:
         adapter_dir = save_trained(run.accelerator.unwrap_model(run.model), run.cfg.method, run.dir)
         run.tokenizer.save_pretrained(adapter_dir)
@@ -342,6 +357,20 @@ def save(run: Run) -> Path:
         plot_metrics(run.dir / "metrics.jsonl", run.dir / "plots")
         plot_update_heatmap(run.dir / "metrics.jsonl", run.dir / "plots" / "update_heatmap.png")
     return adapter_dir
+
+
+def gather(run: Run) -> None:
+    """A sharded run: the whole trained model on the main process (a fresh copy of the model as the method made it,
+    given the gathered weights), for saving and the evaluation after; every process takes part in the gathering."""
+    acc = run.accelerator
+    if not sharded(acc):
+        return
+    full = acc.get_state_dict(run.model)  # main process: every tensor, whole, on the CPU; the others: nothing
+    if acc.is_main_process:
+        model, _, _ = load_pretrained(run.cfg.model)
+        model = apply_method(model, run.cfg.method, MethodContext(run.tokenizer))
+        model.load_state_dict(full)
+        run.model = model.to(acc.device)
 
 
 def write_summary(run: Run, adapter_dir: Path, summary: dict) -> None:
@@ -360,10 +389,10 @@ def execute(cfg: RunConfig, recipe: Recipe, console: Console | None = None, resu
     console = console or Console()
     wall = time.perf_counter()
     recipe.check(cfg)
-    run = start(cfg, console)
+    run = start(cfg, console, recipe.name)
     data_line = recipe.prepare(run)
     write_rejects(run.rejects, run.dir / "rejects.jsonl")
-    console.print(
+    run.console.print(  # the main process's console; the others' are quiet
         f"data: {data_line}, {len(run.tasks or [])} test tasks, {len(run.rejects)} rejected (→ rejects.jsonl)"
     )
     before = evaluate_before(run, resume)

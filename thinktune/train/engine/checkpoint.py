@@ -10,6 +10,10 @@ A PEFT run's checkpoint is also a loadable adapter: `adapter_config.json` + `ada
 PeftModel's own save_pretrained next to the resume state, so `PeftModel.from_pretrained(base, "checkpoints/step-N")`
 and `thinktune eval/chat/serve/export --adapter runs/x/checkpoints/step-N` work while the run goes on.
 
+A sharded run (train.distributed=fsdp) holds no process with the whole model: every process writes its shard of the
+trainable weights and optimizer state (`trainable.rank<r>.safetensors`, `optimizer.rank<r>.pt`), and `layout.json`
+records how many processes a resume needs; the PEFT adapter in it is gathered whole.
+
 A recipe with state of its own beyond weights, optimizer and RNGs (GRPO's rollouts kept for reuse, its refill prompt
 stream) gives the loop a `RecipeState`; every process writes its own part (`recipe.rank<r>.safetensors` + `.json`),
 staged beside the checkpoint and moved into it before the rename, and reads it back on resume.
@@ -55,6 +59,15 @@ def stage_recipe_state(root: Path, step: int, rank: int, state: RecipeState) -> 
         {k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(stage / f"recipe.rank{rank}.safetensors")
     )
     (stage / f"recipe.rank{rank}.json").write_text(json.dumps(values))
+
+
+def stage_shard(root: Path, step: int, rank: int, weights: dict[str, torch.Tensor], optimizer_state: dict) -> None:
+    """A sharded run: this process's shard of the trainable weights and optimizer state (sharding.shard_state),
+    staged as the recipe state is, moved into the checkpoint by the main process's save_checkpoint."""
+    stage = root / f".recipe-{PREFIX}{step}"
+    stage.mkdir(parents=True, exist_ok=True)
+    save_file(weights, str(stage / f"trainable.rank{rank}.safetensors"))
+    torch.save(optimizer_state, stage / f"optimizer.rank{rank}.pt")
 
 
 def load_recipe_state(path: Path, rank: int, state: RecipeState) -> None:
@@ -110,25 +123,33 @@ def load_rng_state(path: Path) -> None:
 def save_checkpoint(
     root: Path,
     position: TrainPosition,
-    params: list[tuple[str, torch.nn.Parameter]],
-    optimizer: torch.optim.Optimizer,
+    params: list[tuple[str, torch.nn.Parameter]] | None,
+    optimizer: torch.optim.Optimizer | None,
     scheduler,
     keep: int,
     adapter: torch.nn.Module | None = None,
+    adapter_state: dict[str, torch.Tensor] | None = None,
+    processes: int = 1,
 ) -> Path:
     """`adapter`: the (unwrapped) PeftModel being trained; save_adapter_files writes its adapter files into the
-    checkpoint, inside the same temp dir, so the rename publishes resume state and adapter together."""
+    checkpoint, inside the same temp dir, so the rename publishes resume state and adapter together.
+    `params`/`optimizer` None: a sharded run, whose processes staged their shards (`stage_shard`);
+    `adapter_state`: then the adapter's tensors, gathered whole."""
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{PREFIX}{position.step}"
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=root))
     if adapter is not None:
-        save_adapter_files(adapter, tmp)
-    save_file({n: p.detach().contiguous().cpu() for n, p in params}, str(tmp / "trainable.safetensors"))
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "state.pt")
+        save_adapter_files(adapter, tmp, adapter_state)
+    state = {"scheduler": scheduler.state_dict()}
+    if params is not None:
+        save_file({n: p.detach().contiguous().cpu() for n, p in params}, str(tmp / "trainable.safetensors"))
+        state["optimizer"] = optimizer.state_dict()
+    torch.save(state, tmp / "state.pt")
     save_rng_state(tmp)
     (tmp / "position.json").write_text(json.dumps(asdict(position)))
+    (tmp / "layout.json").write_text(json.dumps({"processes": processes, "sharded": params is None}))
     stage = root / f".recipe-{PREFIX}{position.step}"
-    if stage.is_dir():  # the recipe state every process staged
+    if stage.is_dir():  # the recipe state (and shards) every process staged
         for f in stage.iterdir():
             f.rename(tmp / f.name)
         stage.rmdir()
@@ -162,14 +183,15 @@ def load_best(root: Path) -> tuple[int, float, dict[str, torch.Tensor]] | None:
     return int(best["step"]), float(best["value"]), load_file(str(path / "trainable.safetensors"))
 
 
-def save_adapter_files(model: torch.nn.Module, out: Path) -> None:
+def save_adapter_files(model: torch.nn.Module, out: Path, state_dict: dict[str, torch.Tensor] | None = None) -> None:
     """adapter_config.json + adapter_model.safetensors of the PeftModel in `out`, saved as the run's final adapter
-    is (save_lora: PEFT's save_pretrained; a PiSSA init converted to a plain LoRA on the original base)."""
+    is (save_lora: PEFT's save_pretrained; a PiSSA init converted to a plain LoRA on the original base);
+    `state_dict`: the model's tensors when the model itself holds only shards."""
     from thinktune.methods.lora import save_lora
 
     others = set(getattr(model, "peft_config", {})) - {model.active_adapter}  # GRPO's frozen reference copy
     with tempfile.TemporaryDirectory(dir=out) as scratch:
-        for f in save_lora(model, None, Path(scratch)).iterdir():
+        for f in save_lora(model, None, Path(scratch), state_dict).iterdir():
             if f.name not in others:  # PEFT writes other adapters to subfolders; the trained one is the checkpoint's
                 f.rename(out / f.name)
 
@@ -194,23 +216,51 @@ def resolve_resume(resume: str | None, root: Path) -> Path | None:
     return path
 
 
+def check_layout(path: Path, processes: int, shard: int | None) -> None:
+    """A sharded checkpoint resumes with as many processes, sharded; a whole one with any number, unsharded."""
+    layout = json.loads((path / "layout.json").read_text()) if (path / "layout.json").is_file() else {}
+    saved_sharded, saved = layout.get("sharded", False), layout.get("processes", 1)
+    if saved_sharded and (shard is None or saved != processes):
+        raise UserError(
+            f"{path}: sharded by {saved} processes (train.distributed=fsdp); resume with --num-processes {saved} "
+            "and train.distributed=fsdp"
+        )
+    if shard is not None and not saved_sharded:
+        raise UserError(f"{path}: saved unsharded; resume it without train.distributed=fsdp")
+
+
+def _load_state(path: Path) -> dict:
+    try:
+        return torch.load(path, weights_only=True)
+    except pickle.UnpicklingError as e:  # a file that holds more than state dicts: refuse, do not run it
+        raise UserError(f"{path}: not a plain optimizer/scheduler state ({str(e).splitlines()[0]})") from None
+
+
 def load_checkpoint(
-    path: Path, params: list[tuple[str, torch.nn.Parameter]], optimizer: torch.optim.Optimizer, scheduler
+    path: Path,
+    params: list[tuple[str, torch.nn.Parameter]],
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    processes: int = 1,
+    shard: int | None = None,
 ) -> TrainPosition:
-    tensors = load_file(str(path / "trainable.safetensors"))
+    """`shard`: this process's index in a sharded run (its shard is what it loads), None when unsharded."""
+    check_layout(path, processes, shard)
+    name = "trainable.safetensors" if shard is None else f"trainable.rank{shard}.safetensors"
+    tensors = load_file(str(path / name))
     missing = [n for n, _ in params if n not in tensors]
     if missing:
         raise UserError(f"{path}: checkpoint does not match this model/method (missing {missing[0]})")
-    with torch.no_grad():
-        for n, p in params:
-            p.copy_(tensors[n].to(p.device, p.dtype))
-    try:
-        state = torch.load(path / "state.pt", weights_only=True)
-    except pickle.UnpicklingError as e:  # a file that holds more than state dicts: refuse, do not run it
-        raise UserError(
-            f"{path / 'state.pt'}: not a plain optimizer/scheduler state ({str(e).splitlines()[0]})"
-        ) from None
-    optimizer.load_state_dict(state["optimizer"])
+    state = _load_state(path / "state.pt")
+    if shard is None:
+        with torch.no_grad():
+            for n, p in params:
+                p.copy_(tensors[n].to(p.device, p.dtype))
+        optimizer.load_state_dict(state["optimizer"])
+    else:
+        from thinktune.train.engine.sharding import load_shard_state
+
+        load_shard_state(params, optimizer, tensors, _load_state(path / f"optimizer.rank{shard}.pt"))
     scheduler.load_state_dict(state["scheduler"])
     if not (path / "rng.json").is_file():
         raise UserError(f"{path}: checkpoint from an older thinktune (no rng.json); start the run again")

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.distributed.tensor import DTensor
 from torch.utils.checkpoint import checkpoint
 
 from thinktune.data.render import IGNORE
@@ -221,6 +222,12 @@ def hidden_and_head(model: nn.Module) -> HiddenAndHead | None:
     decoder = lm.get_decoder() if hasattr(lm, "get_decoder") else getattr(lm, "model", None)
     if decoder is None or decoder is lm:
         return None
+    weight = getattr(head, "weight", None)
+    if isinstance(weight, DTensor) and weight.requires_grad:
+        raise ConfigError(
+            "train.loss_chunk_size: the LM head trains and is sharded (train.distributed=fsdp), which the chunked "
+            "head does not support; unset loss_chunk_size for this run"
+        )
     config = getattr(lm, "config", None)
     if any(getattr(config, k, None) not in (None, 1, 1.0) for k in LOGIT_TRANSFORMS):
         raise ConfigError(

@@ -3,8 +3,8 @@
 A recipe supplies `make_batch(indices) -> batch` and its objective: `loss_fn(model, batch) -> (loss, parts)`, a
 mean over the batch's `units` (trained tokens by default; sequences or pairs), and optionally a `penalty` on the
 parameters. The loop owns exact normalisation over micro-batches and processes, gradient accumulation, clipping,
-NaN/spike guards, checkpoint/resume, metrics and early stopping. Devices, mixed precision and DDP gradient averaging
-are Accelerate's.
+NaN/spike guards, checkpoint/resume, metrics and early stopping. Devices, mixed precision, DDP gradient averaging and
+FSDP2 sharding (sharding.py) are Accelerate's.
 """
 
 from __future__ import annotations
@@ -35,10 +35,12 @@ from thinktune.train.engine.checkpoint import (
     save_best,
     save_checkpoint,
     stage_recipe_state,
+    stage_shard,
 )
 from thinktune.train.engine.guards import Plateau, SpikeDetector, is_finite
 from thinktune.train.engine.loggers import MetricsLog, read_metrics
 from thinktune.train.engine.sampler import epoch_batches
+from thinktune.train.engine.sharding import local_or_full, shard_state, sharded
 
 Batch = dict[str, torch.Tensor]
 LossFn = Callable[[torch.nn.Module, Batch], tuple[torch.Tensor, dict[str, float]]]
@@ -101,7 +103,7 @@ class TrainLoop:
         pos = TrainPosition()
         resumed = resolve_resume(resume, self.checkpoint_root)
         if resumed is not None:
-            pos = load_checkpoint(resumed, self.params, self.optimizer, self.scheduler)
+            pos = load_checkpoint(resumed, self.params, self.optimizer, self.scheduler, *self._layout)
             if self.state is not None:
                 load_recipe_state(resumed, acc.process_index, self.state)
             self._truncate_metrics(pos.step)
@@ -246,10 +248,10 @@ class TrainLoop:
         cfg, acc = self.cfg, self.accelerator
         params = [p for _, p in self.params]
         if cfg.max_grad_norm:
-            grad_norm = float(acc.clip_grad_norm_(params, cfg.max_grad_norm))
+            grad_norm = float(local_or_full(acc.clip_grad_norm_(params, cfg.max_grad_norm)))
         else:
-            grads = [p.grad.detach().norm() for p in params if p.grad is not None]
-            grad_norm = float(torch.stack(grads).norm()) if grads else 0.0
+            grads = [p.grad.detach() for p in params if p.grad is not None]
+            grad_norm = float(local_or_full(torch.nn.utils.get_total_norm(grads))) if grads else 0.0
         self._last_grad_norm = grad_norm
         loss_t = acc.reduce(torch.tensor(step_loss, device=acc.device), reduction="mean")
         if not is_finite(float(loss_t), grad_norm):
@@ -316,25 +318,40 @@ class TrainLoop:
         if self.state is not None:
             stage_recipe_state(self.checkpoint_root, pos.step, self.accelerator.process_index, self.state)
             self.accelerator.wait_for_everyone()
-        if self.accelerator.is_main_process:
-            model = self.accelerator.unwrap_model(self.model)
+        acc = self.accelerator
+        model = acc.unwrap_model(self.model)
+        adapter = model if hasattr(model, "peft_config") else None  # the checkpoint is a PEFT adapter too
+        shards, adapter_state = sharded(acc), None
+        if shards:  # every process stages its shard; the adapter's tensors are gathered whole on the main process
+            stage_shard(self.checkpoint_root, pos.step, acc.process_index, *shard_state(self.params, self.optimizer))
+            adapter_state = acc.get_state_dict(self.model) if adapter is not None else None
+            acc.wait_for_everyone()
+        if acc.is_main_process:
             save_checkpoint(
                 self.checkpoint_root,
                 pos,
-                self.params,
-                self.optimizer,
+                None if shards else self.params,
+                None if shards else self.optimizer,
                 self.scheduler,
                 self.cfg.save_total_limit,
-                adapter=model if hasattr(model, "peft_config") else None,  # the checkpoint is a PEFT adapter too
+                adapter=adapter,
+                adapter_state=adapter_state,
+                processes=acc.num_processes,
             )
-        self.accelerator.wait_for_everyone()
+        acc.wait_for_everyone()
+
+    @property
+    def _layout(self) -> tuple[int, int | None]:
+        """(processes, this process's shard: None when every process holds the whole model)."""
+        acc = self.accelerator
+        return acc.num_processes, acc.process_index if sharded(acc) else None
 
     def _latest_checkpoint(self) -> Path | None:
         return resolve_resume("auto", self.checkpoint_root)
 
     def _rollback(self, pos: TrainPosition, result: LoopResult) -> None:
         latest = self._latest_checkpoint()
-        restored = load_checkpoint(latest, self.params, self.optimizer, self.scheduler)
+        restored = load_checkpoint(latest, self.params, self.optimizer, self.scheduler, *self._layout)
         if self.state is not None:
             load_recipe_state(latest, self.accelerator.process_index, self.state)
         restored.bad_steps = pos.bad_steps

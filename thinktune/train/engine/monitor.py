@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from thinktune.train.engine.loggers import read_metrics
+from thinktune.train.engine.sharding import local_or_full
 
 LAYER = re.compile(r"layers\.(\d+)\.(?:[a-z_]+\.)*?([a-z_]+_proj|experts|gate|shared_experts|[a-z_]*norm)")
 
@@ -25,7 +26,7 @@ def grad_norms(params: list[tuple[str, torch.nn.Parameter]]) -> dict[str, float]
     for name, p in params:
         if p.grad is not None:
             key = module_key(name)
-            sq[key] = sq.get(key, 0.0) + float(p.grad.detach().float().pow(2).sum())
+            sq[key] = sq.get(key, 0.0) + float(local_or_full(p.grad.detach().float().pow(2).sum()))
     return {k: v**0.5 for k, v in sq.items()}
 
 
@@ -37,7 +38,7 @@ def update_norms(before: dict[str, torch.Tensor], params: list[tuple[str, torch.
     sq: dict[str, float] = {}
     for name, p in params:
         key = module_key(name)
-        sq[key] = sq.get(key, 0.0) + float((p.detach() - before[name]).float().pow(2).sum())
+        sq[key] = sq.get(key, 0.0) + float(local_or_full((p.detach() - before[name]).float().pow(2).sum()))
     return {k: v**0.5 for k, v in sq.items()}
 
 
