@@ -1,18 +1,35 @@
-"""Throughput of `thinktune serve` (dynamic batching) vs a server that answers one request at a time with plain
-Hugging Face `generate()` — same model, same prompts, greedy, both over HTTP on 127.0.0.1.
+"""Throughput of `thinktune serve` (dynamic batching) against the servers users would otherwise pick — a server that
+answers one request at a time with plain Hugging Face `generate()`, and `transformers serve --continuous-batching` —
+same model, same prompts, greedy, all over HTTP on 127.0.0.1.
 
-    python bench/serve_throughput.py                                  # bundled SmolLM2-135M-Instruct
+    python bench/serve_throughput.py                                  # bundled SmolLM2-135M-Instruct, all servers
     python bench/serve_throughput.py MODEL_DIR --clients 16 --requests 48 --max-tokens 32
+    python bench/serve_throughput.py --peers thinktune,transformers   # a subset
 
-Prints a table: requests/s, generated tokens/s, latency p50/p99, and the speed-up.
+`thinktune` and `naive` run in this process; `transformers serve` runs as a subprocess (offline, on the same device,
+dtype and torch thread count) pinned to the model directory. Its paged KV cache is sized to the load — every client's
+longest prompt plus `max_tokens` — because by default it claims 60 % of free RAM on a CPU. It needs
+`pip install 'transformers[serving]'`; without it that server is skipped.
+
+Prints a table: requests/s, generated tokens/s (each server's `usage.completion_tokens`), latency p50/p99, thinktune
+serve's ratio against each other server, and whether every completion is non-empty and matches the others' text.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import math
+import os
+import socket
 import statistics
+import subprocess
+import sys
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import httpx
@@ -27,7 +44,10 @@ from thinktune.serve.app import create_app
 from thinktune.serve.server import BackgroundServer
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
+PEERS = ("naive", "thinktune", "transformers")
 SUBJECTS = ["apples", "books", "coins", "marbles", "pencils", "stickers", "cookies", "stamps"]
+SERVING_PACKAGES = ("fastapi", "uvicorn", "pydantic", "openai")  # what transformers' is_serve_available() checks
+CB_PAGE_TOKENS = 256  # ContinuousBatchingConfig.page_size: a cache block holds this many tokens per layer
 
 
 def prompts(n: int) -> list[str]:
@@ -38,7 +58,7 @@ def prompts(n: int) -> list[str]:
     ]
 
 
-def baseline_app(served: ServedModel) -> FastAPI:
+def naive_app(served: ServedModel) -> FastAPI:
     """The simplest correct server: a lock around model.generate(), one request at a time."""
     model, tokenizer = served.model, served.tokenizer
     stops, lock = stop_token_ids(tokenizer, model), threading.Lock()
@@ -70,6 +90,66 @@ def baseline_app(served: ServedModel) -> FastAPI:
     return app
 
 
+def missing_serving_packages() -> list[str]:
+    return [name for name in SERVING_PACKAGES if importlib.util.find_spec(name) is None]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def transformers_serve(served: ServedModel, path: str, cb_flags: list[str], timeout: float = 600) -> Iterator[str]:
+    """`transformers serve` in a subprocess, pinned to `path` (requests must name it), offline; yields its URL once
+    it lists its model, which it loads before it listens."""
+    port = free_port()
+    dtype = str(served.model.dtype).removeprefix("torch.")
+    command = [sys.executable, "-m", "transformers.cli.transformers", "serve", path, "--continuous-batching", *cb_flags]
+    command += ["--device", str(served.model.device), "--dtype", dtype, "--host", "127.0.0.1", "--port", str(port)]
+    env = os.environ | {
+        "HF_HUB_OFFLINE": "1",
+        "HF_HUB_DISABLE_UPDATE_CHECK": "1",  # the CLI asks PyPI for a newer transformers otherwise
+        "OMP_NUM_THREADS": str(torch.get_num_threads()),  # as many torch threads as the in-process servers
+    }
+    log = tempfile.NamedTemporaryFile("w+", prefix="transformers-serve-", suffix=".log", delete=False)
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"transformers serve exited with {process.returncode}; see {log.name}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"transformers serve did not answer within {timeout:.0f} s; see {log.name}")
+            try:
+                if httpx.get(url + "/v1/models", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.5)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+
+
+def cb_cache_flags(served: ServedModel, questions: list[str], clients: int, max_tokens: int) -> list[str]:
+    """A paged KV cache for `clients` requests at once, each as long as the longest prompt plus `max_tokens`."""
+    tokenizer = served.tokenizer
+    chats = [[{"role": "user", "content": q}] for q in questions]
+    texts = [tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True) for chat in chats]
+    longest = max(len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"])
+    blocks = clients * math.ceil((longest + max_tokens) / CB_PAGE_TOKENS)
+    return ["--cb-num-blocks", str(blocks), "--cb-max-batch-tokens", str(max(CB_PAGE_TOKENS, clients * longest))]
+
+
 @dataclass
 class Result:
     name: str
@@ -77,6 +157,7 @@ class Result:
     seconds: float
     tokens: int
     latencies: list[float]
+    answers: dict[str, tuple[str, int]]  # question -> (completion text, completion_tokens)
 
     @property
     def row(self) -> list[str]:
@@ -95,7 +176,7 @@ class Result:
 def drive(name: str, url: str, model: str, questions: list[str], clients: int, max_tokens: int) -> Result:
     """`clients` threads take the questions one by one from a shared list until it is empty."""
     work, lock, ready = list(reversed(questions)), threading.Lock(), threading.Barrier(clients + 1)
-    latencies, tokens = [], [0]
+    latencies, tokens, answers = [], [0], {}
 
     def client() -> None:
         with httpx.Client(base_url=url, timeout=600) as http:
@@ -108,13 +189,17 @@ def drive(name: str, url: str, model: str, questions: list[str], clients: int, m
                 body = {"model": model, "messages": [{"role": "user", "content": question}]}
                 start = time.perf_counter()
                 r = http.post("/v1/chat/completions", json=body | {"max_tokens": max_tokens, "temperature": 0})
+                elapsed = time.perf_counter() - start
                 r.raise_for_status()
+                reply = r.json()
+                text, n = reply["choices"][0]["message"]["content"] or "", reply["usage"]["completion_tokens"]
                 with lock:
-                    latencies.append(time.perf_counter() - start)
-                    tokens[0] += r.json()["usage"]["completion_tokens"]
+                    latencies.append(elapsed)
+                    tokens[0] += n
+                    answers[question] = (text, n)
 
     warm_up = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "temperature": 0}
-    httpx.post(url + "/v1/chat/completions", json=warm_up, timeout=600)
+    httpx.post(url + "/v1/chat/completions", json=warm_up, timeout=600).raise_for_status()
     threads = [threading.Thread(target=client) for _ in range(clients)]
     for t in threads:
         t.start()
@@ -122,7 +207,7 @@ def drive(name: str, url: str, model: str, questions: list[str], clients: int, m
     start = time.perf_counter()
     for t in threads:
         t.join()
-    return Result(name, len(latencies), time.perf_counter() - start, tokens[0], latencies)
+    return Result(name, len(latencies), time.perf_counter() - start, tokens[0], latencies, answers)
 
 
 def batch_sizes(metrics: str) -> tuple[float, float]:
@@ -131,17 +216,35 @@ def batch_sizes(metrics: str) -> tuple[float, float]:
     return value["thinktune_batch_size_count"], value["thinktune_batch_size_sum"]
 
 
-def print_table(results: list[Result]) -> None:
+def print_table(results: dict[str, Result]) -> None:
     header = ["server", "requests", "wall s", "req/s", "tokens/s", "p50 s", "p99 s"]
-    rows = [header] + [r.row for r in results]
+    rows = [header] + [r.row for r in results.values()]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     for row in rows:
         print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))))
-    base, ours = results
-    print(
-        f"speed-up: {ours.requests / ours.seconds / (base.requests / base.seconds):.1f}x requests/s, "
-        f"{ours.tokens / ours.seconds / (base.tokens / base.seconds):.1f}x tokens/s"
-    )
+    if (ours := results.get("thinktune")) is None:
+        return
+    for peer, other in results.items():
+        if peer != "thinktune":
+            print(
+                f"thinktune serve vs {peer}: {ours.requests / ours.seconds / (other.requests / other.seconds):.2f}x "
+                f"requests/s, {ours.tokens / ours.seconds / (other.tokens / other.seconds):.2f}x tokens/s"
+            )
+
+
+def print_sanity(results: dict[str, Result]) -> None:
+    """Greedy decoding of one model: every server should give the same, non-empty text for a prompt, and count the
+    same tokens for the same text."""
+    empty = {peer: sum(not text.strip() for text, _ in r.answers.values()) for peer, r in results.items()}
+    print("empty completions: " + ", ".join(f"{peer} {n}/{results[peer].requests}" for peer, n in empty.items()))
+    (first, reference), *others = results.items()
+    for peer, r in others:
+        same = [q for q, answer in r.answers.items() if answer[0] == reference.answers[q][0]]
+        miscounted = sum(r.answers[q][1] != reference.answers[q][1] for q in same)
+        print(
+            f"{peer} vs {first}: same text for {len(same)}/{len(r.answers)} prompts"
+            + (f", but {miscounted} of them with a different completion_tokens" if miscounted else "")
+        )
 
 
 def main() -> None:
@@ -152,9 +255,18 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--max-batch-size", type=int, default=16)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--peers", default=",".join(PEERS), help=f"servers to run, comma-separated: {','.join(PEERS)}")
     args = parser.parse_args()
+    peers = [p.strip() for p in args.peers.split(",") if p.strip()]
+    if not peers or set(peers) - set(PEERS):
+        parser.error(f"--peers: choose from {', '.join(PEERS)}")
     if args.threads:
         torch.set_num_threads(args.threads)
+    if "transformers" in peers and (missing := missing_serving_packages()):
+        print(f"skipping transformers serve: {', '.join(missing)} missing; pip install 'transformers[serving]'")
+        peers.remove("transformers")
+    if not peers:
+        return
 
     path = args.model or str(resolve_model(DEFAULT_MODEL).path)
     served = load_served_model(ModelConfig(name_or_path=path), {}, base_name="bench")
@@ -164,16 +276,31 @@ def main() -> None:
         f"greedy | torch threads {torch.get_num_threads()}"
     )
 
-    with BackgroundServer(baseline_app(served)) as server:
-        baseline = drive("baseline: HF generate, 1 at a time", server.url, "bench", questions, args.clients,
-                         args.max_tokens)  # fmt: skip
-    cfg = ServeConfig(max_batch_size=args.max_batch_size, max_queue=max(64, args.requests), request_timeout=600)
-    with BackgroundServer(create_app(served, cfg), request_timeout=cfg.request_timeout) as server:
-        ours = drive(f"thinktune serve (batch <= {args.max_batch_size})", server.url, "bench", questions,
-                     args.clients, args.max_tokens)  # fmt: skip
-        batches = batch_sizes(httpx.get(server.url + "/metrics").text)
-    print_table([baseline, ours])
-    print(f"thinktune serve ran {batches[0]:.0f} batches, {batches[1] / batches[0]:.1f} requests each on average")
+    results: dict[str, Result] = {}
+    batches = None
+    for peer in PEERS:
+        if peer not in peers:
+            continue
+        if peer == "naive":
+            with BackgroundServer(naive_app(served)) as server:
+                results[peer] = drive("naive: HF generate, 1 at a time", server.url, "bench", questions,
+                                      args.clients, args.max_tokens)  # fmt: skip
+        elif peer == "thinktune":
+            cfg = ServeConfig(max_batch_size=args.max_batch_size, max_queue=max(64, args.requests), request_timeout=600)
+            with BackgroundServer(create_app(served, cfg), request_timeout=cfg.request_timeout) as server:
+                results[peer] = drive(f"thinktune serve (batch <= {args.max_batch_size})", server.url, "bench",
+                                      questions, args.clients, args.max_tokens)  # fmt: skip
+                batches = batch_sizes(httpx.get(server.url + "/metrics").text)
+        else:
+            flags = cb_cache_flags(served, questions, args.clients, args.max_tokens)
+            print(f"transformers serve --continuous-batching {' '.join(flags)}")
+            with transformers_serve(served, path, flags) as url:
+                results[peer] = drive("transformers serve --continuous-batching", url, path, questions,
+                                      args.clients, args.max_tokens)  # fmt: skip
+    print_table(results)
+    if batches is not None:
+        print(f"thinktune serve ran {batches[0]:.0f} batches, {batches[1] / batches[0]:.1f} requests each on average")
+    print_sanity(results)
 
 
 if __name__ == "__main__":

@@ -322,6 +322,14 @@ class GRPOConfig(Section):
     num_generations: int = Field(4, ge=2, description="G: completions sampled per prompt (one group).")
     max_completion_length: int = Field(128, gt=0, description="Generation budget per completion (tokens).")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature (also applied to the log-probs).")
+    rollout_backend: Literal["hf", "vllm"] = Field(
+        "hf",
+        description="What samples the completions: `hf` (model.generate; exact resume) or `vllm` (a vLLM engine in "
+        "each training process, sharing its GPU, the policy's weights synced before each sampling; CUDA only).",
+    )
+    vllm_gpu_memory_utilization: float = Field(
+        0.3, gt=0, lt=1, description="rollout_backend=vllm: share of the GPU's memory the vLLM engine takes."
+    )
     rewards: list[str] = Field(
         default_factory=lambda: ["accuracy", "format"],
         description="Reward functions: accuracy, format, arithmetic, length_penalty, or `pkg.module:function`.",

@@ -745,3 +745,83 @@ def test_process_supervised_run_logs_the_step_reward(llama, tmp_path):
     for r in rows:
         assert 0 <= r["step_reward/char_steps"] <= 1 and math.isfinite(r["loss"])
     assert (out / "plots" / "reward.png").read_bytes()[:4] == b"\x89PNG"  # reward and step-reward curves
+
+
+# ---- rollout_backend=vllm: what runs without a GPU ----
+
+
+class TokenListEngine:
+    """Samples with model.generate but hands back token-id lists, as vLLM's engine does: the backend-neutral part of
+    sample_completions (rows → padded batch) must give the batch the generate path gives."""
+
+    def sample(self, model, prompt_ids, num_generations, max_new_tokens, temperature, stops):
+        pad = model.config.pad_token_id
+        width = max(len(r) for r in prompt_ids)
+        ids = torch.tensor([[pad] * (width - len(r)) + r for r in prompt_ids]).repeat_interleave(num_generations, 0)
+        mask = (torch.arange(width)[None, :] >= torch.tensor([width - len(r) for r in prompt_ids])[:, None]).long()
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=mask.repeat_interleave(num_generations, 0),
+            do_sample=True,
+            temperature=temperature,
+            top_p=None,
+            top_k=None,
+            max_new_tokens=max_new_tokens,
+            eos_token_id=stops,
+            pad_token_id=pad,
+        )
+        rows = []
+        for row in out[:, width:].tolist():
+            n = next((i + 1 for i, t in enumerate(row) if t in stops), len(row))
+            rows.append(row[:n])
+        return rows
+
+
+def test_token_list_rollouts_build_the_generate_batch(rollout, tiny_tokenizer):
+    model, expected, completions = rollout
+    prompts = [
+        render_prompt(tiny_tokenizer, [{"role": "user", "content": q, "reasoning": None}], None)
+        for q in ("What is 3 + 4?", "Tom has 5 apples. He buys 3 more apples. How many apples does Tom have now?")
+    ]
+    torch.manual_seed(0)
+    batch, got = sample_completions(model, tiny_tokenizer, prompts, 3, 10, 1.0, engine=TokenListEngine())
+    assert batch.keys() == expected.keys()
+    assert all(torch.equal(batch[k], expected[k]) for k in batch)
+    assert got == completions
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3_moe"])
+def test_weights_for_vllm_carry_the_checkpoint_names_with_the_adapter_merged(tiny_model_dirs, arch):
+    from thinktune.train.vllm_rollout import checkpoint_named
+
+    path = tiny_model_dirs[arch]
+    saved = load_file(path / "model.safetensors")
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(path),
+        LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False, task_type="CAUSAL_LM"),
+    )
+    model.merge_adapter()
+    weights = {k: v.clone() for k, v in checkpoint_named(model).items()}  # views: unmerging writes through them
+    merged_q = model.get_base_model().model.layers[0].self_attn.q_proj.base_layer.weight.clone()
+    model.unmerge_adapter()
+    # the names vLLM's load_weights reads: the checkpoint's own (fused MoE experts split per expert again)
+    assert set(saved) <= set(weights) and set(weights) - set(saved) <= {"lm_head.weight"}
+    q = "model.layers.0.self_attn.q_proj.weight"
+    assert torch.equal(weights[q], merged_q) and not torch.equal(weights[q], saved[q])
+    assert all(torch.equal(weights[k], saved[k]) for k in saved if "q_proj" not in k and "v_proj" not in k)
+
+
+def test_vllm_rollouts_without_cuda_or_vllm_stop_in_one_line(llama, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "thinktune", "grpo", "--set", f"model.name_or_path={llama}",
+         "--set", "grpo.rollout_backend=vllm", "-o", str(tmp_path / "run")],
+        capture_output=True, text=True, cwd=Path(__file__).parents[2], timeout=300,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "grpo.rollout_backend=vllm needs" in lines[0], proc.stderr
+    assert not (tmp_path / "run" / "config.yaml").exists()  # stopped before the run started

@@ -30,6 +30,7 @@ from thinktune.train.policy import load_policy, reference_for
 from thinktune.train.rewards import resolve_reward, resolve_step_reward, reward_name
 from thinktune.train.rollout import PromptPool, RolloutReuse, RolloutState, rollout_batch, task_prompt
 from thinktune.train.run import Run, balanced_weights, execute, optimizer_steps, prepare_training, train_loop
+from thinktune.train.vllm_rollout import VLLMRollouts, check_vllm_rollouts
 
 __all__ = ["GRPOConfig", "RL", "run_grpo"]
 
@@ -120,6 +121,7 @@ class RL:
         from thinktune.train.settings import check_settings
 
         check_settings(cfg, "grpo", self.data_files)  # SFT-only settings: one line before anything loads
+        check_vllm_rollouts(cfg)  # rollout_backend=vllm without vllm or CUDA: one line
         self.fns = [resolve_reward(r) for r in cfg.grpo.rewards]
         self.step_fn = resolve_step_reward(cfg.grpo.process_reward) if cfg.grpo.process_reward else None
         files = self.data_files or list(cfg.data.train)
@@ -145,6 +147,7 @@ class RL:
         opt = prepare_training(run, len(tasks))
         if reference is not None:
             reference.to(acc.device)
+        engine = VLLMRollouts(run, g) if g.rollout_backend == "vllm" else None
         reuse = RolloutReuse(g.num_iterations, run.cfg.train.gradient_accumulation_steps)
         pool, order = None, None
         if g.dynamic_sampling:
@@ -154,7 +157,7 @@ class RL:
 
         def make_batch(idx: list[int]):
             return reuse.next(
-                lambda: rollout_batch(run, [tasks[i] for i in idx], g, self.fns, reference, pool, self.step_fn)
+                lambda: rollout_batch(run, [tasks[i] for i in idx], g, self.fns, reference, pool, self.step_fn, engine)
             )
 
         # A resume restores weights, optimizer, schedule, RNGs and data position, and with μ > 1 or dynamic sampling

@@ -13,6 +13,9 @@ the whole prompt set (`PromptPool`), are sampled until the micro-batch again hol
 groups (or `grpo.max_resample_rounds` extra rounds are spent). Reward curves are logged over every sampled group,
 kept or not, so they stay comparable with runs without it.
 
+`grpo.rollout_backend: vllm` samples with a colocated vLLM engine instead of `model.generate` (vllm_rollout.py);
+the batch is built from its token ids the same way.
+
 Both the kept rollouts and the prompt stream are part of a checkpoint (`RolloutState`), so a resumed run continues
 exactly as the uninterrupted one would.
 """
@@ -22,6 +25,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -35,6 +39,9 @@ from thinktune.train.policy import ReferencePolicy
 from thinktune.train.rewards import Completion, score
 from thinktune.train.run import Run
 
+if TYPE_CHECKING:
+    from thinktune.train.vllm_rollout import VLLMRollouts
+
 
 def positions(attention: torch.Tensor) -> torch.Tensor:
     """Position ids that skip the left padding, as generate() computes them."""
@@ -43,27 +50,42 @@ def positions(attention: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def sample_completions(
-    model, tokenizer, prompts: list[str], num_generations: int, max_new_tokens: int, temperature: float
+    model,
+    tokenizer,
+    prompts: list[str],
+    num_generations: int,
+    max_new_tokens: int,
+    temperature: float,
+    engine: VLLMRollouts | None = None,
 ) -> tuple[dict[str, torch.Tensor], list[Completion]]:
-    """G samples per prompt. The batch is [left-padded prompt | completion]: labels on the completion tokens up to
-    and including the first end-of-turn token, position ids that skip the left padding (as in generate())."""
+    """G samples per prompt, from `model.generate` or the vLLM `engine`. The batch is [left-padded prompt |
+    completion]: labels on the completion tokens up to and including the first end-of-turn token, position ids that
+    skip the left padding (as in generate())."""
     tokenizer.padding_side = "left"
     enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
     prompt_ids = enc["input_ids"].repeat_interleave(num_generations, 0)
     prompt_mask = enc["attention_mask"].repeat_interleave(num_generations, 0)
     stops = stop_token_ids(tokenizer, model)
-    out = model.generate(
-        input_ids=prompt_ids,
-        attention_mask=prompt_mask,
-        do_sample=True,
-        temperature=temperature,
-        top_p=None,
-        top_k=None,  # sample from the policy itself, not a truncated version of it
-        max_new_tokens=max_new_tokens,
-        eos_token_id=stops,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    completion = out[:, prompt_ids.shape[1] :]
+    if engine is not None:
+        rows = [ids[mask.bool()].tolist() for ids, mask in zip(enc["input_ids"], enc["attention_mask"], strict=True)]
+        sampled = engine.sample(model, rows, num_generations, max_new_tokens, temperature, stops)
+        width = max(1, max(len(r) for r in sampled))
+        completion = torch.tensor(
+            [r + [tokenizer.pad_token_id] * (width - len(r)) for r in sampled], device=prompt_ids.device
+        )
+    else:
+        out = model.generate(
+            input_ids=prompt_ids,
+            attention_mask=prompt_mask,
+            do_sample=True,
+            temperature=temperature,
+            top_p=None,
+            top_k=None,  # sample from the policy itself, not a truncated version of it
+            max_new_tokens=max_new_tokens,
+            eos_token_id=stops,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        completion = out[:, prompt_ids.shape[1] :]
     width = completion.shape[1]
     is_stop = torch.isin(completion, torch.tensor(stops, device=completion.device))
     stopped = is_stop.any(dim=1)
@@ -137,7 +159,12 @@ def token_char_starts(tokenizer, ids: torch.Tensor, lengths: torch.Tensor) -> li
 
 
 def sample_groups(
-    run: Run, tasks: list[dict], g: GRPOConfig, fns: list, step_fn: Callable | None = None
+    run: Run,
+    tasks: list[dict],
+    g: GRPOConfig,
+    fns: list,
+    step_fn: Callable | None = None,
+    engine: VLLMRollouts | None = None,
 ) -> dict[str, torch.Tensor]:
     """G scored completions for each task, with group-relative advantages (on the CPU); with a step reward also
     per-token advantages (`token_advantages`: the completion's advantage plus its process advantages)."""
@@ -146,7 +173,7 @@ def sample_groups(
     was_training = model.training
     model.eval()
     batch, completions = sample_completions(
-        model, run.tokenizer, prompts, g.num_generations, g.max_completion_length, g.temperature
+        model, run.tokenizer, prompts, g.num_generations, g.max_completion_length, g.temperature, engine
     )
     model.train(was_training)
     per_completion = [t for t in tasks for _ in range(g.num_generations)]
@@ -270,11 +297,12 @@ def rollout_batch(
     reference: ReferencePolicy | None,
     pool: Callable[[int], list[dict]] | None = None,
     step_fn: Callable | None = None,
+    engine: VLLMRollouts | None = None,
 ):
     """Sample, score, and attach advantages (+ reference and π_old log-probs) for one micro-batch of prompts. With a
     `pool` (dynamic sampling), groups without reward variance are dropped and refilled from it."""
     t0 = time.perf_counter()
-    batch = sample_groups(run, tasks, g, fns, step_fn)
+    batch = sample_groups(run, tasks, g, fns, step_fn, engine)
     sampled = [batch]
     if pool is not None:
         want, kept, rounds = len(tasks), [], 0
@@ -286,7 +314,7 @@ def rollout_batch(
             if have >= want or rounds >= g.max_resample_rounds:
                 break
             rounds += 1
-            batch = sample_groups(run, pool(want - have), g, fns, step_fn)
+            batch = sample_groups(run, pool(want - have), g, fns, step_fn, engine)
             sampled.append(batch)
         # nothing informative at all: train on the first sample (zero advantage, only the KL term acts)
         batch = merge_rollouts(kept, run.tokenizer.pad_token_id) if kept else sampled[0]
