@@ -8,8 +8,9 @@ and each of thinktune's speed levers on its own. Same model, same LoRA, same dat
 Every variant trains in its own subprocess (so peak RSS is per run) on length-skewed synthetic chat data
 (log-normal lengths clipped to [--min-length, --max-length] tokens, rendered with the model's chat template, loss on
 assistant tokens only). Per variant: effective tokens/s (non-pad tokens / training seconds), peak memory (RSS from
-getrusage in the child, or CUDA max allocated), model FLOP/s as a fraction of a large fp32 matmul timed in the same
-child (formula in `model_flops`), final training loss and held-out loss after training.
+getrusage in the child, or CUDA max allocated), model FLOP/s as a fraction of a large matmul timed in the same child
+(fp32 on a CPU; bf16 on a GPU, where both paths train in bf16 autocast; formula in `model_flops`), final training
+loss and held-out loss after training.
 Writes bench/results/train_throughput.json and .png (or --out).
 """
 
@@ -59,6 +60,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "thinktune_fast": {"path": "thinktune", "sets": FAST},
     "thinktune_fast_compile": {"path": "thinktune", "sets": [*FAST, "train.torch_compile=true"]},
     "thinktune_fast_gc": {"path": "thinktune", "sets": [*FAST, "train.gradient_checkpointing=true"]},
+    # CUDA only (refused in one line on a CPU): FlashAttention-2 (flash-attn package), Liger's Triton kernels
+    "flash_attention": {"path": "thinktune", "sets": [*FAST, "model.attn_implementation=flash_attention_2"]},
+    "liger": {"path": "thinktune", "sets": [*FAST, "train.liger_kernels=true"]},
 }
 DEFAULT_VARIANTS = [
     "hf_trainer",
@@ -131,11 +135,15 @@ def synthetic_records(
 
 # --- measurement --------------------------------------------------------------------------------------------------
 def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
-    """FLOP/s of the best of `repeats` fp32 n×n @ n×n matmuls (2n³ FLOPs each) on this process's threads/device."""
+    """FLOP/s of the best of `repeats` n×n @ n×n matmuls (2n³ FLOPs each) on this process's threads/device: fp32 on
+    a CPU, bf16 (n = 8192) on a GPU that has it, the precision both paths train in there."""
     import torch
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    bf16 = device == "cuda" and torch.cuda.is_bf16_supported()
+    n = 8192 if bf16 else n
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     best = math.inf
     for i in range(repeats + 2):
         if device == "cuda":
@@ -272,6 +280,7 @@ def child_hf(spec: dict) -> dict:
         dataloader_num_workers=0,
         disable_tqdm=True,
         use_cpu=not torch.cuda.is_available(),
+        bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),  # as thinktune's mixed_precision=auto
     )
     dataset = [{"input_ids": s.input_ids, "attention_mask": [1] * len(s.input_ids), "labels": s.labels} for s in train]
     collator = DataCollatorForSeq2Seq(tokenizer, padding=True, pad_to_multiple_of=8, label_pad_token_id=-100)

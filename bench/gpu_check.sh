@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The GPU paths in one run, under 8 minutes on one GPU: bf16 LoRA SFT vs the HF Trainer, QLoRA, flash attention and
+# Liger, GRPO with vLLM rollouts, `thinktune serve --backend vllm` through the openai client, the memory planner
+# against torch.cuda.max_memory_allocated. Writes bench/results/gpu_check.json and prints a table.
+#   bash bench/gpu_check.sh             # a CUDA machine with thinktune installed (pip install -e '.[speed]' vllm)
+#   bash bench/gpu_check.sh --dry-run   # any CPU machine: every step's wiring on a tiny random model
+# Details of each step: bench/gpu_check.py.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY="${PYTHON:-python}"
+[ -x .venv/bin/python ] && [ -z "${PYTHON:-}" ] && PY=.venv/bin/python
+if ! "$PY" -c "import thinktune" 2>/dev/null; then
+  echo "thinktune is not importable by $PY: install it first (make install, or pip install -e .)" >&2
+  exit 2
+fi
+exec "$PY" bench/gpu_check.py "$@"
