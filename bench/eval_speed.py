@@ -1,11 +1,13 @@
 """Evaluation generation on the bundled test set, greedy, 128 new tokens — the quickstart's evaluations before and
 after training: transformers' `model.generate` at batch 50 (the LoRA adapter unmerged) against the evaluation as it
 runs now (eval/generate.py: the adapter merged after training) and against other batch sizes. Answers are compared
-one by one.
+one by one. Then the held-out loss pass of the same evaluations: the full-logits loss over length-unsorted batches
+(`full_logits_loss`, as it ran before) against `heldout_loss` (length-sorted batches, the LM head at the scored
+positions only), values compared.
 
-    python bench/eval_speed.py [--adapter runs/quickstart/adapter] [--n 100]
+    python bench/eval_speed.py [--adapter runs/quickstart/adapter] [--n 100] [--heldout-only]
 
-Prints a table (seconds, generated tokens/s, identical answers, ratio) and writes bench/results/eval_speed.json.
+Prints tables (seconds, generated tokens/s, identical answers, ratio) and writes bench/results/eval_speed.json.
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ from pathlib import Path
 import torch
 
 from thinktune.config import load_config
-from thinktune.eval.generate import GenerationStats, generate_batch, merged_for_inference
-from thinktune.eval.runner import task_prompts
+from thinktune.data.collate import pad_batch
+from thinktune.data.render import RenderOptions, tokenize_conversation
+from thinktune.eval.generate import GenerationStats, batched, generate_batch, merged_for_inference
+from thinktune.eval.runner import heldout_loss, task_prompts
 from thinktune.eval.tasks import load_tasks
 from thinktune.models import load_pretrained
 
@@ -31,6 +35,41 @@ def timed(fn, prompts: list[str], batch: int) -> tuple[list[tuple[str, int]], fl
     start = time.perf_counter()
     out = [x for i in range(0, len(prompts), batch) for x in fn(prompts[i : i + batch])]
     return out, time.perf_counter() - start
+
+
+@torch.inference_mode()
+def full_logits_loss(model, tokenizer, tasks: list[dict], system_prompt: str | None, bs: int, thinking: str) -> float:
+    """The baseline: transformers' own loss over the full logits, batches in task order."""
+    samples = [
+        tokenize_conversation(tokenizer, t["messages"], system_prompt, opts=RenderOptions(thinking=thinking))
+        for t in tasks
+    ]
+    total, count = 0.0, 0
+    for chunk in batched(samples, bs):
+        batch = pad_batch(chunk, tokenizer.pad_token_id)
+        n = int((batch["labels"][:, 1:] != -100).sum())
+        total, count = total + float(model(**batch).loss) * n, count + n
+    return total / count
+
+
+def heldout_rows(models: dict, tok, tasks: list[dict], cfg) -> list[dict]:
+    rows = []
+    args = (tok, tasks, cfg.data.system_prompt, cfg.eval.batch_size, cfg.data.thinking)
+    for label, m in models.items():
+        t = time.perf_counter()
+        old = full_logits_loss(m, *args)
+        t_old, t = time.perf_counter() - t, time.perf_counter()
+        new = heldout_loss(m, *args)
+        t_new = time.perf_counter() - t
+        rows.append({"eval": label, "old_seconds": t_old, "new_seconds": t_new, "old_loss": old, "new_loss": new})
+    print("| held-out loss | full logits, task order | scored positions, sorted | × | loss (old / new) |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['eval']} | {r['old_seconds']:.1f} s | {r['new_seconds']:.1f} s | "
+            f"{r['old_seconds'] / r['new_seconds']:.2f} | {r['old_loss']:.5f} / {r['new_loss']:.5f} |"
+        )
+    return rows
 
 
 def machine() -> str:
@@ -49,6 +88,7 @@ def main() -> None:
     ap.add_argument("--adapter", default="runs/quickstart/adapter", help="trained LoRA adapter (the 'after' rows)")
     ap.add_argument("--n", type=int, default=100)
     ap.add_argument("--max-new-tokens", type=int, default=128)
+    ap.add_argument("--heldout-only", action="store_true", help="only the held-out loss comparison")
     args = ap.parse_args()
     cfg = load_config(None)
     model, tok, _ = load_pretrained(cfg.model)
@@ -59,9 +99,12 @@ def main() -> None:
     if Path(args.adapter, "adapter_config.json").is_file():
         from peft import PeftModel
 
-        models["after (LoRA adapter)"] = PeftModel.from_pretrained(model, args.adapter).eval()
+        base, _, _ = load_pretrained(cfg.model)  # PEFT injects the adapter into the model it is given
+        models["after (LoRA adapter)"] = PeftModel.from_pretrained(base, args.adapter).eval()
+    print(f"machine: {machine()}")
+    heldout = heldout_rows(models, tok, tasks, cfg)
     rows = []
-    for label, m in models.items():
+    for label, m in ({} if args.heldout_only else models).items():
         old, t_old = timed(lambda b, m=m: generate_batch(m, tok, b, args.max_new_tokens), prompts, 50)
         stats = GenerationStats()
         with merged_for_inference(m) if "after" in label else nullcontext(m) as now:  # as run_eval does
@@ -76,7 +119,6 @@ def main() -> None:
             "old_tokens_per_second": sum(n for _, n in old) / t_old, "new_tokens_per_second": tokens / t_new,
             "identical": same, "n": len(prompts), "generated_tokens": tokens, "batch_100_seconds": t_100,
         })  # fmt: skip
-    print(f"machine: {machine()}")
     print("| eval | before (batch 50, unmerged) | now (batch 50, merged after training) | × | tok/s | identical "
           "answers | batch 100 instead |")  # fmt: skip
     print("|---|---|---|---|---|---|---|")
@@ -88,7 +130,7 @@ def main() -> None:
         )
     out = Path(__file__).parent / "results" / "eval_speed.json"
     out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"machine": machine(), "rows": rows}, indent=2))
+    out.write_text(json.dumps({"machine": machine(), "rows": rows, "heldout": heldout}, indent=2))
 
 
 if __name__ == "__main__":

@@ -49,3 +49,31 @@ def test_json_schema_is_part_of_format_compliance(tiny, tmp_path):
     assert r.format_compliance == 0.0  # random tiny model never writes valid JSON
     with pytest.raises(ConfigError, match="not found"):
         evaluate(model, tok, tasks, EvalConfig(json_schema=str(tmp_path / "nope.json"), max_new_tokens=2))
+
+
+@pytest.mark.parametrize("method", ["lora", "prompt_tuning"])
+def test_heldout_loss_scores_only_answer_positions_and_equals_the_full_logits_loss(tiny, method):
+    import torch
+
+    from thinktune.config import MethodConfig
+    from thinktune.data.collate import pad_batch
+    from thinktune.data.render import tokenize_conversation
+    from thinktune.eval.runner import heldout_loss, takes_logits_to_keep
+    from thinktune.methods import MethodContext, apply_method
+
+    base, tok = tiny
+    model = apply_method(
+        AutoModelForCausalLM.from_pretrained(base.config._name_or_path),
+        MethodConfig(name=method),
+        MethodContext(tok),
+    ).eval()
+    assert takes_logits_to_keep(model) == (method == "lora")  # virtual tokens: the full-logits path
+    tasks = load_tasks("bundled:arithmetic/test", limit=7).records
+    samples = [tokenize_conversation(tok, t["messages"], None) for t in tasks]
+    with torch.no_grad():  # the reference: each sample alone, transformers' own loss over full logits
+        sums = [
+            float(model(**pad_batch([s], tok.pad_token_id)).loss) * sum(x != -100 for x in s.labels[1:])
+            for s in samples
+        ]
+    expected = sum(sums) / sum(sum(x != -100 for x in s.labels[1:]) for s in samples)
+    assert heldout_loss(model, tok, tasks, None, bs=3) == pytest.approx(expected, rel=1e-5)

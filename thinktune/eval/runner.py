@@ -5,6 +5,7 @@ A task whose reference is a tool call (`task["tool_calls"]`, see tasks.py) is sc
 
 from __future__ import annotations
 
+import inspect
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -55,7 +56,11 @@ def heldout_loss(
     bs: int,
     thinking: str = "auto",
 ) -> float | None:
-    """Mean cross-entropy on the reference answers' tokens (teacher forcing), rendered as training renders them."""
+    """Mean cross-entropy on the reference answers' tokens (teacher forcing), rendered as training renders them.
+
+    Samples of similar length share a batch (less padding), and where the model takes `logits_to_keep` the LM head
+    runs only at the positions whose next token is scored in some row of the batch (the answers), not over the
+    whole vocabulary at every prompt position: the same loss, less work."""
     samples, opts = [], RenderOptions(thinking=thinking)
     for t in tasks:
         try:
@@ -64,13 +69,33 @@ def heldout_loss(
             )
         except RecordError:
             continue
+    samples.sort(key=lambda s: len(s.input_ids))
+    scored_only = takes_logits_to_keep(model)
     total, count = 0.0, 0
     for chunk in batched(samples, bs):
         batch = {k: v.to(model.device) for k, v in pad_batch(chunk, tokenizer.pad_token_id).items()}
-        n = int((batch["labels"][:, 1:] != -100).sum())
-        total += float(model(**batch).loss) * n
+        target = batch["labels"][:, 1:]
+        n = int((target != -100).sum())
+        if scored_only:
+            keep = (target != -100).any(dim=0).nonzero().squeeze(1)
+            inputs = {k: v for k, v in batch.items() if k != "labels"}
+            logits = model(**inputs, logits_to_keep=keep).logits.flatten(0, 1).float()
+            total += float(torch.nn.functional.cross_entropy(logits, target[:, keep].flatten(), reduction="sum"))
+        else:
+            total += float(model(**batch).loss) * n
         count += n
     return total / count if count else None
+
+
+def takes_logits_to_keep(model: torch.nn.Module) -> bool:
+    """A causal LM whose forward takes `logits_to_keep` (positions to run the LM head on), not behind a PEFT prompt
+    method (whose virtual tokens shift the positions)."""
+    if hasattr(model, "get_base_model"):  # a PeftModel
+        active = model.peft_config.get(getattr(model, "active_adapter", None) or "default")
+        if getattr(active, "is_prompt_learning", False):
+            return False
+        model = model.get_base_model()
+    return "logits_to_keep" in inspect.signature(model.forward).parameters
 
 
 def task_prompts(

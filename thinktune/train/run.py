@@ -366,6 +366,8 @@ def gather(run: Run) -> None:
     if not sharded(acc):
         return
     full = acc.get_state_dict(run.model)  # main process: every tensor, whole, on the CPU; the others: nothing
+    run.model = None  # the shards and their optimizer state are done with: free the device for the whole model
+    acc.free_memory()
     if acc.is_main_process:
         model, _, _ = load_pretrained(run.cfg.model)
         model = apply_method(model, run.cfg.method, MethodContext(run.tokenizer))
