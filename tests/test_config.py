@@ -196,3 +196,11 @@ def test_accelerate_configs_parse_with_accelerate(path):
     cfg = load_config_from_file(str(path))
     assert cfg.num_processes >= 1
     assert str(getattr(cfg.distributed_type, "value", cfg.distributed_type)) in {"MULTI_GPU", "FSDP", "DEEPSPEED"}
+
+
+def test_a_bare_on_or_off_means_the_word(tmp_path):
+    assert load_config(None, ["data.thinking=off"]).data.thinking == "off"
+    assert load_config(None, ["data.thinking=on"]).data.thinking == "on"
+    f = tmp_path / "c.yaml"
+    f.write_text("data:\n  thinking: off\n")
+    assert load_config(f, []).data.thinking == "off"

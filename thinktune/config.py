@@ -115,6 +115,12 @@ class DataConfig(Section):
     def _one_or_many(cls, v: Any) -> Any:
         return [v] if isinstance(v, (str, dict)) else v
 
+    @field_validator("thinking", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, v: Any) -> Any:
+        """YAML reads a bare on/off (`thinking: off`, `--set data.thinking=off`) as a boolean: it means the word."""
+        return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v
+
     @model_validator(mode="before")
     @classmethod
     def _dataset_names(cls, data: Any) -> Any:
