@@ -74,17 +74,16 @@ def test_fsdp_lora_matches_one_process_and_its_sharded_checkpoint_resumes(tiny_m
     assert proc.returncode != 0 and "sharded by 2 processes" in err and "Traceback" not in err
 
 
-def test_fsdp_full_fine_tuning_matches_one_process(tiny_model_dirs, tmp_path):
+@pytest.mark.parametrize(("method", "saved"), [("full", "model.safetensors"), ("freeze", "trained.safetensors")])
+def test_fsdp_full_and_freeze_match_one_process(tiny_model_dirs, tmp_path, method, saved):
     model = tiny_model_dirs["qwen3"]
-    full = ["method.name=full", "train.learning_rate=1e-3"]
-    train(*base_sets(model, tmp_path / "one", 4, *COMMON, *full))
-    train(
-        *base_sets(model, tmp_path / "fsdp", 4, *COMMON, *full, "train.batch_size=2", "train.distributed=fsdp"),
-        processes=2,
-    )
+    sets = [f"method.name={method}", "train.learning_rate=1e-3"]  # the chunked LM-head loss (auto) included
+    train(*base_sets(model, tmp_path / "one", 4, *COMMON, *sets))
+    sharded = ["train.batch_size=2", "train.distributed=fsdp"]
+    train(*base_sets(model, tmp_path / "fsdp", 4, *COMMON, *sets, *sharded), processes=2)
     assert close(losses(tmp_path / "one"), losses(tmp_path / "fsdp")) < 1e-4
-    a = load_file(tmp_path / "one" / "model" / "model.safetensors")
-    b = load_file(tmp_path / "fsdp" / "model" / "model.safetensors")
+    a = load_file(tmp_path / "one" / "model" / saved)
+    b = load_file(tmp_path / "fsdp" / "model" / saved)
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
 
 
@@ -122,7 +121,6 @@ def test_accelerate_launch_with_the_shipped_fsdp2_config_trains_saves_and_evalua
         ({"distributed": "fsdp"}, "lora", "dpo", "thinktune dpo does not shard"),
         ({"distributed": "fsdp"}, "adalora", "sft", "not 'adalora'"),
         ({"distributed": "fsdp", "eval_steps": 5}, "lora", "sft", "train.eval_steps"),
-        ({"distributed": "fsdp", "loss_chunk_size": 512}, "full", "sft", "loss_chunk_size"),
     ],
 )
 def test_what_the_sharded_path_does_not_run_is_refused_in_one_line(settings, method, recipe, message):

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.distributed.tensor import DTensor
+from torch.distributed.fsdp import FSDPModule
 from torch.utils.checkpoint import checkpoint
 
 from thinktune.data.render import IGNORE
@@ -198,6 +198,10 @@ class HiddenAndHead:
         if len(captured) != 1:
             raise RuntimeError(f"expected one decoder call per forward, saw {len(captured)}")
         hidden = captured[0]
+        if isinstance(model, FSDPModule) and torch.is_grad_enabled():
+            # FSDP2 starts its root's backward (gradient reduce-scatter of the root's parameters) from the outputs of
+            # the root's forward: keep the logits in the graph, with no weight in the loss
+            hidden = hidden + out.logits.sum() * 0.0
         if not self._checked and _is_plain_linear(self.lm_head):  # other heads may hold dropout: no exact check
             with torch.no_grad():
                 expected = self.lm_head(hidden[:, -1:]).float()
@@ -222,12 +226,6 @@ def hidden_and_head(model: nn.Module) -> HiddenAndHead | None:
     decoder = lm.get_decoder() if hasattr(lm, "get_decoder") else getattr(lm, "model", None)
     if decoder is None or decoder is lm:
         return None
-    weight = getattr(head, "weight", None)
-    if isinstance(weight, DTensor) and weight.requires_grad:
-        raise ConfigError(
-            "train.loss_chunk_size: the LM head trains and is sharded (train.distributed=fsdp), which the chunked "
-            "head does not support; unset loss_chunk_size for this run"
-        )
     config = getattr(lm, "config", None)
     if any(getattr(config, k, None) not in (None, 1, 1.0) for k in LOGIT_TRANSFORMS):
         raise ConfigError(

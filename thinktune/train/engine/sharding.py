@@ -65,11 +65,6 @@ def check_fsdp(cfg: TrainConfig, method: str, recipe: str) -> None:
         )
     if method not in METHODS:
         raise ConfigError(f"train.distributed=fsdp trains method.name {', '.join(METHODS)}, not '{method}'")
-    if method == "full" and cfg.loss_chunk_size not in ("auto", None):
-        raise ConfigError(
-            "train.loss_chunk_size: with method.name=full the LM head trains, and the chunked head does not support "
-            "it sharded (train.distributed=fsdp); unset loss_chunk_size for this run"
-        )
     given = [k for k in UNSHARDED_ONLY if getattr(cfg, k)]
     if given:
         raise ConfigError(
