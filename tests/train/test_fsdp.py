@@ -143,3 +143,11 @@ def test_checkpoint_layouts(tmp_path: Path):
     check_layout(tmp_path, 1, None)  # whole weights resume with any number of processes
     with pytest.raises(UserError, match="unsharded"):
         check_layout(tmp_path, 2, 0)
+
+
+def test_a_failing_process_prints_its_error_without_the_launchers_traceback(tiny_model_dirs, tmp_path):
+    sets = base_sets(tiny_model_dirs["llama"], tmp_path / "run", 1, "data.train=[missing.jsonl]")
+    proc = cli("train", "--num-processes", "2", *[x for s in sets for x in ("--set", s)])
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1
+    assert "missing.jsonl: data file not found" in err and "Traceback" not in err and "ChildFailedError" not in err

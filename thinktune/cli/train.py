@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
-import sys
 from typing import Annotated
 
 import typer
@@ -61,30 +59,32 @@ def train(
 
 
 def launch_distributed(n: int, config, sets, output_dir, resume) -> int:
-    """Re-run this command under torchrun with n local processes; Accelerate picks up the process group."""
+    """Re-run this command under torchrun with n local processes; Accelerate picks up the process group. The launcher
+    runs in this process, quiet: a failing process has printed its own one-line error, so the launcher's report of
+    the failure (a traceback) is left out and only the exit code says it failed."""
+    import logging
+
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        str(n),
-        "--master_addr",
-        "127.0.0.1",
-        "--master_port",
-        str(port),
-        "-m",
-        "thinktune",
-        "train",
-    ]
-    cmd += ["--config", str(config)] if config else []
+    args = ["--nproc_per_node", str(n), "--master_addr", "127.0.0.1", "--master_port", str(port), "-m", "thinktune"]
+    args += ["train", *(["--config", str(config)] if config else [])]
     for item in sets or []:
-        cmd += ["--set", item]
-    cmd += ["--output-dir", str(output_dir)] if output_dir else []
-    cmd += ["--resume", resume] if resume else []
-    return subprocess.call(cmd, env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
+        args += ["--set", item]
+    args += ["--output-dir", str(output_dir)] if output_dir else []
+    args += ["--resume", resume] if resume else []
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # the processes share the cores
+    for name in list(logging.Logger.manager.loggerDict):
+        if name.startswith("torch.distributed"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+    try:
+        run(parse_args(args))
+    except ChildFailedError:
+        return 1
+    return 0
 
 
 def print_summary(s: dict) -> None:
