@@ -15,6 +15,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from thinktune.data.images import IMAGE_PARTS, IMAGE_TOKEN, collect_images, part_image
 from thinktune.data.record_error import RecordError
 from thinktune.data.tool_calls import parse_calls, parse_tools
 
@@ -24,8 +25,9 @@ SHAREGPT_ROLES = {
     "function_call": "assistant", "observation": "tool", "tool": "tool",
 }  # fmt: skip
 THINK = re.compile(r"^\s*<think>(.*?)</think>\s*(.*)$", re.DOTALL)
-# Content parts: OpenAI's {"type": "text", "text"}; LLaMA-Factory's {"type": "text"|"reasoning"|"tool_call", "value"}.
-PART_TYPES = ("text", "reasoning", "tool_call")
+# Content parts: OpenAI's {"type": "text", "text"}; LLaMA-Factory's {"type": "text"|"reasoning"|"tool_call", "value"};
+# images, OpenAI's {"type": "image_url", "image_url": {"url"}} or {"type": "image", "image"} (images.py).
+PART_TYPES = ("text", "reasoning", "tool_call", *IMAGE_PARTS)
 
 
 def split_think(content: str) -> tuple[str | None, str]:
@@ -38,9 +40,10 @@ def split_think(content: str) -> tuple[str | None, str]:
     return m.group(1).strip(), m.group(2).strip()
 
 
-def content_parts(parts: list[Any], where: str) -> tuple[str, str | None, list[dict[str, Any]]]:
-    """(text, reasoning or None, tool calls) of a list of content parts."""
-    text, reasoning, calls = [], [], []
+def content_parts(parts: list[Any], where: str) -> tuple[str, str | None, list[dict[str, Any]], list[str]]:
+    """(text, reasoning or None, tool calls, images) of a list of content parts; an image part leaves an `<image>`
+    placeholder at its place in the text."""
+    text, reasoning, calls, images = [], [], [], []
     for j, part in enumerate(parts):
         at = f"{where}content[{j}]: "
         if not isinstance(part, dict):
@@ -48,6 +51,10 @@ def content_parts(parts: list[Any], where: str) -> tuple[str, str | None, list[d
         kind = part.get("type")
         if kind not in PART_TYPES:
             raise RecordError(f"{at}unknown content part type {kind!r} (expected {', '.join(PART_TYPES)})")
+        if kind in IMAGE_PARTS:
+            images.append(part_image(part, at))
+            text.append(IMAGE_TOKEN)
+            continue
         value = part.get("text", part.get("value"))
         if kind == "tool_call":
             calls += parse_calls(value, at)
@@ -55,7 +62,7 @@ def content_parts(parts: list[Any], where: str) -> tuple[str, str | None, list[d
         if not isinstance(value, str):
             raise RecordError(f"{at}a {kind} part needs a string 'value' (or 'text')")
         (reasoning if kind == "reasoning" else text).append(value)
-    return "".join(text), ("\n".join(reasoning) if reasoning else None), calls
+    return "".join(text), ("\n".join(reasoning) if reasoning else None), calls, images
 
 
 def message(
@@ -65,13 +72,18 @@ def message(
     where: str = "",
     tool_calls: Any = None,
     loss_weight: Any = None,
+    images_ok: bool = False,
 ) -> dict[str, Any]:
-    """One canonical message, validated; `where` prefixes the reason (e.g. "messages[2]: ")."""
+    """One canonical message, validated; `where` prefixes the reason (e.g. "messages[2]: "). `images_ok`: image
+    content parts are read (SFT conversations; the record collects them, collect_images)."""
     if role not in ROLES:
         raise RecordError(f"{where}unknown role {role!r} (expected system, user, assistant or tool)")
     calls = parse_calls(tool_calls, f"{where}tool_calls: ") if tool_calls else []
+    images: list[str] = []
     if isinstance(content, list):
-        content, part_reasoning, part_calls = content_parts(content, where)
+        content, part_reasoning, part_calls, images = content_parts(content, where)
+        if images and not images_ok:
+            raise RecordError(f"{where}image content parts are read in SFT conversations only; this record is text")
         reasoning = reasoning if reasoning is not None else part_reasoning
         calls += part_calls
     if content is None and calls:
@@ -89,6 +101,8 @@ def message(
     out: dict[str, Any] = {"role": role, "content": content, "reasoning": reasoning or None}
     if calls:
         out["tool_calls"] = calls
+    if images:
+        out["images"] = images  # moved onto the record by collect_images
     if loss_weight is not None:
         if isinstance(loss_weight, bool) or not isinstance(loss_weight, int | float) or loss_weight not in (0, 1):
             raise RecordError(f"{where}loss_weight must be 0 or 1, got {loss_weight!r}")
@@ -143,9 +157,11 @@ def from_messages(raw: dict[str, Any]) -> dict[str, Any]:
                 f"messages[{i}]: ",
                 m.get("tool_calls"),
                 m.get("loss_weight"),
+                images_ok=True,
             )
         )
-    return {"messages": check_turns(out), **record_extras(raw), "meta": _meta(raw, "messages")}
+    images = collect_images(out, raw)
+    return {"messages": check_turns(out), **images, **record_extras(raw), "meta": _meta(raw, "messages")}
 
 
 def from_alpaca(raw: dict[str, Any]) -> dict[str, Any]:
@@ -162,7 +178,7 @@ def from_alpaca(raw: dict[str, Any]) -> dict[str, Any]:
     msgs.append(message("assistant", raw["output"], raw.get("reasoning_content"), "output: "))
     if not prompt.strip():
         raise RecordError("empty instruction")
-    return {"messages": check_turns(msgs), "meta": _meta(raw, "alpaca")}
+    return {"messages": check_turns(msgs), **collect_images(msgs, raw), "meta": _meta(raw, "alpaca")}
 
 
 def from_sharegpt(raw: dict[str, Any]) -> dict[str, Any]:
@@ -183,7 +199,8 @@ def from_sharegpt(raw: dict[str, Any]) -> dict[str, Any]:
             msgs.append(message(role, "", turn.get("reasoning_content"), where, tool_calls=turn["value"] or None))
         else:
             msgs.append(message(role, turn["value"], turn.get("reasoning_content"), where))
-    return {"messages": check_turns(msgs), **record_extras(raw), "meta": _meta(raw, "sharegpt")}
+    images = collect_images(msgs, raw)
+    return {"messages": check_turns(msgs), **images, **record_extras(raw), "meta": _meta(raw, "sharegpt")}
 
 
 def _single_turn(raw: dict[str, Any], prompt_key: str, response_key: str, fmt: str) -> dict[str, Any]:
@@ -267,7 +284,7 @@ def to_sft_record(raw: Any, fmt: str = "auto") -> dict[str, Any]:
 
 
 KNOWN_FIELDS = frozenset(
-    {"messages", "conversations", "instruction", "input", "output", "system", "reasoning_content", "tools"}
+    {"messages", "conversations", "instruction", "input", "output", "system", "reasoning_content", "tools", "images"}
 )
 
 

@@ -30,6 +30,7 @@ from thinktune.data.columns import kto_label
 from thinktune.data.dataset_info import INFO_FILE, entry_of
 from thinktune.data.formats import RecordError
 from thinktune.data.hub_datasets import ends_in_split, hub_dataset_digest, hub_dataset_dir, is_hf_ref, iter_hub_rows
+from thinktune.data.images import check_images
 from thinktune.data.records import check_format, to_record, to_row
 from thinktune.data.spec import ColumnMap, DatasetSpec, as_spec
 from thinktune.errors import DataError
@@ -445,6 +446,8 @@ def _record(raw: Any, name: str, line: int, spec: DatasetSpec, kind: str) -> dic
             rec["meta"]["kto_label"] = label
         else:
             rec = to_record(raw, kind, spec.format, spec.columns)
+        if rec.get("images"):  # local files, relative to the data file
+            rec["images"] = check_images(rec["images"], None if is_hf_ref(name) else Path(name).parent)
     except RecordError as e:
         return Reject(name, line, str(e))
     rec["meta"].update(source=name, line=line)

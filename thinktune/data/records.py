@@ -138,7 +138,8 @@ def to_row(rec: dict[str, Any]) -> dict[str, Any]:
     kind = record_kind(rec)
     if kind == "sft":
         tools = {"tools": rec["tools"]} if rec.get("tools") else {}
-        return {"messages": [_row_message(m) for m in rec["messages"]], **tools, **meta}
+        images = {"images": rec["images"]} if rec.get("images") else {}
+        return {"messages": [_row_message(m) for m in rec["messages"]], **images, **tools, **meta}
     if kind == "preference":
         body = {"chosen": _row_message(rec["chosen"]), "rejected": _row_message(rec["rejected"])}
         return {"prompt": [_row_message(m) for m in rec["prompt"]], **body, **meta}

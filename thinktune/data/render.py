@@ -398,6 +398,11 @@ def tokenize_record(
     tokenizer: PreTrainedTokenizerBase, rec: dict[str, Any], opts: RenderOptions | None = None
 ) -> list[TokenizedSample]:
     opts = opts or RenderOptions()
+    if rec.get("images"):  # rendered as text, the <image> placeholders would train as words
+        raise RecordError(
+            f"the record has {len(rec['images'])} image(s) and the model's tokenizer renders text only: images "
+            "train with a vision-language model"
+        )
     return encode_rendered(tokenizer, render_record(tokenizer, rec, opts), opts.max_length)
 
 
