@@ -371,7 +371,7 @@ def test_an_entry_read_as_another_kind_is_refused(data_dir, name, kind, reason):
     [
         (None, "alpaca_en: hf_hub_url 'llamafactory/alpaca_en': thinktune reads local files only"),
         ({"script_url": "my_script"}, "script_url 'my_script': thinktune reads local files only"),
-        ({"file_name": "mllm_demo.json", "columns": {"images": "images"}}, "columns.images: multimodal datasets"),
+        ({"file_name": "mllm_video_demo.json", "columns": {"videos": "videos"}}, "columns.videos: videos are not read"),
         ({"file_name": "nowhere.json"}, "file_name {dir}/nowhere.json: not found"),
         ({"file_name": "wiki_demo.txt"}, "file_name {dir}/wiki_demo.txt: .txt files are not supported"),
         ({"file_name": "alpaca_en_demo.json", "split": "validation"}, "split 'validation': a local file has only"),
@@ -516,3 +516,32 @@ def test_dpo_refuses_a_kto_entry_without_the_kto_loss_before_loading_a_model(dat
         run_dpo(cfg.model_copy(update={"dpo": DPOConfig(loss="dpo")}), ["kto_en_demo"], None, Console(quiet=True))
     with pytest.raises(DataError, match="alpaca_en_demo: not a ranking dataset"):
         run_dpo(cfg.model_copy(update={"dpo": DPOConfig(loss="dpo")}), ["alpaca_en_demo"], None, Console(quiet=True))
+
+
+def test_an_image_entry_reads_its_images_relative_to_its_file(data_dir):
+    from PIL import Image
+
+    (data_dir / "mllm_demo_data").mkdir()
+    Image.new("RGB", (20, 20), (0, 90, 0)).save(data_dir / "mllm_demo_data" / "1.jpg")
+    rows = [
+        {"messages": [{"role": "user", "content": "<image>Who?"}, {"role": "assistant", "content": "Players."}],
+         "images": ["mllm_demo_data/1.jpg"]},
+        {"messages": [{"role": "user", "content": "<image>Again?"}, {"role": "assistant", "content": "No."}],
+         "images": ["mllm_demo_data/2.jpg"]},
+    ]  # fmt: skip
+    (data_dir / "mllm_demo.json").write_text(json.dumps(rows))
+    tags = {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"}
+    entry = {
+        "file_name": "mllm_demo.json",
+        "formatting": "sharegpt",
+        "columns": {"messages": "messages", "images": "images"},
+    }
+    add_entry(data_dir, "mllm_demo", {**entry, "tags": tags})
+    loaded = read_records(ref(data_dir, "mllm_demo"))
+    [rec] = loaded.records
+    assert rec["images"] == [str((data_dir / "mllm_demo_data" / "1.jpg").resolve())]
+    assert rec["messages"][0]["content"] == "<image>Who?" and "images" not in rec["meta"]
+    [bad] = loaded.rejects
+    assert "file not found" in bad.reason and "2.jpg" in bad.reason
+    tasks = read_records(ref(data_dir, "mllm_demo"), kind="task")  # no answer column either: every row a reject
+    assert not tasks.records and all("images are read in SFT conversations only" in r.reason for r in tasks.rejects)

@@ -123,6 +123,10 @@ def apply_columns(raw: Any, cols: ColumnMap, kind: str = "sft") -> tuple[dict[st
     system = _get(raw, cols.system, "system")
     answer = _get(raw, cols.answer, "answer")
     tools = raw.get(cols.tools) if cols.tools else None
+    images = raw.get(cols.images) if cols.images else None
+    if images not in (None, "", []) and kind != "sft":
+        raise RecordError(f"column '{cols.images}' (images): images are read in SFT conversations only")
+    media = {"images": images} if images not in (None, "", []) else {}
     if answer is not None and kind != "task":  # a task's answer is a field of its own
         extra["answer"] = answer
     if tools not in (None, "", [], "[]") and kind != "sft":  # only conversations carry tools: keep them as meta
@@ -147,13 +151,14 @@ def apply_columns(raw: Any, cols: ColumnMap, kind: str = "sft") -> tuple[dict[st
         msgs = _turns(raw, cols, cols.messages, "messages")
         if system and not any(m["role"] == "system" for m in msgs):
             msgs.insert(0, {"role": "system", "content": system})
-        return {"messages": msgs, "tools": tools}, "messages", extra
+        return {"messages": msgs, "tools": tools, **media}, "messages", extra
     row = {
         "instruction": _get(raw, cols.prompt, "prompt", required=True),
         "input": _get(raw, cols.query, "query") or "",
         "output": _get(raw, cols.response, "response", required=True),
         "system": system,
         "reasoning_content": _get(raw, cols.reasoning, "reasoning"),
+        **media,
     }
     history = _history(raw, cols)
     if history or tools not in (None, "", [], "[]"):  # the alpaca adapter has neither: write the conversation out
@@ -161,5 +166,5 @@ def apply_columns(raw: Any, cols: ColumnMap, kind: str = "sft") -> tuple[dict[st
         answer_turn = {"role": "assistant", "content": row["output"], "reasoning_content": row["reasoning_content"]}
         msgs = [*([{"role": "system", "content": system}] if system else []), *history]
         msgs += [{"role": "user", "content": prompt}, answer_turn]
-        return {"messages": msgs, "tools": tools}, "messages", extra
+        return {"messages": msgs, "tools": tools, **media}, "messages", extra
     return row, "alpaca", extra

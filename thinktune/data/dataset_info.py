@@ -9,7 +9,8 @@
 mapping (`formatting`, `columns`, `tags`) and `num_samples`, and `reading.py` reads the entry's file (or every
 file of its folder). `ranking: true` entries hold preference pairs; entries with a `kto_tag` column hold KTO's
 labelled single answers. What thinktune cannot read is refused with one line naming the file, the entry and the
-field: hub entries (`hf_hub_url`, `ms_hub_url`, ...), multimodal columns, `.txt`/`.arrow` files.
+field: hub entries (`hf_hub_url`, `ms_hub_url`, ...), video and audio columns, `.txt`/`.arrow` files. An
+`images` column is read as LLaMA-Factory's multimodal entries have it (data/images.py).
 
 Depends only on the standard library, pydantic, spec.py and errors.py: config.py imports it.
 """
@@ -33,7 +34,7 @@ REFERENCE = re.compile(rf"^(?P<info>(?:.*[/\\])?{re.escape(INFO_FILE)})#(?P<name
 TRAILING_ROWS = re.compile(r"\[[^\[\]]*\]$")
 READABLE = (".json", ".jsonl", ".csv", ".tsv", ".parquet")  # what reading.py reads; LLaMA-Factory adds .txt, .arrow
 HUB_KEYS = ("hf_hub_url", "ms_hub_url", "om_hub_url", "script_url", "cloud_file_name")
-MEDIA_COLUMNS = ("images", "videos", "audios")
+MEDIA_COLUMNS = ("videos", "audios")  # images are read (data/images.py)
 FORMATTINGS = ("alpaca", "sharegpt", "openai")
 NAMED_FIELDS = ("train", "test", "validation")  # the DataConfig fields whose entries may be names
 SHOWN_NAMES = 30
@@ -106,7 +107,7 @@ def load_entry(info: Path, name: str) -> DatasetEntry:
             raise DataError(f"{where}: {key}: must be a JSON object")
     for key in MEDIA_COLUMNS:
         if (entry.get("columns") or {}).get(key):
-            raise DataError(f"{where}: columns.{key}: multimodal datasets are not supported yet")
+            raise DataError(f"{where}: columns.{key}: {key} are not read (image datasets are: columns.images)")
     if not isinstance(entry.get("ranking", False), bool):
         raise DataError(f"{where}: ranking: must be true or false, got {entry['ranking']!r}")
     num_samples = entry.get("num_samples")

@@ -35,6 +35,7 @@ class ColumnMap(_Section):
     rejected: str | None = Field(None, description="Preference: column with the dispreferred answer.")
     kto_tag: str | None = Field(None, description="KTO: column whose true/false says if the last answer is desirable.")
     answer: str | None = Field(None, description="Reference answer (tasks; kept as meta.answer for SFT).")
+    images: str | None = Field(None, description="Column with the record's image files (`<image>` placeholders).")
     role_tag: str | None = Field(None, description="Key of a turn's role (default: `role`, else `from`).")
     content_tag: str | None = Field(None, description="Key of a turn's text (default: `content`, else `value`).")
     user_tag: str | None = Field(None, description="Role value of user turns (default: `user` or `human`).")
@@ -77,7 +78,7 @@ class ColumnMap(_Section):
     def source_columns(self) -> set[str]:
         fields = (
             "prompt", "query", "response", "history", "system", "tools", "reasoning", "messages", "chosen",
-            "rejected", "kto_tag", "answer",
+            "rejected", "kto_tag", "answer", "images",
         )  # fmt: skip
         return {getattr(self, f) for f in fields if getattr(self, f)}
 
