@@ -400,8 +400,8 @@ def tokenize_record(
     opts = opts or RenderOptions()
     if rec.get("images"):  # rendered as text, the <image> placeholders would train as words
         raise RecordError(
-            f"the record has {len(rec['images'])} image(s) and the model's tokenizer renders text only: images "
-            "train with a vision-language model"
+            f"the record has {len(rec['images'])} image(s): training on images is not supported yet (text records "
+            "train, on a vision-language model's language model too)"
         )
     return encode_rendered(tokenizer, render_record(tokenizer, rec, opts), opts.max_length)
 

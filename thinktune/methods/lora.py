@@ -96,6 +96,7 @@ def lora_config(model: PreTrainedModel, cfg: MethodConfig) -> LoraConfig:
         use_rslora=cfg.use_rslora,
         init_lora_weights=LORA_INIT[cfg.init],
         modules_to_save=router_modules(facts, cfg),
+        exclude_modules=rf"(.*\.)?({'|'.join(facts.towers)})\..*" if facts and facts.towers else None,
         task_type="CAUSAL_LM",
     )
 

@@ -154,12 +154,35 @@ def load_model(
         extra = {"quantization_config": quantization_config, "device_map": {"": torch.cuda.current_device()}}
     if attn_implementation != "auto":
         extra["attn_implementation"] = attn_implementation
-    model = AutoModelForCausalLM.from_pretrained(
+    model = model_class(source, trust_remote_code).from_pretrained(
         source.path, gguf_file=source.gguf_file, dtype=pick_dtype(dtype), trust_remote_code=trust_remote_code, **extra
     )
     if source.gguf_file:
         _forget_gguf_quantization(model)
     return model
+
+
+def model_class(source: ModelSource, trust_remote_code: bool = False):
+    """AutoModelForCausalLM, or for a vision-language model (Qwen2.5-VL, ...) AutoModelForImageTextToText: its
+    language model trains on text the same way, the vision tower frozen (models/registry.py `towers`)."""
+    if source.gguf_file:
+        return AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForImageTextToText
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES,
+    )
+
+    config = AutoConfig.from_pretrained(source.path, trust_remote_code=trust_remote_code)
+    kind = config.model_type
+    if kind in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or getattr(config, "auto_map", None):
+        return AutoModelForCausalLM
+    if kind in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
+        return AutoModelForImageTextToText
+    raise ModelNotFoundError(
+        f"{source.path}: model type '{kind}' is neither a causal language model nor an image-text-to-text model "
+        "transformers knows"
+    )
 
 
 def check_attention(attn_implementation: str) -> None:
@@ -206,6 +229,7 @@ def load_pretrained(cfg, quantization_config=None) -> tuple[PreTrainedModel, Pre
     source = resolve_model(cfg.name_or_path, cfg.gguf_file, cfg.revision)
     tokenizer = load_tokenizer(source, cfg.chat_template)
     model = load_model(source, cfg.dtype, cfg.trust_remote_code, quantization_config, cfg.attn_implementation)
-    if model.config.pad_token_id is None:
-        model.config.pad_token_id = tokenizer.pad_token_id
+    text = model.config.get_text_config()  # a vision-language model keeps its token ids in its text config
+    if getattr(text, "pad_token_id", None) is None:
+        text.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer, source

@@ -34,6 +34,8 @@ class ArchFacts:
     ia3_targets: tuple[str, ...] = ("k_proj", "v_proj", "down_proj")
     ia3_feedforward: tuple[str, ...] = ("down_proj",)
     prefix_tuning: bool = True  # PEFT prefix tuning needs a standard (k, v) cache per head
+    towers: tuple[str, ...] = ()  # vision-language models: modules LoRA leaves alone (the vision encoder)
+    position_ids: bool = True  # packing passes 1-D position ids (multimodal RoPE models compute their own)
 
 
 def _moe(**kw) -> dict:
@@ -48,6 +50,12 @@ ARCHS: dict[str, ArchFacts] = {
     # PEFT maps MLP names (gate/up/down_proj) onto fused experts as target_parameters, which rules out LoRA dropout;
     # so the MoE default is attention only and `method.expert_lora` adds the experts explicitly.
     "qwen3_moe": ArchFacts(ATTN, ia3_targets=("k_proj", "v_proj"), ia3_feedforward=(), **_moe()),
+    # Vision-language models: LoRA on the language model; the vision tower (`visual`, whose blocks also have
+    # q/k/v-like and gate/up/down_proj Linears) stays frozen; M-RoPE position ids come from the model itself.
+    **{
+        t: ArchFacts(ATTN + MLP, towers=("visual",), position_ids=False, prefix_tuning=False)
+        for t in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+    },
     # MLA caches a compressed latent, not per-head (k, v): PEFT prefix tuning cannot extend it.
     "deepseek_v3": ArchFacts(
         MLA, ia3_targets=("kv_b_proj", "down_proj"), prefix_tuning=False, **_moe(shared_experts="shared_experts")

@@ -13,7 +13,14 @@ from torch import nn
 
 from thinktune.config import TrainConfig
 from thinktune.errors import ConfigError
-from thinktune.train.engine.chunked_loss import HiddenAndHead, hidden_and_head, is_prompt_learning, lm_loss_from_hidden
+from thinktune.models.registry import arch_facts
+from thinktune.train.engine.chunked_loss import (
+    HiddenAndHead,
+    hidden_and_head,
+    is_prompt_learning,
+    lm_loss_from_hidden,
+    unwrap_causal_lm,
+)
 from thinktune.train.engine.loop import Batch, LossFn, trained_tokens
 from thinktune.train.engine.losses import combined_loss
 from thinktune.train.engine.speed import model_inputs
@@ -27,11 +34,23 @@ def chunked_loss_applies(cfg: TrainConfig, teacher: nn.Module | None) -> bool:
     return bool(cfg.loss_chunk_size) and teacher is None and not cfg.unlikelihood_weight and not cfg.contrastive_weight
 
 
+def takes_position_ids(model: nn.Module) -> bool:
+    """Whether packing's 1-D position ids (restarting per sample) are what the model uses (registry.py)."""
+    facts = arch_facts(getattr(getattr(unwrap_causal_lm(model), "config", None), "model_type", ""))
+    return facts is None or facts.position_ids
+
+
 def resolve_levers(cfg: TrainConfig, model: nn.Module, teacher: nn.Module | None = None) -> TrainConfig:
     """`cfg` with the `auto` speed levers decided for this model: packing on unless the method prepends virtual
     tokens; the chunked head (1024 rows) where it applies — cross-entropy only, an LM head that does not transform
     its logits — else the full-logits loss. Values the user gave are kept (and refused where they cannot apply)."""
-    packing = cfg.packing if cfg.packing != "auto" else not is_prompt_learning(model)
+    own_positions = not takes_position_ids(model)
+    if cfg.packing is True and own_positions:
+        raise ConfigError(
+            f"train.packing: {unwrap_causal_lm(model).config.model_type} computes its own (multimodal) position ids, "
+            "which packed rows would cross; set it false"
+        )
+    packing = cfg.packing if cfg.packing != "auto" else not (is_prompt_learning(model) or own_positions)
     chunk = cfg.loss_chunk_size
     if chunk == "auto":
         chunk = None
