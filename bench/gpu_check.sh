@@ -7,10 +7,12 @@
 # Details of each step: bench/gpu_check.py.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-PY="${PYTHON:-python}"
-[ -x .venv/bin/python ] && [ -z "${PYTHON:-}" ] && PY=.venv/bin/python
-if ! "$PY" -c "import thinktune" 2>/dev/null; then
-  echo "thinktune is not importable by $PY: install it first (make install, or pip install -e .)" >&2
+# The interpreter: THINKTUNE_PYTHON, else the checkout's .venv, else python on PATH.
+PY="${THINKTUNE_PYTHON:-}"
+[ -z "$PY" ] && [ -x .venv/bin/python ] && PY=.venv/bin/python
+PY="${PY:-python}"
+if ! "$PY" -c "import torch, thinktune.config" 2>/dev/null; then
+  echo "thinktune and torch are not importable by $PY: install them first (make install), or set THINKTUNE_PYTHON" >&2
   exit 2
 fi
 exec "$PY" bench/gpu_check.py "$@"

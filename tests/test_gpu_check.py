@@ -4,7 +4,9 @@ random model; every CUDA-only command stops with its one-line refusal), one JSON
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).parents[1]
@@ -18,6 +20,7 @@ def test_gpu_check_dry_run_wires_every_step(tmp_path):
         capture_output=True,
         text=True,
         timeout=1200,
+        env={**os.environ, "THINKTUNE_PYTHON": sys.executable},  # CI exports PYTHON for the venv's creation
     )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     steps = json.loads(out.read_text())["steps"]
