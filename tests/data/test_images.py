@@ -1,6 +1,6 @@
 """Records with images: OpenAI image content parts and LLaMA-Factory's multimodal format (`<image>` placeholders +
 an `images` list) become canonical records with absolute image paths; every bad image or pairing is one reject line
-naming file, line and the problem; tokenisation refuses image records instead of training the placeholders."""
+naming file, line and the problem; a text-only model refuses image records instead of training the placeholders."""
 
 from __future__ import annotations
 
@@ -98,9 +98,9 @@ def test_image_records_write_back_unchanged(data, tmp_path):
     assert [r["messages"] for r in again] == [r["messages"] for r in records]
 
 
-def test_image_records_are_not_trained_as_text(data, tiny_tokenizer):
+def test_a_text_only_model_refuses_image_records(data, tiny_tokenizer):
     rec = read_records(str(data)).records[0]
-    with pytest.raises(RecordError, match="training on images is not supported yet"):
+    with pytest.raises(RecordError, match="images train with a vision-language model"):
         tokenize_record(tiny_tokenizer, rec)
 
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from tests.tiny_models import build_tiny_vl_model
-from thinktune.config import MethodConfig, ModelConfig, TrainConfig
-from thinktune.errors import ConfigError, ModelNotFoundError
+from thinktune.config import DataConfig, MethodConfig, ModelConfig, TrainConfig
+from thinktune.errors import ConfigError, DataError, ModelNotFoundError
 from thinktune.methods import apply_method
 from thinktune.models import load_pretrained
 
@@ -85,3 +85,64 @@ def test_an_unknown_kind_of_model_is_one_line(tmp_path):
         from thinktune.models.loading import ModelSource, model_class
 
         model_class(ModelSource(tmp_path))
+
+
+def colour_records(folder: Path, n: int = 12) -> Path:
+    """Records asking the colour of a one-colour picture: the answer is in the image only."""
+    from PIL import Image
+
+    colours = {"red": (220, 20, 20), "green": (20, 200, 20), "blue": (20, 20, 220)}
+    (folder / "img").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n):
+        name = list(colours)[i % 3]
+        Image.new("RGB", (40 + 8 * (i % 4), 32), colours[name]).save(folder / "img" / f"{i}.png")
+        rows.append({"messages": [{"role": "user", "content": "<image>Which colour is this?"},
+                                  {"role": "assistant", "content": name}], "images": [f"img/{i}.png"]})  # fmt: skip
+    path = folder / "colours.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_image_samples_carry_their_images_and_expand_the_image_token(vl_dir, tmp_path):
+    from thinktune.data.prepare import prepare_training_data
+    from thinktune.data.render import IGNORE
+    from thinktune.models.vision import load_vision
+
+    model, tok, _ = load_pretrained(ModelConfig(name_or_path=str(vl_dir)))
+    vision = load_vision(model, vl_dir)
+    data = prepare_training_data(DataConfig(train=[str(colour_records(tmp_path))], cache=False), tok, vision=vision)
+    assert len(data.samples) == 12 and not data.rejects
+    sample = data.samples[0]
+    [path] = sample.images
+    [n] = vision.tokens([path])
+    pad = model.config.image_token_id
+    assert sample.input_ids.count(pad) == n > 1  # one token per merged patch, none of them trained
+    assert all(y == IGNORE for t, y in zip(sample.input_ids, sample.labels, strict=True) if t == pad)
+    assert tok.decode([t for t, y in zip(sample.input_ids, sample.labels, strict=True) if y != IGNORE]).startswith(
+        "red"
+    )
+    from thinktune.train.engine.speed import build_make_batch, model_inputs
+
+    batch = build_make_batch(data.samples, TrainConfig(packing=False), tok.pad_token_id, vision)([0, 1])
+    grids = batch["image_grid_thw"]
+    assert grids.shape == (2, 3) and batch["pixel_values"].shape[0] == int(grids.prod(dim=1).sum())
+    assert {"pixel_values", "image_grid_thw"} <= set(model_inputs(batch))  # what the model is called with
+    with pytest.raises(DataError, match="images train with a vision-language model"):  # without vision
+        prepare_training_data(DataConfig(train=[str(colour_records(tmp_path))], cache=False), tok)
+
+
+def test_train_on_images(vl_dir, tmp_path):
+    data = colour_records(tmp_path)
+    out = tmp_path / "run"
+    sets = [f"model.name_or_path={vl_dir}", f"data.train=[{data}]", "data.test=null", "train.max_steps=6",
+            "train.batch_size=4", "train.learning_rate=2e-2", "train.warmup_ratio=0", "eval.before=false",
+            "eval.after=false", f"output_dir={out}"]  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "thinktune", "train", *[x for s in sets for x in ("--set", s)]],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "12 training samples" in proc.stdout
+    losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
+    assert len(losses) == 6 and losses[-1] < losses[0]

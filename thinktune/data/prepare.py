@@ -72,7 +72,7 @@ class ArrowRows(Sequence):
 
 
 def _sample(row: dict[str, Any]) -> TokenizedSample:
-    return TokenizedSample(row["input_ids"], row["labels"])
+    return TokenizedSample(row["input_ids"], row["labels"], row.get("images") or [])
 
 
 def _record(row: dict[str, Any]) -> dict[str, Any]:
@@ -94,6 +94,7 @@ def _features():
             "labels": List(Value("int32")),
             "length": Value("int32"),
             "part": Value("int32"),
+            "images": List(Value("string")),
         }
     )
 
@@ -135,18 +136,18 @@ def write_arrow(rows: Iterator[dict[str, Any]], path: Path) -> int:
     return n
 
 
-SAMPLE_COLUMNS = ("input_ids", "labels", "length", "part")
+SAMPLE_COLUMNS = ("input_ids", "labels", "length", "part", "images")
 
 
 def tokenize_rows(
-    batch: dict[str, list], tokenizer: PreTrainedTokenizerBase, options: RenderOptions
+    batch: dict[str, list], tokenizer: PreTrainedTokenizerBase, options: RenderOptions, vision: Any = None
 ) -> dict[str, list]:
     """datasets.map function: the readable rows of a batch → one row per sample (a failure: the row with its reason)."""
     kept = [k for k in batch if k not in SAMPLE_COLUMNS]
     out: dict[str, list] = {k: [] for k in (*kept, *SAMPLE_COLUMNS)}
     todo = [i for i, reason in enumerate(batch["reason"]) if reason is None]
     recs = [json.loads(batch["record"][i]) for i in todo]
-    results = dict(zip(todo, tokenize_records(tokenizer, recs, options), strict=True))
+    results = dict(zip(todo, tokenize_records(tokenizer, recs, options, vision), strict=True))
     for i in range(len(batch["record"])):
         result = results.get(i)
         samples = result if isinstance(result, list) else [None]
@@ -159,6 +160,7 @@ def tokenize_rows(
             out["labels"].append(sample.labels if sample else None)
             out["length"].append(len(sample.input_ids) if sample else 0)
             out["part"].append(part)
+            out["images"].append(sample.images if sample else [])
     return out
 
 
@@ -183,6 +185,7 @@ def build_dataset(
     cleaning: CleaningConfig | None,
     out_dir: Path,
     num_proc: int = 1,
+    vision: Any = None,
 ) -> dict[str, Any]:
     """Read, clean and tokenise into a `datasets` directory at out_dir; returns the cleaning report (or None)."""
     from datasets import Dataset
@@ -198,7 +201,7 @@ def build_dataset(
                 tokenize_rows,
                 batched=True,
                 batch_size=256,
-                fn_kwargs={"tokenizer": tokenizer, "options": options},
+                fn_kwargs={"tokenizer": tokenizer, "options": options, "vision": vision},
                 num_proc=min(num_proc, n) if num_proc > 1 else None,
                 features=_features(),
                 cache_file_name=str(work / "tokenized.arrow"),
@@ -215,9 +218,14 @@ def build_dataset(
 
 
 def dataset_key(
-    specs: list[DatasetSpec], tokenizer: PreTrainedTokenizerBase, cfg: DataConfig, cleaning: CleaningConfig | None
+    specs: list[DatasetSpec],
+    tokenizer: PreTrainedTokenizerBase,
+    cfg: DataConfig,
+    cleaning: CleaningConfig | None,
+    vision: Any = None,
 ) -> str:
     parts = {
+        **({"vision": vision.key()} if vision is not None else {}),
         "inputs": [{**spec.model_dump(exclude={"weight"}), "sha256": source_digest(spec.path)} for spec in specs],
         "tokenizer": tokenizer_digest(tokenizer),
         "render": RenderOptions.from_config(cfg).__dict__,
@@ -237,7 +245,7 @@ def remove_stale_builds(root: Path, older_than_s: float = STALE_BUILD_S) -> None
 
 
 def load_or_build(
-    cfg: DataConfig, tokenizer: PreTrainedTokenizerBase, opts: DataOptions, quiet: bool = True
+    cfg: DataConfig, tokenizer: PreTrainedTokenizerBase, opts: DataOptions, quiet: bool = True, vision: Any = None
 ) -> tuple[Any, list[DatasetSpec], bool, dict | None]:
     """(tokenised dataset, its specs, whether the cache had it, cleaning report)."""
     from datasets import load_from_disk
@@ -248,14 +256,14 @@ def load_or_build(
     remove_stale_builds(root)
     with _quiet_datasets(quiet):
         if opts.cache:
-            final = root / dataset_key(specs, tokenizer, cfg, opts.cleaning)
+            final = root / dataset_key(specs, tokenizer, cfg, opts.cleaning, vision)
             if (final / "thinktune.json").is_file():
                 meta = json.loads((final / "thinktune.json").read_text())
                 return load_from_disk(str(final)), specs, True, meta["cleaning"]
         tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=root))
         try:
             report = build_dataset(
-                specs, tokenizer, RenderOptions.from_config(cfg), opts.cleaning, tmp / "ds", opts.num_proc
+                specs, tokenizer, RenderOptions.from_config(cfg), opts.cleaning, tmp / "ds", opts.num_proc, vision
             )
             if not opts.cache:
                 return load_from_disk(str(tmp / "ds"), keep_in_memory=True), specs, False, report
@@ -280,13 +288,14 @@ def weighted_indices(datasets_col: np.ndarray, ok: np.ndarray, specs: list[Datas
 
 
 def prepare_training_data(
-    cfg: DataConfig, tokenizer: PreTrainedTokenizerBase, options: DataOptions | None = None
+    cfg: DataConfig, tokenizer: PreTrainedTokenizerBase, options: DataOptions | None = None, vision: Any = None
 ) -> TrainingData:
-    """Training samples for `cfg.train` (paths or DatasetSpecs), with every unused record as a reject."""
+    """Training samples for `cfg.train` (paths or DatasetSpecs), with every unused record as a reject; `vision`
+    (models/vision.py): a vision-language model's way of taking images, so that image records train."""
     import pyarrow.compute as pc
 
     opts = options or DataOptions.from_config(cfg)
-    ds, specs, hit, report = load_or_build(cfg, tokenizer, opts)
+    ds, specs, hit, report = load_or_build(cfg, tokenizer, opts, vision=vision)
     reason = ds.data.column("reason")
     ok = np.flatnonzero(pc.is_null(reason).to_numpy(zero_copy_only=False))
     bad = np.flatnonzero(pc.is_valid(reason).to_numpy(zero_copy_only=False))
@@ -301,7 +310,7 @@ def prepare_training_data(
     indices = weighted_indices(ds.data.column("dataset").to_numpy(), ok, specs, opts.seed)
     if cfg.max_train_samples:
         indices = indices[: cfg.max_train_samples]
-    columns = ds.select_columns(["input_ids", "labels", "length", "record", "part"])
+    columns = ds.select_columns(["input_ids", "labels", "length", "record", "part", "images"])
     return TrainingData(
         samples=ArrowRows(columns, indices, _sample),
         rejects=rejects,

@@ -298,6 +298,7 @@ def render_record(
 class TokenizedSample:
     input_ids: list[int]
     labels: list[int]
+    images: list[str] = field(default_factory=list)  # image files, in the order of their tokens (vision models)
 
     @property
     def trained_tokens(self) -> int:
@@ -395,25 +396,60 @@ def encode_rendered(
 
 
 def tokenize_record(
-    tokenizer: PreTrainedTokenizerBase, rec: dict[str, Any], opts: RenderOptions | None = None
+    tokenizer: PreTrainedTokenizerBase, rec: dict[str, Any], opts: RenderOptions | None = None, vision: Any = None
 ) -> list[TokenizedSample]:
+    """`vision` (models/vision.py): a vision-language model's way of taking images; without it a record with images
+    is refused (its <image> placeholders would train as words)."""
     opts = opts or RenderOptions()
-    if rec.get("images"):  # rendered as text, the <image> placeholders would train as words
+    if not rec.get("images"):
+        return encode_rendered(tokenizer, render_record(tokenizer, rec, opts), opts.max_length)
+    if vision is None:
         raise RecordError(
-            f"the record has {len(rec['images'])} image(s): training on images is not supported yet (text records "
-            "train, on a vision-language model's language model too)"
+            f"the record has {len(rec['images'])} image(s) and the model takes text only: images train with a "
+            "vision-language model (Qwen2-VL, Qwen2.5-VL, Qwen3-VL)"
         )
-    return encode_rendered(tokenizer, render_record(tokenizer, rec, opts), opts.max_length)
+    return with_images(tokenizer, rec, opts, vision)
+
+
+def with_images(tokenizer: PreTrainedTokenizerBase, rec: dict[str, Any], opts: RenderOptions, vision: Any):
+    """Samples of a record with images: each <image> placeholder becomes the model's image text before the chat
+    template, then its image token is repeated once per merged patch of that image (never trained). A sample holds
+    the images whose placeholders its text contains (every earlier turn's, in order)."""
+    from thinktune.data.images import IMAGE_TOKEN
+
+    msgs = [{**m, "content": m["content"].replace(IMAGE_TOKEN, vision.image_text)} for m in rec["messages"]]
+    rendered = render_record(tokenizer, {**rec, "messages": msgs}, opts)
+    counts = vision.tokens(rec["images"])
+    out = []
+    for sample in encode_rendered(tokenizer, rendered, None):
+        ids, labels, k = [], [], 0
+        for t, y in zip(sample.input_ids, sample.labels, strict=True):
+            if t == vision.image_token_id:
+                if k >= len(counts):
+                    raise RecordError(f"the text holds more image tokens than the record's {len(counts)} image(s)")
+                ids += [t] * counts[k]
+                labels += [IGNORE] * counts[k]
+                k += 1
+            else:
+                ids.append(t)
+                labels.append(y)
+        if opts.max_length and len(ids) > opts.max_length:
+            raise RecordError(f"too long with its images: {len(ids)} tokens > data.max_length={opts.max_length}")
+        out.append(TokenizedSample(ids, labels, list(rec["images"][:k])))
+    return out
 
 
 def tokenize_records(
-    tokenizer: PreTrainedTokenizerBase, records: list[dict[str, Any]], opts: RenderOptions | None = None
+    tokenizer: PreTrainedTokenizerBase,
+    records: list[dict[str, Any]],
+    opts: RenderOptions | None = None,
+    vision: Any = None,
 ) -> list[list[TokenizedSample] | RecordError]:
     """Samples of many records; a failing record gives its RecordError in its place."""
     out: list[list[TokenizedSample] | RecordError] = []
     for rec in records:
         try:
-            out.append(tokenize_record(tokenizer, rec, opts))
+            out.append(tokenize_record(tokenizer, rec, opts, vision))
         except RecordError as e:
             out.append(e)
     return out

@@ -36,6 +36,7 @@ class ArchFacts:
     prefix_tuning: bool = True  # PEFT prefix tuning needs a standard (k, v) cache per head
     towers: tuple[str, ...] = ()  # vision-language models: modules LoRA leaves alone (the vision encoder)
     position_ids: bool = True  # packing passes 1-D position ids (multimodal RoPE models compute their own)
+    image_text: str | None = None  # what an <image> placeholder becomes in the chat template (models/vision.py)
 
 
 def _moe(**kw) -> dict:
@@ -53,7 +54,13 @@ ARCHS: dict[str, ArchFacts] = {
     # Vision-language models: LoRA on the language model; the vision tower (`visual`, whose blocks also have
     # q/k/v-like and gate/up/down_proj Linears) stays frozen; M-RoPE position ids come from the model itself.
     **{
-        t: ArchFacts(ATTN + MLP, towers=("visual",), position_ids=False, prefix_tuning=False)
+        t: ArchFacts(
+            ATTN + MLP,
+            towers=("visual",),
+            position_ids=False,
+            prefix_tuning=False,
+            image_text="<|vision_start|><|image_pad|><|vision_end|>",
+        )
         for t in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
     },
     # MLA caches a compressed latent, not per-head (k, v): PEFT prefix tuning cannot extend it.

@@ -118,11 +118,23 @@ def packed_batch(samples: Sequence[TokenizedSample], pad_id: int) -> Batch:
     return batch
 
 
-def build_make_batch(samples: Sequence[TokenizedSample], cfg: TrainConfig, pad_id: int) -> Callable[[list[int]], Batch]:
-    """make_batch(indices) for TrainLoop: padded rows, or packed rows when `cfg.packing`."""
+def build_make_batch(
+    samples: Sequence[TokenizedSample], cfg: TrainConfig, pad_id: int, vision: Any = None
+) -> Callable[[list[int]], Batch]:
+    """make_batch(indices) for TrainLoop: padded rows, or packed rows when `cfg.packing`; with a vision-language
+    model's `vision`, the batch's images as the model takes them (pixel_values, image_grid_thw), in token order."""
     if cfg.packing:
         return lambda idx: packed_batch([samples[i] for i in idx], pad_id)
-    return lambda idx: pad_batch([samples[i] for i in idx], pad_id)
+
+    def make(idx: list[int]) -> Batch:
+        rows = [samples[i] for i in idx]
+        batch = pad_batch(rows, pad_id)
+        images = [p for s in rows for p in s.images]
+        if vision is not None and images:
+            batch.update(vision.pixels(images))
+        return batch
+
+    return make
 
 
 def model_inputs(batch: Batch) -> dict[str, Any]:
@@ -130,4 +142,5 @@ def model_inputs(batch: Batch) -> dict[str, Any]:
     no cache (transformers reads position-id resets only when there is no mask and no cache)."""
     if "position_ids" in batch:
         return {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"], "use_cache": False}
-    return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    images = {k: batch[k] for k in ("pixel_values", "image_grid_thw") if k in batch}
+    return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], **images}
