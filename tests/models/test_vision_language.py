@@ -56,15 +56,21 @@ def test_packing_is_off_for_models_with_their_own_position_ids(vl_dir):
         resolve_levers(TrainConfig(packing=True), model)
 
 
-def test_train_on_text_and_load_the_adapter_back(vl_dir, tmp_path):
-    out = tmp_path / "run"
-    sets = [f"model.name_or_path={vl_dir}", "data.max_train_samples=16", "train.max_steps=3", "train.batch_size=4",
-            "train.learning_rate=1e-2", "eval.max_samples=4", "eval.max_new_tokens=8", f"output_dir={out}"]  # fmt: skip
+def train(sets: list[str]) -> subprocess.CompletedProcess:
+    """`thinktune train --set ...` in a subprocess; it must succeed."""
     proc = subprocess.run(
         [sys.executable, "-m", "thinktune", "train", *[x for s in sets for x in ("--set", s)]],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def test_train_on_text_and_load_the_adapter_back(vl_dir, tmp_path):
+    out = tmp_path / "run"
+    sets = [f"model.name_or_path={vl_dir}", "data.max_train_samples=16", "train.max_steps=3", "train.batch_size=4",
+            "train.learning_rate=1e-2", "eval.max_samples=4", "eval.max_new_tokens=8", f"output_dir={out}"]  # fmt: skip
+    proc = train(sets)
     assert "packing off" in proc.stdout
     summary = json.loads((out / "summary.json").read_text())
     assert summary["after"]["loss"] < summary["before"]["loss"]
@@ -138,11 +144,7 @@ def test_train_on_images(vl_dir, tmp_path):
     sets = [f"model.name_or_path={vl_dir}", f"data.train=[{data}]", "data.test=null", "train.max_steps=6",
             "train.batch_size=4", "train.learning_rate=2e-2", "train.warmup_ratio=0", "eval.before=false",
             "eval.after=false", f"output_dir={out}"]  # fmt: skip
-    proc = subprocess.run(
-        [sys.executable, "-m", "thinktune", "train", *[x for s in sets for x in ("--set", s)]],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = train(sets)
     assert "12 training samples" in proc.stdout
     losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
     assert len(losses) == 6 and losses[-1] < losses[0]

@@ -25,18 +25,17 @@ VLLM_SERVER = "vllm.entrypoints.openai.api_server"
 LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # the values vLLM's --max-lora-rank accepts
 
 
-def require_vllm() -> None:
+def require_vllm(setting: str = "--backend vllm", instead: str = "serve with --backend transformers") -> None:
+    """One line when `setting` cannot run here: no vllm package, or no CUDA GPU; `instead` says what can."""
     if importlib.util.find_spec("vllm") is None:
         raise EnvironmentProblem(
-            "--backend vllm needs the vllm package on Linux with an NVIDIA GPU (CUDA): pip install vllm; "
-            "or serve with --backend transformers"
+            f"{setting} needs the vllm package on Linux with an NVIDIA GPU (CUDA): pip install vllm; or {instead}"
         )
     import torch
 
     if not torch.cuda.is_available():
         raise EnvironmentProblem(
-            "--backend vllm needs a CUDA GPU and none is visible (torch.cuda.is_available() is False); "
-            "serve with --backend transformers"
+            f"{setting} needs a CUDA GPU and none is visible (torch.cuda.is_available() is False); {instead}"
         )
 
 

@@ -16,32 +16,22 @@ sampled. A resumed run samples with a fresh engine seed: the exact-resume guaran
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import socket
 
 import torch
 
 from thinktune.config import GRPOConfig, RunConfig
-from thinktune.errors import EnvironmentProblem
 from thinktune.models.loading import resolve_model
 from thinktune.train.run import Run
 
 
 def check_vllm_rollouts(cfg: RunConfig) -> None:
     """Before anything loads: vLLM rollouts need the vllm package and a CUDA GPU."""
-    if cfg.grpo.rollout_backend != "vllm":
-        return
-    if importlib.util.find_spec("vllm") is None:
-        raise EnvironmentProblem(
-            "grpo.rollout_backend=vllm needs the vllm package on Linux with an NVIDIA GPU (pip install vllm); "
-            "or use grpo.rollout_backend=hf"
-        )
-    if not torch.cuda.is_available():
-        raise EnvironmentProblem(
-            "grpo.rollout_backend=vllm needs a CUDA GPU and none is visible (torch.cuda.is_available() is False); "
-            "use grpo.rollout_backend=hf"
-        )
+    if cfg.grpo.rollout_backend == "vllm":
+        from thinktune.serve.vllm_backend import require_vllm
+
+        require_vllm("grpo.rollout_backend=vllm", "use grpo.rollout_backend=hf")
 
 
 def _free_port() -> int:
