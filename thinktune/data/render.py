@@ -415,24 +415,11 @@ def with_images(tokenizer: PreTrainedTokenizerBase, rec: dict[str, Any], opts: R
     """Samples of a record with images: each <image> placeholder becomes the model's image text before the chat
     template, then its image token is repeated once per merged patch of that image (never trained). A sample holds
     the images whose placeholders its text contains (every earlier turn's, in order)."""
-    from thinktune.data.images import IMAGE_TOKEN
-
-    msgs = [{**m, "content": m["content"].replace(IMAGE_TOKEN, vision.image_text)} for m in rec["messages"]]
-    rendered = render_record(tokenizer, {**rec, "messages": msgs}, opts)
+    rendered = render_record(tokenizer, {**rec, "messages": vision.messages(rec["messages"])}, opts)
     counts = vision.tokens(rec["images"])
     out = []
     for sample in encode_rendered(tokenizer, rendered, None):
-        ids, labels, k = [], [], 0
-        for t, y in zip(sample.input_ids, sample.labels, strict=True):
-            if t == vision.image_token_id:
-                if k >= len(counts):
-                    raise RecordError(f"the text holds more image tokens than the record's {len(counts)} image(s)")
-                ids += [t] * counts[k]
-                labels += [IGNORE] * counts[k]
-                k += 1
-            else:
-                ids.append(t)
-                labels.append(y)
+        ids, labels, k = vision.expand(sample.input_ids, counts, sample.labels)
         if opts.max_length and len(ids) > opts.max_length:
             raise RecordError(f"too long with its images: {len(ids)} tokens > data.max_length={opts.max_length}")
         out.append(TokenizedSample(ids, labels, list(rec["images"][:k])))
@@ -463,13 +450,17 @@ def tokenize_conversation(
     *,
     tools: list[dict[str, Any]] | None = None,
     opts: RenderOptions | None = None,
+    images: list[str] | None = None,
+    vision: Any = None,
 ) -> TokenizedSample:
     """The sample that trains a conversation's final assistant turn (with the earlier turns it shares a sequence
-    with): reference losses in evaluation, preference pairs."""
+    with): reference losses in evaluation, preference pairs. `images` (with a model's `vision`) as tokenize_record."""
     base = opts or RenderOptions()
     opts = RenderOptions(system_prompt, base.thinking, base.multi_turn, base.empty_think_in_loss, max_length)
     rec = {"messages": messages, "meta": {}, **({"tools": tools} if tools else {})}
-    return tokenize_record(tokenizer, rec, opts)[-1]
+    if images:
+        rec["images"] = images
+    return tokenize_record(tokenizer, rec, opts, vision)[-1]
 
 
 def tokenize_conversations(

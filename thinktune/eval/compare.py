@@ -23,6 +23,7 @@ from thinktune.eval.runner import EvalResult, evaluate
 from thinktune.eval.significance import paired_from_samples
 from thinktune.eval.tasks import load_tasks
 from thinktune.models import load_pretrained
+from thinktune.models.vision import load_vision
 from thinktune.progress import status, task_progress
 from thinktune.runs import ADAPTER, MODEL, find_trained, load_trained
 
@@ -37,17 +38,17 @@ def candidate_label(ref: str) -> str:
 
 
 def load_candidate(cfg: RunConfig, ref: str):
-    if ref == "base":
-        model, tok, _ = load_pretrained(cfg.model)
-        return model, tok
-    trained = find_trained(ref)
-    if trained is not None and trained.kind != "full":  # an adapter, or the changed tensors of the base
-        model, tok, _ = load_pretrained(cfg.model)
-        return load_trained(model, trained.path), tok
-    ref = str(trained.path) if trained is not None else ref  # a full model (or a run that saved one)
-    other = cfg.model.model_copy(update={"name_or_path": ref, "gguf_file": None, "revision": None})
-    model, tok, _ = load_pretrained(other)
-    return model, tok
+    """(model, tokenizer, vision) of a candidate: the base, an adapter or changed tensors on it, or a full model."""
+    trained = None if ref == "base" else find_trained(ref)
+    if ref == "base" or (trained is not None and trained.kind != "full"):  # the base, or an adapter / tensors on it
+        model, tok, source = load_pretrained(cfg.model)
+        if trained is not None:
+            model = load_trained(model, trained.path)
+    else:
+        ref = str(trained.path) if trained is not None else ref  # a full model (or a run that saved one)
+        other = cfg.model.model_copy(update={"name_or_path": ref, "gguf_file": None, "revision": None})
+        model, tok, source = load_pretrained(other)
+    return model, tok, load_vision(model, source.path)
 
 
 def compare_models(cfg: RunConfig, candidates: list[str], out_dir: Path, console: Console) -> dict[str, EvalResult]:
@@ -63,7 +64,7 @@ def compare_models(cfg: RunConfig, candidates: list[str], out_dir: Path, console
         if label in results:
             label = ref
         with status(console, f"loading {label}"):
-            model, tok = load_candidate(cfg, ref)
+            model, tok, vision = load_candidate(cfg, ref)
         with task_progress(console, f"eval {label}") as bar:
             task = bar.add_task(label, total=len(loaded.records))
             advance = lambda n, t=task: bar.advance(t, n)  # noqa: E731
@@ -75,6 +76,7 @@ def compare_models(cfg: RunConfig, candidates: list[str], out_dir: Path, console
                 cfg.data.system_prompt,
                 progress=advance,
                 thinking=cfg.data.thinking,
+                vision=vision,
             )
         del model
     write_comparison(results, candidates, cfg, out_dir)

@@ -69,11 +69,20 @@ def generate_batch(
     do_sample: bool = False,
     temperature: float = 0.7,
     stats: GenerationStats | None = None,
+    images: list[list] | None = None,
+    vision=None,
 ) -> list[tuple[str, int]]:
-    """(completion text, number of generated tokens) for each prompt; `stats` accumulates tokens and seconds."""
+    """(completion text, number of generated tokens) for each prompt; `stats` accumulates tokens and seconds.
+    `images`: each prompt's images (paths or PIL images), given to a vision-language model through its `vision`
+    (models/vision.py) — the prompts then hold the model's image text where each image goes."""
     start = time.perf_counter()
-    enc = left_padded(tokenizer(prompts, add_special_tokens=False)["input_ids"], tokenizer.pad_token_id)
-    enc = {k: v.to(model.device) for k, v in enc.items()}
+    if vision is not None and images and any(images):
+        rows = [vision.prompt_ids(tokenizer, p, imgs) for p, imgs in zip(prompts, images, strict=True)]
+        pixels = vision.pixels([im for imgs in images for im in imgs])
+    else:
+        rows, pixels = tokenizer(prompts, add_special_tokens=False)["input_ids"], {}
+    enc = left_padded(rows, tokenizer.pad_token_id)
+    enc = {k: v.to(model.device) for k, v in {**enc, **pixels}.items()}
     stops = stop_token_ids(tokenizer, model)
     kwargs = {"do_sample": True, "temperature": temperature} if do_sample else {"do_sample": False}
     out = model.generate(

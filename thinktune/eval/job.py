@@ -19,6 +19,7 @@ from thinktune.eval.report import write_report
 from thinktune.eval.runner import EvalResult, evaluate
 from thinktune.eval.tasks import load_tasks
 from thinktune.models import load_pretrained
+from thinktune.models.vision import load_vision
 from thinktune.progress import status, task_progress
 from thinktune.runs import load_trained
 
@@ -43,7 +44,8 @@ def run_eval_job(
     if loaded is not None:
         check_bad_fraction(loaded, cfg.data.max_bad_fraction, cfg.data.test)
     with status(console, f"loading {cfg.model.name_or_path}"):
-        model, tokenizer, _ = load_pretrained(cfg.model)
+        model, tokenizer, source = load_pretrained(cfg.model)
+        vision = load_vision(model, source.path)  # None for a text-only model
         if adapter:
             model = load_trained(model, adapter)  # an adapter/ or model/ folder, or a run directory
     result, more = None, {}
@@ -58,6 +60,7 @@ def run_eval_job(
                 cfg.data.system_prompt,
                 progress=lambda n: bar.advance(task, n),
                 thinking=cfg.data.thinking,
+                vision=vision,
             )
         if extras.robustness:
             from thinktune.eval.robustness import robustness_report

@@ -189,6 +189,15 @@ def answers_match(predicted: str | None, reference: str, rel_tol: float = 1e-6) 
     return math_equal(pred, ref)
 
 
+def words_answer(predicted: str | None, answer_text: str, reference: str) -> str | None:
+    """The extracted answer, or — when nothing was extracted and the reference is in words ('red', 'Paris') — the
+    whole answer text, which answers_match then compares as words (short-answer and visual QA answer bare)."""
+    if predicted is not None:
+        return predicted
+    ref = math_text(reference)
+    return answer_text if WORD.search(ref) and not MATH_SIGN.search(ref) and answer_text.strip() else None
+
+
 def math_text(s: str) -> str:
     s = BARE_PI.sub(r"\\pi ", normalize_text(s))
     return s.replace("\\$", "").replace("$", "").strip()  # currency; also math-verify's own delimiter

@@ -1,7 +1,10 @@
 """Run a model over evaluation tasks: batched generation, answer checking, format compliance, held-out loss.
 
 A task whose reference is a tool call (`task["tool_calls"]`, see tasks.py) is scored on its calls (eval/tool_calls.py):
-`correct` means the calls equal the reference's, and the headline gains `tool_call_accuracy` and `tool_call_tasks`."""
+`correct` means the calls equal the reference's, and the headline gains `tool_call_accuracy` and `tool_call_tasks`.
+A task whose reference is a box `[x1, y1, x2, y2]` is scored by IoU (eval/boxes.py): `correct` means IoU ≥ 0.5, and the
+headline gains `mean_iou` and `box_tasks`. A task with images (`task["images"]`) needs a vision-language model's
+`vision` (models/vision.py): its prompt and reference loss are rendered with the images' tokens."""
 
 from __future__ import annotations
 
@@ -21,9 +24,17 @@ from thinktune.data.formats import RecordError
 from thinktune.data.render import RenderOptions, inference_thinking, render_prompt, tokenize_conversation
 from thinktune.data.tool_calls import calls_equal
 from thinktune.errors import ConfigError
+from thinktune.eval.boxes import IOU_CORRECT, box_iou, is_box, parse_box
 from thinktune.eval.generate import GenerationStats, batched, generate_batch
 from thinktune.eval.metrics import compute_metrics, perplexity_from_loss
-from thinktune.eval.reasoning import answers_match, format_report, maj_at_k_correct, parse_output, pass_at_k
+from thinktune.eval.reasoning import (
+    answers_match,
+    format_report,
+    maj_at_k_correct,
+    parse_output,
+    pass_at_k,
+    words_answer,
+)
 from thinktune.eval.tool_calls import majority_calls_correct, score_tool_calls, tool_call_summary
 
 
@@ -55,6 +66,7 @@ def heldout_loss(
     system_prompt: str | None,
     bs: int,
     thinking: str = "auto",
+    vision=None,
 ) -> float | None:
     """Mean cross-entropy on the reference answers' tokens (teacher forcing), rendered as training renders them.
 
@@ -65,15 +77,22 @@ def heldout_loss(
     for t in tasks:
         try:
             samples.append(
-                tokenize_conversation(tokenizer, t["messages"], system_prompt, tools=t.get("tools"), opts=opts)
-            )
+                tokenize_conversation(
+                    tokenizer, t["messages"], system_prompt, tools=t.get("tools"), opts=opts,
+                    images=t.get("images"), vision=vision,
+                )
+            )  # fmt: skip
         except RecordError:
             continue
     samples.sort(key=lambda s: len(s.input_ids))
     scored_only = takes_logits_to_keep(model)
     total, count = 0.0, 0
     for chunk in batched(samples, bs):
-        batch = {k: v.to(model.device) for k, v in pad_batch(chunk, tokenizer.pad_token_id).items()}
+        batch = pad_batch(chunk, tokenizer.pad_token_id)
+        images = [p for s in chunk for p in s.images]
+        if images:
+            batch.update(vision.pixels(images))
+        batch = {k: v.to(model.device) for k, v in batch.items()}
         target = batch["labels"][:, 1:]
         n = int((target != -100).sum())
         if scored_only:
@@ -99,13 +118,18 @@ def takes_logits_to_keep(model: torch.nn.Module) -> bool:
 
 
 def task_prompts(
-    tokenizer: PreTrainedTokenizerBase, tasks: list[dict], system_prompt: str | None, thinking: str = "auto"
+    tokenizer: PreTrainedTokenizerBase,
+    tasks: list[dict],
+    system_prompt: str | None,
+    thinking: str = "auto",
+    vision=None,
 ) -> list[str]:
-    """The inference prompt of each task, with its tools and the thinking switch `data.thinking` gives it."""
+    """The inference prompt of each task, with its tools and the thinking switch `data.thinking` gives it (and,
+    for a task with images, the model's image text where each goes)."""
     return [
         render_prompt(
             tokenizer,
-            t["prompt"],
+            vision.messages(t["prompt"]) if t.get("images") else t["prompt"],
             system_prompt,
             tools=t.get("tools"),
             enable_thinking=inference_thinking(thinking, t.get("meta", {}).get("enable_thinking")),
@@ -122,13 +146,17 @@ def evaluate(
     system_prompt: str | None = None,
     progress=None,
     thinking: str = "auto",
+    vision=None,
 ) -> EvalResult:
-    """Generate for every task (k samples each when eval.num_samples > 1), check answers, format and extra metrics."""
+    """Generate for every task (k samples each when eval.num_samples > 1), check answers, format and extra metrics.
+    `vision`: a vision-language model's way of taking images (models/vision.py), needed by tasks with images."""
     start = time.perf_counter()
     model.eval()
     k = cfg.num_samples
     schema = load_schema(cfg.json_schema)
-    prompts = task_prompts(tokenizer, tasks, system_prompt, thinking)
+    check_images_taken(tasks, vision)
+    prompts = task_prompts(tokenizer, tasks, system_prompt, thinking, vision)
+    images = [prompt_images(t) for t in tasks]
     # Similar lengths together: less padding per batch. Results are put back in task order.
     order = sorted(range(len(tasks)), key=lambda i: len(prompts[i]))
     jobs = [i for i in order for _ in range(k)]
@@ -143,16 +171,21 @@ def evaluate(
             cfg.do_sample or k > 1,
             cfg.temperature,
             stats,
+            [images[i] for i in chunk],
+            vision,
         )
         for i, out in zip(chunk, gen, strict=True):
             outputs[i].append(out)
         if progress is not None:
             progress(len(set(chunk)) if k > 1 else len(chunk))
     samples = [score_sample(t, outputs[i], tokenizer, schema) for i, t in enumerate(tasks)]
-    loss = heldout_loss(model, tokenizer, tasks, system_prompt, cfg.batch_size, thinking)
+    loss = heldout_loss(model, tokenizer, tasks, system_prompt, cfg.batch_size, thinking, vision)
     n = max(1, len(samples))
     extra: dict[str, float | int] = {"generation_tokens_per_second": stats.tokens_per_second}
     extra.update(tool_call_summary(samples))
+    ious = [s["iou"] for s in samples if "iou" in s]
+    if ious:
+        extra.update(mean_iou=sum(ious) / len(ious), box_tasks=len(ious))
     if k > 1:
         extra[f"pass@{k}"] = sum(s["pass_at_k"] for s in samples) / n
         extra[f"maj@{k}"] = sum(s["maj_correct"] for s in samples) / n
@@ -180,17 +213,22 @@ def score_sample(task: dict, outs: list[tuple[str, int]], tokenizer, schema: dic
     parsed = parse_output(text)
     think_tokens = len(tokenizer(parsed.thinking, add_special_tokens=False)["input_ids"]) if parsed.thinking else 0
     checks = format_report(text, schema) if schema else None
+    predicted = words_answer(parsed.answer, parsed.answer_text, task["answer"])
     sample = {
         "prompt": task["prompt"][-1]["content"],
         "output": text,
         "answer_text": parsed.answer_text,
-        "predicted": parsed.answer,
+        "predicted": predicted,
         "answer": task["answer"],
-        "correct": answers_match(parsed.answer, task["answer"]),
+        "correct": answers_match(predicted, task["answer"]),
         "format_ok": parsed.format_ok and (checks is None or checks.get("json_valid", True)),
         "think_tokens": think_tokens,
         "output_tokens": n_tokens,
     }
+    if is_box(task["answer"]):
+        predicted = parse_box(parsed.answer_text)
+        iou = box_iou(predicted, parse_box(task["answer"])) if predicted else 0.0
+        sample.update(predicted=json.dumps(list(predicted)) if predicted else None, iou=iou, correct=iou >= IOU_CORRECT)
     reference = task.get("tool_calls")
     if reference:
         score = score_tool_calls(text, reference)
@@ -208,11 +246,31 @@ def score_sample(task: dict, outs: list[tuple[str, int]], tokenizer, schema: dic
             c = sum(calls_equal(p, reference) for p in predictions)
             maj = majority_calls_correct(predictions, reference)
         else:
-            answers = [parse_output(o).answer for o, _ in outs]
+            answers = [
+                words_answer(p.answer, p.answer_text, task["answer"]) for p in map(parse_output, [o for o, _ in outs])
+            ]
             c = sum(answers_match(a, task["answer"]) for a in answers)
             maj = maj_at_k_correct(answers, task["answer"])
         sample.update(samples=[o for o, _ in outs], pass_at_k=pass_at_k(len(outs), c, len(outs)), maj_correct=maj)
     return sample
+
+
+def prompt_images(task: dict) -> list[str]:
+    """The images of a task's prompt: as many of its images as the prompt has placeholders."""
+    from thinktune.data.images import IMAGE_TOKEN
+
+    images = task.get("images") or []
+    return images[: sum(m["content"].count(IMAGE_TOKEN) for m in task["prompt"])] if images else []
+
+
+def check_images_taken(tasks: list[dict], vision) -> None:
+    """Tasks with images need a model that takes them."""
+    if vision is None and any(t.get("images") for t in tasks):
+        n = sum(bool(t.get("images")) for t in tasks)
+        raise ConfigError(
+            f"{n} evaluation task(s) have images and the model takes text only: evaluate them with a "
+            "vision-language model (Qwen2-VL, Qwen2.5-VL, Qwen3-VL)"
+        )
 
 
 def reference_answer(task: dict) -> str | None:

@@ -28,6 +28,8 @@ def to_task_record(sft: dict[str, Any]) -> dict[str, Any]:
     task = {"prompt": msgs[:last], "answer": str(answer), "messages": msgs[: last + 1], "meta": sft["meta"]}
     if sft.get("tools"):
         task["tools"] = sft["tools"]
+    if sft.get("images"):  # a vision-language task: the images of its prompt (and reference turn)
+        task["images"] = sft["images"]
     if calls:
         task["tool_calls"] = calls
     return task

@@ -3,8 +3,11 @@ and the image token repeated once per merged patch (Qwen2-VL family: `<|vision_s
 `<|image_pad|>` × grid_t·grid_h·grid_w / merge²).
 
     vision = load_vision(model, source)          # None for a text-only model
-    vision.tokens(paths)                         # image tokens per image (what the sample's text expands to)
-    vision.pixels(paths)                         # {"pixel_values", "image_grid_thw"} for the model's forward
+    vision.tokens(images)                        # image tokens per image (what the sample's text expands to)
+    vision.pixels(images)                        # {"pixel_values", "image_grid_thw"} for the model's forward
+    vision.prompt_ids(tokenizer, prompt, images) # an inference prompt's token ids, image tokens expanded
+
+An image is a file path or a PIL image (serve decodes the ones requests send).
 
 The image processor is the model's own (`preprocessor_config.json`), loaded in its PIL implementation: it needs no
 torchvision, and it is the one the processor would use for still images.
@@ -18,6 +21,7 @@ from typing import Any
 
 import torch
 
+from thinktune.data.record_error import RecordError
 from thinktune.errors import ModelNotFoundError
 from thinktune.models.registry import arch_facts
 
@@ -29,24 +33,62 @@ class Vision:
     image_token_id: int  # the token the model replaces by vision features, repeated per merged patch
     merge: int  # spatial merge size: image tokens = grid cells / merge²
 
-    def _process(self, paths: list[str]) -> dict[str, torch.Tensor]:
+    def _process(self, images: list[Any]) -> dict[str, torch.Tensor]:
         from PIL import Image
 
-        images = []
-        for p in paths:
-            with Image.open(p) as im:
-                images.append(im.convert("RGB"))
-        return self.processor(images=images, return_tensors="pt")
+        rgb = []
+        for image in images:
+            if isinstance(image, Image.Image):
+                rgb.append(image.convert("RGB"))
+                continue
+            with Image.open(image) as im:
+                rgb.append(im.convert("RGB"))
+        return self.processor(images=rgb, return_tensors="pt")
 
-    def tokens(self, paths: list[str]) -> list[int]:
-        if not paths:
+    def tokens(self, images: list[Any]) -> list[int]:
+        if not images:
             return []
-        grid = self._process(paths)["image_grid_thw"]
+        grid = self._process(images)["image_grid_thw"]
         return [int(g.prod()) // self.merge**2 for g in grid]
 
-    def pixels(self, paths: list[str]) -> dict[str, torch.Tensor]:
-        out = self._process(paths)
+    def pixels(self, images: list[Any]) -> dict[str, torch.Tensor]:
+        out = self._process(images)
         return {"pixel_values": out["pixel_values"], "image_grid_thw": out["image_grid_thw"]}
+
+    def messages(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Messages with each `<image>` placeholder written as the model's image text (before the chat template)."""
+        from thinktune.data.images import IMAGE_TOKEN
+
+        return [{**m, "content": m["content"].replace(IMAGE_TOKEN, self.image_text)} for m in messages]
+
+    def expand(
+        self, ids: list[int], counts: list[int], labels: list[int] | None = None
+    ) -> tuple[list[int], list[int], int]:
+        """(ids, labels, images used): each image token repeated once per merged patch of its image (`counts`, in
+        order), its labels ignored (-100); RecordError when the text holds more image tokens than there are images."""
+        out_ids: list[int] = []
+        out_labels: list[int] = []
+        k = 0
+        for t, y in zip(ids, labels if labels is not None else ids, strict=True):
+            if t == self.image_token_id:
+                if k >= len(counts):
+                    raise RecordError(f"the text holds more image tokens than its {len(counts)} image(s)")
+                out_ids += [t] * counts[k]
+                out_labels += [-100] * counts[k]
+                k += 1
+            else:
+                out_ids.append(t)
+                out_labels.append(y)
+        return out_ids, out_labels, k
+
+    def prompt_ids(self, tokenizer: Any, prompt: str, images: list[Any]) -> list[int]:
+        """Token ids of a rendered prompt (its images written as `messages` writes them), image tokens expanded; a
+        prompt whose image texts and images do not pair up is a RecordError."""
+        ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        expanded, _, used = self.expand(ids, self.tokens(images))
+        if used != len(images):
+            raise RecordError(f"{len(images)} image(s) for {used} image placeholder(s) in the prompt")
+        return expanded
 
     def key(self) -> dict[str, Any]:
         """What decides the token layout (part of the data cache key)."""

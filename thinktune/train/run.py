@@ -44,6 +44,7 @@ from thinktune.methods import (
     save_trained,
 )
 from thinktune.models import load_pretrained
+from thinktune.models.vision import load_vision
 from thinktune.progress import status, task_progress
 from thinktune.train.engine.checkpoint import RecipeState, resolve_resume
 from thinktune.train.engine.loggers import MetricsLog, check_trackers
@@ -67,6 +68,7 @@ class Run:
     tokenizer: Any = None
     tasks: list[dict] | None = None  # data.test: evaluated before and after
     validation: list[dict] | None = None  # data.validation: train.eval_steps validates on it
+    vision: Any = None  # a vision-language model's way of taking images (models/vision.py); None for text-only
     rejects: list[Reject] = field(default_factory=list)  # → rejects.jsonl
 
 
@@ -139,6 +141,7 @@ def start(cfg: RunConfig, console: Console, recipe: str = "sft") -> Run:
     with status(console, f"loading model {cfg.model.name_or_path} (first use of a GGUF converts it once)"):
         t = time.perf_counter()
         run.model, run.tokenizer, source = load_pretrained(cfg.model, quantization)
+        run.vision = load_vision(run.model, source.path)
     check_method_model(run.model, cfg.method)  # before the evaluation: ESFT on a dense model stops here
     console.print(
         f"model [bold]{source.description}[/] ({run.model.config.model_type}, "
@@ -175,6 +178,7 @@ def run_eval(run: Run, label: str, merged: bool = False) -> EvalResult | None:
             run.cfg.data.system_prompt,
             progress=lambda n: bar.advance(task, n),
             thinking=run.cfg.data.thinking,
+            vision=run.vision,
         )
     write_report(result, run.dir / runs.EVAL, label, f"{label}: {run.cfg.model.name_or_path}")
     run.console.print(
@@ -207,11 +211,19 @@ def validate(run: Run) -> dict[str, float]:
     """Validation loss on data.validation plus generation metrics (accuracy, format, eval.metrics) on its tasks."""
     model = run.accelerator.unwrap_model(run.model)
     values: dict[str, float] = {}
-    loss = heldout_loss(model, run.tokenizer, run.validation, run.cfg.data.system_prompt, run.cfg.eval.batch_size)
+    loss = heldout_loss(
+        model, run.tokenizer, run.validation, run.cfg.data.system_prompt, run.cfg.eval.batch_size, vision=run.vision
+    )
     if loss is not None:
         values["val_loss"] = loss
     r = evaluate(
-        model, run.tokenizer, run.validation, run.cfg.eval, run.cfg.data.system_prompt, thinking=run.cfg.data.thinking
+        model,
+        run.tokenizer,
+        run.validation,
+        run.cfg.eval,
+        run.cfg.data.system_prompt,
+        thinking=run.cfg.data.thinking,
+        vision=run.vision,
     )
     values.update(accuracy=r.accuracy, format_compliance=r.format_compliance, **r.extra)
     return values

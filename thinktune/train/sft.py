@@ -20,8 +20,6 @@ from thinktune.data.collate import pad_batch
 from thinktune.data.prepare import TrainingData, prepare_training_data
 from thinktune.methods import MethodContext, apply_method, count_parameters, optimizer_parameters
 from thinktune.models import load_pretrained
-from thinktune.models.loading import resolve_model
-from thinktune.models.vision import load_vision
 from thinktune.train.engine.ewc import compute_fisher, save_fisher
 from thinktune.train.engine.speed import apply_liger_kernels, build_make_batch
 from thinktune.train.objectives.sft import resolve_levers, sft_objective
@@ -33,7 +31,6 @@ class SFT:
 
     def __init__(self) -> None:
         self.data: TrainingData | None = None
-        self.vision = None  # a vision-language model's way of taking images (models/vision.py)
 
     def check(self, cfg: RunConfig) -> None:
         from thinktune.train.settings import check_settings
@@ -41,9 +38,7 @@ class SFT:
         check_settings(cfg, "sft")
 
     def prepare(self, run: Run) -> str:
-        m = run.cfg.model
-        self.vision = load_vision(run.model, resolve_model(m.name_or_path, m.gguf_file, m.revision).path)
-        self.data = prepare_training_data(run.cfg.data, run.tokenizer, vision=self.vision)
+        self.data = prepare_training_data(run.cfg.data, run.tokenizer, vision=run.vision)
         run.rejects = list(self.data.rejects) + run.rejects
         return f"{len(self.data.samples)} training samples from {self.data.total_records} records"
 
@@ -72,7 +67,7 @@ class SFT:
             run,
             opt,
             len(samples),
-            build_make_batch(samples, cfg, run.tokenizer.pad_token_id, self.vision),
+            build_make_batch(samples, cfg, run.tokenizer.pad_token_id, run.vision),
             sft_objective(run.model, cfg, teacher),  # speed levers: packing, chunked head
             balanced_weights(run.cfg, self.data.records),
             resume,
