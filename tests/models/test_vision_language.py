@@ -148,3 +148,85 @@ def test_train_on_images(vl_dir, tmp_path):
     assert "12 training samples" in proc.stdout
     losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
     assert len(losses) == 6 and losses[-1] < losses[0]
+
+
+def box_records(folder: Path, n: int = 4) -> Path:
+    """Grounding tasks: where is the dark square on a light picture, answered as a box [x1, y1, x2, y2]."""
+    from PIL import Image, ImageDraw
+
+    (folder / "img").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n):
+        im = Image.new("RGB", (56, 56), (240, 240, 240))
+        box = [4 + 6 * i, 8, 28 + 6 * i, 32]
+        ImageDraw.Draw(im).rectangle(box, fill=(10, 10, 10))
+        im.save(folder / "img" / f"box{i}.png")
+        rows.append({"messages": [{"role": "user", "content": "Where is the square? <image>"},
+                                  {"role": "assistant", "content": json.dumps(box)}],
+                     "images": [f"img/box{i}.png"], "answer": json.dumps(box)})  # fmt: skip
+    path = folder / "boxes.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_eval_on_image_tasks(vl_dir, tmp_path):
+    """`thinktune eval` on colour questions (word answers) and grounding tasks (box answers, IoU): the model sees
+    the images (prompt tokens grow with them) and the report scores both."""
+    colours = [json.loads(line) for line in colour_records(tmp_path, 3).read_text().splitlines()]
+    tasks = tmp_path / "tasks.jsonl"
+    lines = [json.dumps({**r, "answer": r["messages"][1]["content"]}) for r in colours]
+    tasks.write_text("\n".join(lines) + "\n" + box_records(tmp_path).read_text())
+    out = tmp_path / "eval"
+    proc = subprocess.run(
+        [sys.executable, "-m", "thinktune", "eval", "--model", str(vl_dir), "--data", str(tasks), "-o", str(out),
+         "--set", "eval.max_new_tokens=6"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["headline"]["n"] == 7 and report["headline"]["box_tasks"] == 4
+    assert 0.0 <= report["headline"]["mean_iou"] <= 1.0
+    assert all("iou" in s for s in report["samples"][3:]) and not any("iou" in s for s in report["samples"][:3])
+    assert report["headline"]["loss"] is not None  # the reference loss ran with the images
+
+
+def test_generation_sees_the_image(vl_dir, tmp_path):
+    """The same question about two different pictures: the prompt's image tokens differ in number with the image's
+    size, and the model's next-token distribution depends on the pixels."""
+    from PIL import Image
+
+    from thinktune.data.render import render_prompt
+    from thinktune.models.vision import load_vision
+
+    model, tok, _ = load_pretrained(ModelConfig(name_or_path=str(vl_dir)))
+    vision = load_vision(model, vl_dir)
+    small, large = Image.new("RGB", (28, 28), (200, 0, 0)), Image.new("RGB", (84, 84), (0, 0, 200))
+    prompt = render_prompt(tok, vision.messages([{"role": "user", "content": "<image>What colour?"}]))
+    ids_small, ids_large = vision.prompt_ids(tok, prompt, [small]), vision.prompt_ids(tok, prompt, [large])
+    pad = model.config.image_token_id
+    assert ids_small.count(pad) == vision.tokens([small])[0] < ids_large.count(pad) == vision.tokens([large])[0]
+    import torch
+
+    logits = []
+    for ids, im in ((ids_small, small), (ids_small, small.point(lambda v: 255 - v))):
+        with torch.no_grad():
+            logits.append(model(input_ids=torch.tensor([ids]), **vision.pixels([im])).logits[0, -1])
+    assert not torch.allclose(logits[0], logits[1])
+    from thinktune.data.record_error import RecordError
+
+    with pytest.raises(RecordError, match="2 image"):
+        vision.prompt_ids(tok, prompt, [small, large])  # two images for one placeholder
+
+
+def test_image_tasks_on_a_text_model_are_one_line(tmp_path):
+    from tests.tiny_models import build_tiny_model
+
+    text_model = build_tiny_model("llama", tmp_path / "llama")
+    out = tmp_path / "eval"
+    proc = subprocess.run(
+        [sys.executable, "-m", "thinktune", "eval", "--model", str(text_model), "--data", str(box_records(tmp_path)),
+         "-o", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "have images and the model takes text only" in proc.stderr + proc.stdout
