@@ -230,3 +230,25 @@ def test_image_tasks_on_a_text_model_are_one_line(tmp_path):
     )  # fmt: skip
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert "have images and the model takes text only" in proc.stderr + proc.stdout
+
+
+def test_data_inspect_shows_where_image_tokens_go(vl_dir, tmp_path):
+    """`data inspect` with a vision-language model: the image token written once with how many tokens it stands for
+    (as many as training repeats it), outside the trained part; the token count includes them."""
+    from thinktune.models.vision import vision_without_weights
+
+    data = colour_records(tmp_path, 1)
+    proc = subprocess.run(
+        [sys.executable, "-m", "thinktune", "data", "inspect", str(data), "--model", str(vl_dir), "--no-color"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    vision = vision_without_weights(vl_dir)
+    [n] = vision.tokens([tmp_path / "img" / "0.png"])
+    assert f"<|vision_start|><|image_pad|>×{n}<|vision_end|>Which colour is this?" in proc.stdout
+    assert "[[red" in proc.stdout and f"→ {n} image tokens (never trained)" in proc.stdout
+    from thinktune.data.prepare import prepare_training_data
+
+    _, tok, _ = load_pretrained(ModelConfig(name_or_path=str(vl_dir)))
+    [sample] = prepare_training_data(DataConfig(train=[str(data)], cache=False), tok, vision=vision).samples
+    assert f"· {len(sample.input_ids)} tokens · {sample.trained_tokens} trained · parity ok" in proc.stdout

@@ -89,8 +89,9 @@ def _items(sources: list[Any], kind: str):
         yield from iter_records(spec, kind=kind)
 
 
-def load_tokenizer_only(model: str):
-    """The tokenizer of a model, without loading (or converting) weights."""
+def load_tokenizer_only(model: str, with_vision: bool = False):
+    """The tokenizer of a model, without loading (or converting) weights; `with_vision`: (tokenizer, vision), the
+    model's way of taking images (models/vision.py) or None."""
     from thinktune.models.loading import (
         BUNDLED,
         ModelSource,
@@ -99,12 +100,16 @@ def load_tokenizer_only(model: str):
         load_tokenizer,
         resolve_model,
     )
+    from thinktune.models.vision import vision_without_weights
 
     if model in BUNDLED and not (converted_dir(model) / "config.json").is_file():
         gguf = bundled_gguf(model)
         if gguf is not None:  # read the tokenizer straight from the GGUF instead of converting the model first
-            return load_tokenizer(ModelSource(gguf.parent, gguf.name))
-    return load_tokenizer(resolve_model(model))
+            tokenizer = load_tokenizer(ModelSource(gguf.parent, gguf.name))
+            return (tokenizer, None) if with_vision else tokenizer
+    source = resolve_model(model)
+    tokenizer = load_tokenizer(source)
+    return (tokenizer, vision_without_weights(source.path)) if with_vision else tokenizer
 
 
 @data_app.command("validate")
@@ -249,7 +254,7 @@ def data_inspect(
     options = RenderOptions(system_prompt, thinking, multi_turn, empty_think_in_loss, max_length)
 
     sources = _sources(files, format_, kind, columns, split, dataset_dir)
-    tokenizer = load_tokenizer_only(model)
+    tokenizer, vision = load_tokenizer_only(model, with_vision=True)
     use_color = console.is_terminal if color is None else color
     out = console
     if use_color and not console.is_terminal:  # --color into a pipe or file: ANSI codes on request
@@ -264,7 +269,7 @@ def data_inspect(
         for side in which:
             label = f" ({side})" if len(which) > 1 else ""
             try:
-                views = masked_views(tokenizer, {**rec, "messages": conversation(rec, side)}, options)
+                views = masked_views(tokenizer, {**rec, "messages": conversation(rec, side)}, options, vision)
             except RecordError as e:
                 out.print(f"── {where}{label}: cannot be trained on: {e}", highlight=False, soft_wrap=True)
                 continue
@@ -279,6 +284,8 @@ def data_inspect(
                 )
                 for note in view.notes:
                     out.print(f"   note: {note}", highlight=False, soft_wrap=True)
+                for image, n in view.images:
+                    out.print(f"   image: {image} → {n} image tokens (never trained)", highlight=False, soft_wrap=True)
                 if use_color:
                     out.print(view.rich(), highlight=False, markup=False, soft_wrap=True)
                 else:

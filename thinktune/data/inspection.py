@@ -2,7 +2,9 @@
 
 The pieces come from slicing the rendered text at token offsets, not from decoding token runs, so every character
 appears once and multi-byte characters never split. Trained pieces are shown in colour on a terminal, or wrapped
-in [[ ]] when the output is piped.
+in [[ ]] when the output is piped. A record's images (with a vision-language model's `vision`) show as the model's
+image text, its image token written once with the number of tokens it stands for (`<|image_pad|>×64`): one per
+merged patch of that image, never trained.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class MaskedView:
     trained_tokens: int
     notes: list[str] = field(default_factory=list)  # where the sample differs from the template's own render
     parity: str = "ok"  # "ok", or the mismatch between the training tokens and the inference prompt
+    images: list[tuple[str, int]] = field(default_factory=list)  # (image, image tokens) in the order they appear
 
     def plain(self) -> str:
         return "".join(f"{OPEN}{t}{CLOSE}" if trained else t for t, trained in self.pieces)
@@ -48,11 +51,19 @@ class MaskedView:
 
 
 def masked_views(
-    tokenizer: PreTrainedTokenizerBase, rec: dict[str, Any], opts: RenderOptions | None = None
+    tokenizer: PreTrainedTokenizerBase, rec: dict[str, Any], opts: RenderOptions | None = None, vision: Any = None
 ) -> list[MaskedView]:
-    """Every sample a record trains, as training sees it. Raises RecordError when the record cannot be rendered;
-    a sample that fails the parity check or the length limit is still shown, with the reason in `parity`."""
+    """Every sample a record trains, as training sees it. Raises RecordError when the record cannot be rendered
+    (also: images without a vision-language model's `vision`); a sample that fails the parity check or the length
+    limit is still shown, with the reason in `parity`."""
     opts = opts or RenderOptions()
+    images = rec.get("images") or []
+    if images:
+        from thinktune.data.render import tokenize_record
+
+        tokenize_record(tokenizer, rec, RenderOptions(opts.system_prompt, opts.thinking, opts.multi_turn), vision)
+        rec = {**rec, "messages": vision.messages(rec["messages"])}
+    counts = vision.tokens(images) if images else []
     views = []
     for rendered in render_record(tokenizer, rec, opts):
         try:
@@ -63,8 +74,26 @@ def masked_views(
         [(ids, offsets)] = encode_with_offsets(tokenizer, [rendered.text])
         view = _view(rendered.text, ids, offsets, rendered.spans)
         view.notes, view.parity = rendered.notes, parity
+        if images:
+            with_image_tokens(view, tokenizer.convert_ids_to_tokens(vision.image_token_id), images, counts)
         views.append(view)
     return views
+
+
+def with_image_tokens(view: MaskedView, token: str, images: list[str], counts: list[int]) -> None:
+    """Each image token of the view's text written as `token×n` (n: the tokens its image stands for), and the
+    view's token count grown by them."""
+    k, pieces = 0, []
+    for text, trained in view.pieces:
+        parts = text.split(token)
+        for i, part in enumerate(parts[:-1]):
+            n = counts[k] if k < len(counts) else 1
+            view.images.append((images[k] if k < len(images) else "?", n))
+            view.tokens += n - 1
+            parts[i] = f"{part}{token}×{n}"
+            k += 1
+        pieces.append(("".join(parts), trained))
+    view.pieces = pieces
 
 
 def masked_view(

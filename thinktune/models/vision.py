@@ -98,7 +98,20 @@ class Vision:
 def load_vision(model: Any, path: Path) -> Vision | None:
     """The model's Vision, or None when it takes no images; a vision-language architecture thinktune does not know,
     or one without its image processor in `path`, is one line."""
-    config = getattr(model, "config", None)
+    return vision_of_config(getattr(model, "config", None), path)
+
+
+def vision_without_weights(path: Path) -> Vision | None:
+    """The Vision of the model in directory `path` from its config and image processor alone (no weights loaded):
+    what `data inspect` and `plan` need. None when `path` holds no transformers config (a GGUF) or a text model."""
+    if not (Path(path) / "config.json").is_file():
+        return None
+    from transformers import AutoConfig
+
+    return vision_of_config(AutoConfig.from_pretrained(path), path)
+
+
+def vision_of_config(config: Any, path: Path) -> Vision | None:
     if getattr(config, "vision_config", None) is None:
         return None
     facts = arch_facts(config.model_type)
