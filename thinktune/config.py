@@ -101,7 +101,10 @@ class DataConfig(Section):
     )
     max_train_samples: int | None = Field(None, gt=0, description="Use only the first N usable training samples.")
     validation: str | None = Field(None, description="Validation file for in-training evaluation (eval_steps).")
-    balance_by: str | None = Field(None, description="Meta field to balance sampling on (inverse frequency).")
+    balance_by: str | None = Field(
+        None,
+        description="Meta field to balance sampling on (inverse frequency); `modality` splits image and text records.",
+    )
     balance_weights: dict[str, float] | None = Field(None, description="Share per balance_by value.")
     cleaning: CleaningConfig | None = Field(None, description="Cleaning stage (dedup, quality filters, PII).")
     augment: AugmentConfig | None = Field(None, description="Instruction-template variation each epoch.")

@@ -175,3 +175,16 @@ def test_model_generate_fn_with_tiny_model(tiny_model_dirs, tiny_tokenizer):
     assert len(replies) == 2 and all(isinstance(r, str) for r in replies)
     out = paraphrase([rec("Tom has 5 apples.")], generate)
     assert out[0]["messages"][1] == rec("x")["messages"][1]
+
+
+def test_balance_by_modality_reaches_a_text_to_image_ratio():
+    """`modality` needs no field: records with images are `image`, the rest `text`; shares 3:1 draw them 3:1."""
+    import random
+
+    recs = [{"messages": [], "meta": {}}] * 10 + [{"messages": [], "images": ["a.png"], "meta": {}}] * 30
+    weights = sample_weights(recs, "modality", {"text": 3, "image": 1})
+    draws = random.Random(0).choices(range(len(recs)), weights=weights, k=40_000)
+    image_share = sum(1 for i in draws if recs[i].get("images")) / len(draws)
+    assert image_share == pytest.approx(0.25, abs=0.01)
+    own = {"messages": [], "images": ["a.png"], "meta": {"modality": "diagram"}}  # a record's own label wins
+    assert sample_weights([own, recs[0]], "modality") == [1.0, 1.0]

@@ -3,6 +3,10 @@
 `sample_weights` gives one weight per record for torch's WeightedRandomSampler. Each category gets a share of the
 draws — equal shares (inverse frequency) by default, or the shares given — split evenly among its records.
 Weights are scaled to average 1, so `num_samples=len(records)` keeps the epoch length.
+
+`modality` is a label every record has without writing it: `image` for a record with images, `text` otherwise
+(unless the record sets its own `modality`), so `balance_by: modality` with `balance_weights: {text: 3, image: 1}`
+draws text and image samples 3:1.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 MISSING = "<missing>"
+MODALITY = "modality"
 
 
 def label_of(rec: dict[str, Any], field: str) -> str:
@@ -19,6 +24,8 @@ def label_of(rec: dict[str, Any], field: str) -> str:
     name = field.removeprefix("meta.")
     meta = rec.get("meta") or {}
     value = meta[name] if name in meta else rec.get(name)
+    if name == MODALITY and value is None:
+        return "image" if rec.get("images") else "text"
     if value is None or isinstance(value, dict | list):
         return MISSING if value is None else str(value)
     return str(value)
