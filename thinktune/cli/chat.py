@@ -24,6 +24,15 @@ def chat(
         Path | None, typer.Option(help="A training run: its config (model, system prompt) and what it trained.")
     ] = None,
     prompt: Annotated[str | None, typer.Option("--prompt", "-p", help="Ask once and exit.")] = None,
+    image: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--image",
+            help="An image file for the first question (repeatable, in order; vision-language models only). The "
+            "question's `<image>` placeholders mark where they go, else they go before its text; later questions "
+            "still see them.",
+        ),
+    ] = None,
     max_new_tokens: Annotated[int, typer.Option(help="Answer length limit.")] = 256,
     thinking: Annotated[
         bool | None,
@@ -34,25 +43,43 @@ def chat(
     """Talk to a model: interactive, or one-shot with --prompt. Thinking is shown dimmed.
 
     Example: `thinktune chat --adapter runs/quickstart/adapter -p "Ana has 3 bags of 4 apples. How many apples?"`
+
+    With an image (a vision-language model): `thinktune chat --model VL_MODEL_DIR --image cat.png -p "What animal?"`
     """
+    from thinktune.data.images import check_images
+    from thinktune.data.record_error import RecordError
     from thinktune.data.render import inference_thinking
+    from thinktune.errors import DataError
     from thinktune.models import load_pretrained
+    from thinktune.models.vision import load_vision
     from thinktune.runs import load_trained, open_run
     from thinktune.serve.chat import ChatSession
+
+    images: list[str] = []
+    if image:
+        try:
+            images = check_images([str(p) for p in image], Path.cwd())
+        except RecordError as e:
+            raise DataError(f"--image: {e}") from None
 
     if run_dir is not None:
         run = open_run(run_dir)
         config, adapter = config or run.config, adapter or run.path
     cfg = build_config(config, (set_ or []) + ([f"model.name_or_path={model}"] if model else []))
     with status(console, f"loading {cfg.model.name_or_path}"):
-        m, tok, _ = load_pretrained(cfg.model)
+        m, tok, source = load_pretrained(cfg.model)
+        vision = load_vision(m, source.path)
         if adapter:
             m = load_trained(m, adapter)
+    if images and vision is None:
+        raise DataError(f"--image: {cfg.model.name_or_path} is a text-only model; images need a vision-language model")
     enable_thinking = thinking if thinking is not None else inference_thinking(cfg.data.thinking)
-    session = ChatSession(m, tok, cfg.data.system_prompt, max_new_tokens, enable_thinking)
+    session = ChatSession(m, tok, cfg.data.system_prompt, max_new_tokens, enable_thinking, vision=vision)
 
     def answer(text: str) -> None:
-        thinking, reply = session.ask(text)
+        nonlocal images
+        thinking, reply = session.ask(text, images)
+        images = []  # they went with the first question
         if thinking:
             console.print(f"[dim]<think>\n{thinking}\n</think>[/]", highlight=False)
         console.print(reply, highlight=False)

@@ -3,6 +3,8 @@
 Adapters are loaded once into a single PeftModel (`load_adapter(path, adapter_name=...)`); a batch switches to its
 adapter with `set_adapter`, and base-model batches run inside `disable_adapter()`. Only the engine's worker thread
 switches, so no two batches ever see each other's adapter.
+
+A vision-language model also has its `vision` (models/vision.py): how requests' images become tokens and pixels.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from thinktune.errors import ConfigError, ModelNotFoundError
 from thinktune.models import load_pretrained
+from thinktune.models.vision import Vision, load_vision
 from thinktune.runs import load_trained
 
 
@@ -27,6 +30,7 @@ class ServedModel:
     adapters: dict[str, Path] = field(default_factory=dict)
     system_prompt: str | None = None  # added to chats that have none, as in training
     thinking: bool = True  # a request's thinking switch when it sets none (`data.thinking: off` → False)
+    vision: Vision | None = None  # None: a text-only model, requests with images are refused
 
     @property
     def names(self) -> list[str]:
@@ -35,7 +39,8 @@ class ServedModel:
     @property
     def max_context(self) -> int:
         config = self.model.config
-        return int(getattr(config, "max_position_embeddings", None) or self.tokenizer.model_max_length)
+        text = config.get_text_config() if hasattr(config, "get_text_config") else config  # a VL model's is nested
+        return int(getattr(text, "max_position_embeddings", None) or self.tokenizer.model_max_length)
 
     def adapter_for(self, name: str | None) -> str | None:
         """Adapter name for a request's `model` (None = the base model); KeyError if nothing is served under it."""
@@ -67,7 +72,8 @@ def load_served_model(
 ) -> ServedModel:
     """Load the base model (`ModelConfig`), write a freeze/ESFT run's `trained_tensors` (its model/ folder) into it
     when given, and load every adapter; names must be unique."""
-    model, tokenizer, _ = load_pretrained(model_cfg)
+    model, tokenizer, source = load_pretrained(model_cfg)
+    vision = load_vision(model, source.path)
     if trained_tensors is not None:
         model = load_trained(model, trained_tensors)
     model.eval()
@@ -90,4 +96,4 @@ def load_served_model(
         for name, p in rest:
             model.load_adapter(p, adapter_name=name)
         model.eval()
-    return ServedModel(model, tokenizer, base_name, paths, system_prompt)
+    return ServedModel(model, tokenizer, base_name, paths, system_prompt, vision=vision)

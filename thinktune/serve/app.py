@@ -1,7 +1,8 @@
 """The OpenAI-compatible HTTP API over the batching engine.
 
 POST /v1/chat/completions   chat; R1 thinking → `reasoning_content`, the answer → `content` and `tool_calls`; SSE
-                            with `stream: true`
+                            with `stream: true`; images as base64 data: URLs in `image_url` parts (images.py), for a
+                            vision-language model
 POST /v1/completions        raw text completion
 GET  /v1/models             the base model and every adapter, by the name a request's `model` uses
 GET  /health                200 while serving, 503 while shutting down (readiness / liveness probes)
@@ -19,12 +20,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from thinktune.config import ServeConfig
+from thinktune.data.images import IMAGE_TOKEN
 from thinktune.data.record_error import RecordError
 from thinktune.data.render import render_prompt
 from thinktune.serve.adapters import ServedModel
@@ -38,6 +41,7 @@ from thinktune.serve.engine import (
     QueueFull,
     TextDelta,
 )
+from thinktune.serve.images import request_images
 from thinktune.serve.metrics import CONTENT_TYPE, ServerMetrics
 from thinktune.serve.middleware import ApiKeyAuth, BodyLimit, Draining, Lifecycle, RequestMetrics
 from thinktune.serve.protocol import (
@@ -107,11 +111,13 @@ class Api:
                 404, f"model '{model}' not found; this server has: {served}", code="model_not_found", param="model"
             ) from None
 
-    def render_chat(self, body: ChatCompletionRequest) -> str:
+    def render_chat(self, body: ChatCompletionRequest, images: list[Any]) -> str:
         reserved = RESERVED_TEMPLATE_KWARGS & set(body.chat_template_kwargs)
         if reserved:
             raise ApiError(400, f"chat_template_kwargs may not set {sorted(reserved)}", param="chat_template_kwargs")
         messages = canonical_messages(body.messages)
+        if images:  # each <image> placeholder → the model's image text; without images `<image>` stays plain text
+            messages = self.served.vision.messages(messages)
         extra = {k: v for k, v in body.chat_template_kwargs.items() if k != "enable_thinking"}
         try:
             return render_prompt(
@@ -126,6 +132,28 @@ class Api:
             raise ApiError(400, str(e), param="messages") from None
         except Exception as e:  # the template's own checks (role order, ...) raise many types
             raise ApiError(400, f"the chat template rejected these messages: {e}", param="messages") from None
+
+    async def encode(self, prompt: str, images: list[Any]) -> tuple[list[int], dict[str, torch.Tensor]]:
+        """The prompt's token ids, each image token repeated per merged patch of its image, and the images' pixels.
+        With a vision-language model the image texts and images must pair up: a stray image token would fail the
+        whole batch it runs in."""
+        ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        vision = self.served.vision
+        if vision is None:
+            return ids, {}
+        # the image processor runs off the event loop; the tokenizer stays on it (a fast tokenizer is not thread-safe)
+        pixels = await asyncio.to_thread(vision.pixels, images) if images else {}
+        counts = [int(g.prod()) // vision.merge**2 for g in pixels.get("image_grid_thw", [])]
+        try:
+            expanded, _, used = vision.expand(ids, counts)
+            if used != len(images):
+                raise RecordError(f"the prompt holds {used} image(s) of the request's {len(images)}")
+        except RecordError as e:
+            raise ApiError(
+                400, f"{e}: {IMAGE_TOKEN} or the model's image token in a message's text is taken for an image",
+                param="messages",
+            ) from None  # fmt: skip
+        return expanded, pixels
 
     def sampling(self, body: GenerationFields, prompt_tokens: int) -> SamplingParams:
         limit, room = self.cfg.max_tokens_limit, self.served.max_context - prompt_tokens
@@ -142,11 +170,16 @@ class Api:
             )
         return body.sampling(asked or min(limit, room))
 
-    def submit(self, prompt_ids: list[int], params: SamplingParams, adapter: str | None):
+    def submit(
+        self,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        adapter: str | None,
+        pixels: dict[str, torch.Tensor] | None = None,
+    ):
         events = RequestEvents()
-        request = GenerationRequest(
-            prompt_ids, params, events.emit, adapter, deadline=time.monotonic() + self.cfg.request_timeout
-        )
+        deadline = time.monotonic() + self.cfg.request_timeout
+        request = GenerationRequest(prompt_ids, params, events.emit, adapter, deadline, pixels=pixels or {})
         try:
             self.engine.submit(request)
         except QueueFull:
@@ -214,11 +247,14 @@ class Api:
     async def chat(self, body: ChatCompletionRequest) -> Any:
         model = body.model or self.served.base_name
         adapter = self.adapter_for(body.model)
-        prompt = self.render_chat(body)
-        prompt_ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        if self.served.vision is None and any(m.image_urls() for m in body.messages):
+            raise ApiError(400, f"{model} is a text-only model: it takes no images", param="messages")
+        images = request_images(body.messages)
+        prompt = self.render_chat(body, images)
+        prompt_ids, pixels = await self.encode(prompt, images)
         params = self.sampling(body, len(prompt_ids))
         in_thinking = prompt_opens_thinking(prompt)
-        request, events = self.submit(prompt_ids, params, adapter)
+        request, events = self.submit(prompt_ids, params, adapter, pixels)
         id = new_id("chatcmpl")
         tools = bool(body.template_tools)
         if not body.stream:
@@ -248,6 +284,11 @@ class Api:
         adapter = self.adapter_for(body.model)
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
         encoded = [self.tokenizer(p)["input_ids"] for p in prompts]
+        vision = self.served.vision
+        if vision is not None and any(vision.image_token_id in ids for ids in encoded):
+            raise ApiError(
+                400, "prompt: image tokens need images; send images to /v1/chat/completions", param="prompt"
+            )  # without its pixels an image token would fail the whole batch it runs in
         params = [self.sampling(body, len(ids)) for ids in encoded]
         submitted = []
         try:

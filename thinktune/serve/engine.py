@@ -6,6 +6,12 @@ samples each row with its own parameters, and `BatchProgress` follows each row a
 token into text, sends it to the request, and stops the row at its end-of-turn token, a stop string, its
 `max_tokens`, or when its client is gone. A finished row answers at once; the batch runs until its last row is done
 (static batching: no request joins a running batch).
+
+Images (a vision-language model): a request carries its images' `pixels` ({"pixel_values", "image_grid_thw"}, the
+image processor's output), its prompt ids already hold each image's tokens. Requests with and without images share
+batches: the batch's pixels are the rows' pixels concatenated in row order, which is the order in which the model
+fills image tokens, and Qwen2-VL-family models compute their multimodal positions per row from the attention mask, so
+left padding moves nothing. One image-free batch calls generate() exactly as before.
 """
 
 from __future__ import annotations
@@ -71,6 +77,7 @@ class GenerationRequest:
     emit: Callable[[Event], None]  # called from the worker thread
     adapter: str | None = None  # None = the base model
     deadline: float = math.inf  # time.monotonic() after which nobody waits for the answer
+    pixels: dict[str, torch.Tensor] = field(default_factory=dict)  # {"pixel_values", "image_grid_thw"}; {} = no images
     cancelled: threading.Event = field(default_factory=threading.Event)
 
     def cancel(self) -> None:
@@ -149,6 +156,12 @@ class BatchProgress(StoppingCriteria):
         for row, token in zip(self.rows, input_ids[:, -1].tolist(), strict=True):
             row.step(token)
         return torch.tensor([row.finished for row in self.rows], device=input_ids.device)
+
+
+def batch_pixels(batch: list[GenerationRequest]) -> dict[str, torch.Tensor]:
+    """The image inputs of a batch: each key's tensors concatenated in row order ({} when no row has images)."""
+    rows = [r.pixels for r in batch if r.pixels]
+    return {k: torch.cat([p[k] for p in rows]) for k in rows[0]} if rows else {}
 
 
 def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -266,10 +279,12 @@ class Engine:
         rows = [RowState(r, IncrementalDetokenizer(self.tokenizer), self.stop_ids) for r in batch]
         try:
             ids, mask = left_pad([r.prompt_ids for r in batch], self.pad_id)
+            pixels = batch_pixels(batch)
             with self.served.use(batch[0].adapter) as model, torch.inference_mode():
                 model.generate(
                     input_ids=ids.to(model.device),
                     attention_mask=mask.to(model.device),
+                    **{k: v.to(model.device) for k, v in pixels.items()},
                     max_new_tokens=max(r.params.max_tokens for r in batch),
                     do_sample=False,  # RowSampler has already chosen; greedy takes its choice
                     logits_processor=LogitsProcessorList(

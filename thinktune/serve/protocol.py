@@ -6,6 +6,10 @@ Extensions that vLLM also accepts: `top_k`, `repetition_penalty`, `ignore_eos`, 
 
 Tools: `tools`, `tool_choice` "auto" / "none", assistant messages with `tool_calls` (and `reasoning_content`), `tool`
 messages; `canonical_messages` turns a request's messages into the data layer's canonical messages.
+
+Images: `{"type": "image_url", "image_url": {"url": "data:image/png;base64,..."}}` parts in a user message's content
+become `<image>` placeholders at their place in the text (the data layer's convention, data/images.py); images.py
+decodes them.
 """
 
 from __future__ import annotations
@@ -13,10 +17,11 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from thinktune.data.images import IMAGE_TOKEN
 from thinktune.data.record_error import RecordError
 from thinktune.data.tool_calls import parse_calls, parse_tools
 from thinktune.serve.engine import Finished
@@ -54,18 +59,36 @@ class TextPart(BaseModel):
     text: str
 
 
+class ImageUrl(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # `detail` is accepted and ignored: the model's processor sizes images
+    url: str
+
+
+class ImagePart(BaseModel):
+    type: Literal["image_url"]
+    image_url: ImageUrl
+
+
+ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
+
+
 class Message(BaseModel):
     model_config = ConfigDict(extra="ignore")
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[TextPart] | None = None
+    content: str | list[ContentPart] | None = None
     reasoning_content: str | None = None
     tool_calls: list[Any] | None = None  # OpenAI's {"id", "type", "function": {"name", "arguments"}}; see parse_calls
     tool_call_id: str | None = None
 
     def text(self) -> str:
+        """The content as text, an `<image>` placeholder where each image part is."""
         if isinstance(self.content, list):
-            return "".join(p.text for p in self.content)
+            return "".join(p.text if isinstance(p, TextPart) else IMAGE_TOKEN for p in self.content)
         return self.content or ""
+
+    def image_urls(self) -> list[str]:
+        parts = self.content if isinstance(self.content, list) else []
+        return [p.image_url.url for p in parts if isinstance(p, ImagePart)]
 
 
 class StreamOptions(BaseModel):
