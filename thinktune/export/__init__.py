@@ -5,9 +5,11 @@ its source.
 
 `EXPORTERS` maps a format name to its module's `Exporter`: `check(model_type, options)` fails fast before the model
 is loaded (unsupported architecture, missing package or GPU), `export(source, out_dir, options)` writes the artefact
-and returns its verification numbers. Adding a format = one module + one line here. `run_export` runs both, checks
-the numbers against their tolerances (verify.py), writes them with the limits to `OUT/verify.json` and the model card
-to `OUT/README.md` (model_card.py), then fails if a figure is beyond its limit; hub.py pushes the folder.
+and returns its verification numbers; `images` says it exports a vision-language model (Qwen2.5-VL, ...) whole,
+vision tower and image processor included (the other formats refuse one before loading it). Adding a format = one
+module + one line here. `run_export` runs both, checks the numbers against their tolerances (verify.py), writes them
+with the limits to `OUT/verify.json` and the model card to `OUT/README.md` (model_card.py), then fails if a figure
+is beyond its limit; hub.py pushes the folder.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from thinktune.errors import ModelNotFoundError, UserError
 from thinktune.export import adapter as adapter_export
 from thinktune.export import gguf_file, int8, merged, onnx_model
 from thinktune.export.model_card import find_run_dir, write_model_card
-from thinktune.export.source import ExportOptions, ExportSource, load_source, model_type
+from thinktune.export.source import ExportOptions, ExportSource, base_config, load_source, takes_images
 from thinktune.export.verify import VerificationFailed, verify
 from thinktune.runs import PEFT_CONFIG, Trained, find_trained, read_method_file
 
@@ -34,11 +36,12 @@ class Exporter:
     check: Callable[[str, ExportOptions], None]
     export: Callable[[ExportSource, Path, ExportOptions], dict[str, Any]]
     needs_adapter: bool = False
+    images: bool = False  # exports a vision-language model (vision tower, image processor) and checks it on an image
 
 
 EXPORTERS: dict[str, Exporter] = {
-    "adapter": Exporter(adapter_export.check, adapter_export.export_adapter, needs_adapter=True),
-    "merged": Exporter(merged.check, merged.export_merged),
+    "adapter": Exporter(adapter_export.check, adapter_export.export_adapter, needs_adapter=True, images=True),
+    "merged": Exporter(merged.check, merged.export_merged, images=True),
     "onnx": Exporter(onnx_model.check, onnx_model.export_onnx),
     "int8": Exporter(int8.check, int8.export_int8),
     "gguf": Exporter(gguf_file.check, gguf_file.export_gguf),
@@ -71,7 +74,11 @@ def run_export(
             "export --format merged, gguf, onnx or int8"
         )
     start = time.perf_counter()
-    exporter.check(model_type(model_cfg), options)
+    config = base_config(model_cfg)
+    if takes_images(config) and not exporter.images:
+        able = " and ".join(f"--format {name}" for name, e in EXPORTERS.items() if e.images)
+        raise UserError(f"--format {fmt} does not export vision-language models ({config.model_type}); only {able} do")
+    exporter.check(config.model_type, options)
     if options.check_with and fmt != "gguf":
         raise UserError(f"--check-with {', '.join(options.check_with)} checks GGUF files; --format {fmt} has none")
     source = load_source(model_cfg, trained)

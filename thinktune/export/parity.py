@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -16,10 +16,14 @@ import torch
 
 
 @torch.inference_mode()
-def torch_logits(model: torch.nn.Module, ids: Sequence[int]) -> np.ndarray:
-    """Logits (seq, vocab) in float32 for one unpadded sequence."""
+def torch_logits(
+    model: torch.nn.Module, ids: Sequence[int], inputs: Mapping[str, torch.Tensor] | None = None
+) -> np.ndarray:
+    """Logits (seq, vocab) in float32 for one unpadded sequence; `inputs`: more model inputs, e.g. an image prompt's
+    `pixel_values` and `image_grid_thw` (models/vision.py)."""
     x = torch.tensor([list(ids)], device=model.device)
-    return model(input_ids=x, attention_mask=torch.ones_like(x)).logits[0].float().cpu().numpy()
+    more = {k: v.to(model.device) for k, v in (inputs or {}).items()}
+    return model(input_ids=x, attention_mask=torch.ones_like(x), **more).logits[0].float().cpu().numpy()
 
 
 @torch.inference_mode()

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from thinktune.config import ExportConfig, ModelConfig
 from thinktune.errors import ModelNotFoundError
@@ -98,15 +98,19 @@ class ExportSource:
         return [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in self.chat_texts(prompts)]
 
 
-def model_type(model_cfg: ModelConfig) -> str:
-    """`config.model_type` without loading the weights (to refuse an unsupported export early)."""
+def base_config(model_cfg: ModelConfig) -> PreTrainedConfig:
+    """The base's config without loading the weights (to refuse an unsupported export early)."""
     from transformers import AutoConfig
 
     origin = resolve_model(model_cfg.name_or_path, model_cfg.gguf_file, model_cfg.revision)
-    config = AutoConfig.from_pretrained(
+    return AutoConfig.from_pretrained(
         origin.path, gguf_file=origin.gguf_file, trust_remote_code=model_cfg.trust_remote_code
     )
-    return config.model_type
+
+
+def takes_images(config: PreTrainedConfig) -> bool:
+    """A vision-language model (Qwen2.5-VL, ...): its config has a vision tower."""
+    return getattr(config, "vision_config", None) is not None
 
 
 def load_source(model_cfg: ModelConfig, trained: Trained | None = None) -> ExportSource:
