@@ -159,6 +159,11 @@ class MethodConfig(Section):
     progressive_unfreeze_step: int | None = Field(
         None, gt=0, description="Progressive: train attention first, unlock the MLP at this optimizer step."
     )
+    vision: Literal["frozen", "projector", "tower"] = Field(
+        "frozen",
+        description="Vision-language models (lora, freeze, full): `frozen` trains the language model only; "
+        "`projector` also trains the vision-to-text projector in full; `tower` the whole vision encoder with it.",
+    )
 
 
 class TrainConfig(Section):

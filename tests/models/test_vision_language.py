@@ -252,3 +252,48 @@ def test_data_inspect_shows_where_image_tokens_go(vl_dir, tmp_path):
     _, tok, _ = load_pretrained(ModelConfig(name_or_path=str(vl_dir)))
     [sample] = prepare_training_data(DataConfig(train=[str(data)], cache=False), tok, vision=vision).samples
     assert f"· {len(sample.input_ids)} tokens · {sample.trained_tokens} trained · parity ok" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("method", "vision", "visual", "merger"),
+    [("lora", "frozen", 0, 0), ("lora", "projector", 5, 5), ("lora", "tower", 30, 5),
+     ("full", "frozen", 0, 0), ("full", "projector", 5, 5), ("full", "tower", 30, 5),
+     ("freeze", "projector", 5, 5)],
+)  # fmt: skip
+def test_method_vision_trains_the_projector_or_the_tower(vl_dir, method, vision, visual, merger):
+    """method.vision: the language model only (default), plus the projector (visual.merger) in full, or the whole
+    vision encoder; under LoRA they are saved whole beside the adapter (PEFT modules_to_save)."""
+    model, _, _ = load_pretrained(ModelConfig(name_or_path=str(vl_dir)))
+    trained = [n for n, p in apply_method(model, MethodConfig(name=method, vision=vision)).named_parameters()
+               if p.requires_grad]  # fmt: skip
+    assert sum(".visual." in n for n in trained) == visual
+    assert sum(".merger." in n for n in trained) == merger
+    assert any(".language_model." in n for n in trained)
+
+
+def test_method_vision_refusals(vl_dir, tmp_path):
+    from tests.tiny_models import build_tiny_model
+    from thinktune.methods import check_method_environment, check_method_model
+
+    with pytest.raises(ConfigError, match="method.vision=projector applies to method.name lora, freeze, full"):
+        check_method_environment(MethodConfig(name="ia3", vision="projector"))
+    text, _, _ = load_pretrained(ModelConfig(name_or_path=str(build_tiny_model("llama", tmp_path / "llama"))))
+    with pytest.raises(ConfigError, match="'llama' has no vision encoder"):
+        check_method_model(text, MethodConfig(vision="tower"))
+
+
+def test_learns_from_the_pixels(vl_dir, tmp_path):
+    """Full fine-tuning on colour questions, held-out pictures: the answer is in the image only (three colours,
+    one question), so held-out accuracy above chance means the model reads the pixels."""
+    (tmp_path / "train").mkdir()
+    train_file = colour_records(tmp_path / "train", 24)
+    test = [json.loads(line) for line in colour_records(tmp_path, 6).read_text().splitlines()]
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text("".join(json.dumps({**r, "answer": r["messages"][1]["content"]}) + "\n" for r in test))
+    out = tmp_path / "run"
+    sets = [f"model.name_or_path={vl_dir}", f"data.train=[{train_file}]", f"data.test={tasks}", "method.name=full",
+            "train.max_steps=80", "train.batch_size=4", "train.learning_rate=3e-3", "train.warmup_ratio=0",
+            "eval.max_new_tokens=4", f"output_dir={out}"]  # fmt: skip
+    train(sets)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["before"]["accuracy"] == 0.0 and summary["after"]["accuracy"] >= 5 / 6

@@ -25,7 +25,7 @@ from transformers import PreTrainedModel
 from thinktune.config import MethodConfig, TrainConfig
 from thinktune.errors import ConfigError
 from thinktune.methods.adalora import adalora_loss, adalora_ranks, adalora_step, apply_adalora, save_adalora
-from thinktune.methods.base import Method, MethodContext, method_state, require_moe
+from thinktune.methods.base import Method, MethodContext, facts_of, method_state, require_moe
 from thinktune.methods.esft import apply_esft, esft_step, save_esft
 from thinktune.methods.freeze import apply_freeze, check_freeze, freeze_parameters, progressive_step, save_freeze
 from thinktune.methods.ia3 import apply_ia3
@@ -70,6 +70,7 @@ METHODS: dict[str, Method] = {
 
 PROGRESSIVE = ("freeze", "full")
 SOFT_PROMPTS = ("prompt_tuning", "p_tuning", "prefix_tuning")
+VISION_METHODS = ("lora", "freeze", "full")  # method.vision: the projector / vision encoder trained with them
 
 
 def method_of(cfg: MethodConfig) -> Method:
@@ -90,6 +91,10 @@ def check_method_environment(cfg: MethodConfig, train: TrainConfig | None = None
         raise ConfigError(f"method.progressive_unfreeze_step applies to method.name freeze or full, not '{cfg.name}'")
     if cfg.expert_lora and cfg.name not in ("lora", "qlora"):
         raise ConfigError(f"method.expert_lora applies to method.name lora or qlora, not '{cfg.name}'")
+    if cfg.vision != "frozen" and cfg.name not in VISION_METHODS:
+        raise ConfigError(
+            f"method.vision={cfg.vision} applies to method.name {', '.join(VISION_METHODS)}, not '{cfg.name}'"
+        )
     if cfg.train_router and cfg.name in SOFT_PROMPTS:
         raise ConfigError(f"method.train_router does not apply to '{cfg.name}' (soft prompts leave the model frozen)")
     if method.check:
@@ -103,6 +108,9 @@ def check_method_model(model: PreTrainedModel, cfg: MethodConfig) -> None:
         require_moe(model, "method.name=esft")
     if cfg.expert_lora:
         require_moe(model, "method.expert_lora")
+    if cfg.vision != "frozen" and not (facts_of(model) and facts_of(model).towers):
+        model_type = getattr(getattr(model, "config", None), "model_type", "?")
+        raise ConfigError(f"method.vision={cfg.vision}: '{model_type}' has no vision encoder thinktune knows")
 
 
 def apply_method(model: PreTrainedModel, cfg: MethodConfig, context: MethodContext | None = None) -> torch.nn.Module:

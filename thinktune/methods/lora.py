@@ -24,7 +24,7 @@ from transformers import PreTrainedModel
 from thinktune.config import MethodConfig
 from thinktune.errors import ConfigError
 from thinktune.methods.base import MethodContext, facts_of, method_state
-from thinktune.models.registry import ArchFacts
+from thinktune.models.registry import ArchFacts, vision_modules
 from thinktune.runs import ADAPTER
 
 # PiSSA with a few fast-SVD iterations: exact for what matters (W_res = W - A0 B0 is computed, not approximated)
@@ -95,7 +95,7 @@ def lora_config(model: PreTrainedModel, cfg: MethodConfig) -> LoraConfig:
         use_dora=cfg.use_dora,
         use_rslora=cfg.use_rslora,
         init_lora_weights=LORA_INIT[cfg.init],
-        modules_to_save=router_modules(facts, cfg),
+        modules_to_save=(router_modules(facts, cfg) or []) + vision_modules(facts, cfg) or None,
         exclude_modules=rf"(.*\.)?({'|'.join(facts.towers)})\..*" if facts and facts.towers else None,
         task_type="CAUSAL_LM",
     )

@@ -35,6 +35,7 @@ class ArchFacts:
     ia3_feedforward: tuple[str, ...] = ("down_proj",)
     prefix_tuning: bool = True  # PEFT prefix tuning needs a standard (k, v) cache per head
     towers: tuple[str, ...] = ()  # vision-language models: modules LoRA leaves alone (the vision encoder)
+    projector: str | None = None  # inside the tower: what maps vision features into the language model
     position_ids: bool = True  # packing passes 1-D position ids (multimodal RoPE models compute their own)
     image_text: str | None = None  # what an <image> placeholder becomes in the chat template (models/vision.py)
 
@@ -57,6 +58,7 @@ ARCHS: dict[str, ArchFacts] = {
         t: ArchFacts(
             ATTN + MLP,
             towers=("visual",),
+            projector="merger",
             position_ids=False,
             prefix_tuning=False,
             image_text="<|vision_start|><|image_pad|><|vision_end|>",
@@ -106,4 +108,39 @@ def select_trained(names: list[str], facts: ArchFacts | None, cfg: MethodConfig)
         "regex": lambda n: re.search(cfg.trainable_regex or "", n) is not None,
     }
     rule = (lambda n: True) if cfg.name == "full" else rules[cfg.trainable]
-    return [n for n in names if (cfg.train_router if is_router(facts, n) else rule(n))]
+
+    def trained(n: str) -> bool:
+        if is_router(facts, n):
+            return cfg.train_router
+        vision = vision_trained(facts, n, cfg)
+        if vision is not None and (cfg.name == "full" or cfg.trainable != "regex"):  # a regex picks what it names
+            return vision
+        return rule(n)
+
+    return [n for n in names if trained(n)]
+
+
+def in_tower(facts: ArchFacts | None, param_name: str) -> bool:
+    """Whether a parameter belongs to a vision-language model's vision encoder (its projector included)."""
+    name = "." + param_name
+    return bool(facts) and any(f".{t}." in name for t in facts.towers)
+
+
+def vision_trained(facts: ArchFacts | None, param_name: str, cfg: MethodConfig) -> bool | None:
+    """Whether `method.vision` trains a vision-encoder parameter; None for a parameter outside the encoder."""
+    if not in_tower(facts, param_name):
+        return None
+    projector = facts.projector is not None and any(
+        f".{t}.{facts.projector}." in "." + param_name for t in facts.towers
+    )
+    return cfg.vision == "tower" or (cfg.vision == "projector" and projector)
+
+
+def vision_modules(facts: ArchFacts | None, cfg: MethodConfig) -> list[str]:
+    """Modules an adapter method saves whole for `method.vision` (PEFT modules_to_save): the projector, or the
+    whole vision encoder."""
+    if facts is None or not facts.towers or cfg.vision == "frozen":
+        return []
+    if cfg.vision == "tower":
+        return list(facts.towers)
+    return [f"{t}.{facts.projector}" for t in facts.towers] if facts.projector else []
