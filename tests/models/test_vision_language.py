@@ -282,9 +282,10 @@ def test_method_vision_refusals(vl_dir, tmp_path):
         check_method_model(text, MethodConfig(vision="tower"))
 
 
-def test_learns_from_the_pixels(vl_dir, tmp_path):
-    """Full fine-tuning on colour questions, held-out pictures: the answer is in the image only (three colours,
-    one question), so held-out accuracy above chance means the model reads the pixels."""
+def test_learns_from_the_pixels_then_serves_them(vl_dir, tmp_path):
+    """End to end: full fine-tuning on colour questions, evaluated on held-out pictures (the answer is in the image
+    only: three colours, one question, so held-out accuracy above chance means the model reads the pixels), then
+    `thinktune serve --run-dir` answers the real `openai` client sending a picture as a data: URL."""
     (tmp_path / "train").mkdir()
     train_file = colour_records(tmp_path / "train", 24)
     test = [json.loads(line) for line in colour_records(tmp_path, 6).read_text().splitlines()]
@@ -297,3 +298,53 @@ def test_learns_from_the_pixels(vl_dir, tmp_path):
     train(sets)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["before"]["accuracy"] == 0.0 and summary["after"]["accuracy"] >= 5 / 6
+    assert (out / "model" / "preprocessor_config.json").is_file()  # the full model folder serves on its own
+
+    import base64
+    import io
+    import os
+    import socket
+    import time
+
+    import httpx
+    import openai
+    from PIL import Image
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log = (tmp_path / "server.log").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "thinktune", "serve", "--run-dir", str(out), "--port", str(port), "--threads", "1"],
+        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy(),
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "server did not come up"
+            time.sleep(0.3)
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=60)
+        served = [m.id for m in client.models.list()][-1]  # the run, under its name
+        answers = {}
+        for name, rgb in {"red": (220, 20, 20), "green": (20, 200, 20), "blue": (20, 20, 220)}.items():
+            buf = io.BytesIO()
+            Image.new("RGB", (44, 36), rgb).save(buf, format="PNG")
+            url = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+            parts = [
+                {"type": "image_url", "image_url": {"url": url}},
+                {"type": "text", "text": "Which colour is this?"},
+            ]
+            reply = client.chat.completions.create(
+                model=served, messages=[{"role": "user", "content": parts}], max_tokens=4, temperature=0
+            )
+            answers[name] = reply.choices[0].message.content.strip()
+        assert sum(answers[k] == k for k in answers) >= 2, answers
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)

@@ -362,6 +362,8 @@ def save(run: Run) -> Path:
     if run.accelerator.is_main_process:
         adapter_dir = save_trained(run.accelerator.unwrap_model(run.model), run.cfg.method, run.dir)
         run.tokenizer.save_pretrained(adapter_dir)
+        if run.vision is not None:  # a full model (or adapter) folder that serve, eval and export load on its own
+            run.vision.processor.save_pretrained(adapter_dir)
         if (adapter_dir / runs.PEFT_CONFIG).is_file():  # PEFT wrote the path the weights loaded from
             from thinktune.export.model_card import record_base_model
 
