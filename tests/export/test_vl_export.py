@@ -57,6 +57,8 @@ def test_merged_vl_export_matches_the_adapter_on_an_image(vl_run, tmp_path):
     record = json.loads((out / "verify.json").read_text())
     assert record["image_prompts"]["count"] == 1 and record["image_prompts"]["max_abs_logit_diff"] < 1e-4
     assert record["max_abs_logit_diff"] >= record["image_prompts"]["max_abs_logit_diff"]  # the image is covered
+    card = (out / "README.md").read_text()
+    assert "pipeline_tag: image-text-to-text" in card and "AutoModelForImageTextToText.from_pretrained(REPO)" in card
 
     merged = AutoModelForImageTextToText.from_pretrained(out, dtype=torch.float32).eval()  # plain transformers
     assert type(merged).__name__ == "Qwen2_5_VLForConditionalGeneration"

@@ -95,6 +95,7 @@ def run_export(
         run_dir=find_run_dir(run_dir, adapter),
         record=record,
         method=_trained_method(trained),
+        images=takes_images(config),
     )
     if failed and options.verify:
         raise VerificationFailed(

@@ -100,8 +100,10 @@ def build_model_card(
     run_dir: Path | None = None,
     record: dict[str, Any] | None = None,
     method: str | None = None,
+    images: bool = False,
 ) -> ModelCard:
-    """The card of a `kind` folder (adapter | merged | onnx | int8 | gguf) built from `name_or_path`."""
+    """The card of a `kind` folder (adapter | merged | onnx | int8 | gguf) built from `name_or_path`; `images`: a
+    vision-language model (image-text-to-text, loaded with AutoModelForImageTextToText)."""
     base = base_model_reference(name_or_path)
     run = _read_run(run_dir)
     method = run.get("method") or method
@@ -112,7 +114,7 @@ def build_model_card(
     data = ModelCardData(
         base_model=base if is_hub_id(base) else None,
         library_name=library,
-        pipeline_tag="text-generation",
+        pipeline_tag="image-text-to-text" if images else "text-generation",
         tags=list(dict.fromkeys(tags)),
         datasets=hub_datasets or None,
     )
@@ -125,7 +127,7 @@ def build_model_card(
     body += _verification(record)
     if run.get("config_text"):
         body += ["", "## Training config", "", "```yaml", run["config_text"].rstrip(), "```"]
-    body += ["", _usage(kind, base)]
+    body += ["", _usage(kind, base, images)]
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body) + "\n")
 
 
@@ -207,10 +209,11 @@ def _verification(record: dict[str, Any] | None) -> list[str]:
     return ["", "## Verification", "", "Against the source model (see verify.json):", "", "| | |", "|---|---|", *rows]
 
 
-def _usage(kind: str, base: str) -> str:
+def _usage(kind: str, base: str, images: bool = False) -> str:
+    auto = "AutoModelForImageTextToText" if images else "AutoModelForCausalLM"
     return {
-        "adapter": f"Load with `PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained('{base}'), REPO)`.",
-        "merged": "Load with `AutoModelForCausalLM.from_pretrained(REPO)`; no PEFT needed.",
+        "adapter": f"Load with `PeftModel.from_pretrained({auto}.from_pretrained('{base}'), REPO)`.",
+        "merged": f"Load with `{auto}.from_pretrained(REPO)`; no PEFT needed.",
         "onnx": "Run with onnxruntime (inputs and outputs: see thinktune's docs/export.md).",
         "int8": "Run with onnxruntime (CPU int8) or transformers + bitsandbytes (GPU), as verify.json says.",
         "gguf": "Run with `llama-cli -m FILE.gguf --jinja -cnv`, or `ollama create NAME -f Modelfile`.",

@@ -397,7 +397,9 @@ def write_summary(run: Run, adapter_dir: Path, summary: dict) -> None:
     if (adapter_dir / runs.PEFT_CONFIG).is_file():
         from thinktune.export.model_card import write_model_card
 
-        write_model_card(adapter_dir, "adapter", run.cfg.model.name_or_path, run_dir=run.dir)
+        write_model_card(
+            adapter_dir, "adapter", run.cfg.model.name_or_path, run_dir=run.dir, images=run.vision is not None
+        )
 
 
 def execute(cfg: RunConfig, recipe: Recipe, console: Console | None = None, resume: str | None = None) -> dict:
