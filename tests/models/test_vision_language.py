@@ -348,3 +348,24 @@ def test_learns_from_the_pixels_then_serves_them(vl_dir, tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=60)
+
+
+@pytest.mark.parametrize("method", ["lora", "full", "freeze"])
+@pytest.mark.parametrize("vision", ["frozen", "projector", "tower"])
+def test_planner_counts_what_method_vision_trains(vl_dir, method, vision):
+    """The memory planner reads a vision-language model whole (vision encoder included) and counts the parameters
+    method.vision trains as apply_method does; the encoder's activations grow with the image tokens only when
+    something in it trains."""
+    from dataclasses import replace
+
+    from thinktune.methods import count_parameters
+    from thinktune.models.memory import TrainSetup, activation_bytes, model_shape, trainable_counts
+
+    cfg = MethodConfig(name=method, vision=vision)
+    shape = model_shape(str(vl_dir))
+    model, _, _ = load_pretrained(ModelConfig(name_or_path=str(vl_dir)))
+    assert shape.total_params == sum(p.numel() for p in model.parameters()) and shape.vision_layers == 2
+    assert trainable_counts(shape, cfg)[0] == count_parameters(apply_method(model, cfg))[0]
+    setup = TrainSetup(method=cfg, batch_size=2, seq_len=256, precision="fp32")
+    grown = activation_bytes(shape, replace(setup, image_tokens=128)) - activation_bytes(shape, setup)
+    assert (grown > 0) == (vision != "frozen")

@@ -42,6 +42,13 @@ def plan(
         int | None,
         typer.Option(help="GRPO: completion tokens (within --seq-len); the LM head runs on these only."),
     ] = None,
+    image_tokens: Annotated[
+        int,
+        typer.Option(
+            help="Vision-language models: image tokens per sample (within --seq-len); the vision encoder's "
+            "activations when method.vision trains it."
+        ),
+    ] = 0,
     offline: OfflineOpt = False,
 ) -> None:
     """Predict peak memory per device — weights, gradients, optimizer state, activations — and, with --device,
@@ -82,6 +89,8 @@ def plan(
     seq = seq_len or cfg.data.max_length
     if completion_length is not None and not 0 < completion_length < seq:
         raise UserError(f"--completion-length {completion_length}: must be between 1 and --seq-len ({seq}) − 1")
+    if not 0 <= image_tokens < seq:
+        raise UserError(f"--image-tokens {image_tokens}: must be between 0 and --seq-len ({seq}) − 1")
     rl = grpo_generations is not None
     setup = TrainSetup(
         method=cfg.method,
@@ -94,12 +103,15 @@ def plan(
         if gradient_checkpointing is None
         else gradient_checkpointing,
         gpus=gpus,
+        image_tokens=image_tokens,
     )
     with status(console, f"reading {cfg.model.name_or_path}"):
         shape = model_shape(cfg.model.name_or_path, cfg.model.gguf_file, cfg.model.revision)
     problem = unsupported(shape, cfg.method)
     if problem:
         raise UserError(f"{cfg.model.name_or_path}: {problem}")
+    if image_tokens and not shape.vision_layers:
+        raise UserError(f"--image-tokens: {cfg.model.name_or_path} is a text-only model")
     est = estimate(shape, setup)
 
     def row_of(s, e) -> list[str]:
@@ -126,6 +138,16 @@ def plan(
         f"trainable {est.trainable:,} of {est.total_params:,} parameters ({est.trainable / est.total_params:.2%})"
         + (f"; the optimizer holds {est.updated:,}" if est.updated != est.trainable else "")
     )
+    if shape.vision_layers:
+        console.print(
+            f"vision encoder: {shape.vision_layers} blocks, method.vision={cfg.method.vision}"
+            + (
+                f"; {image_tokens} image tokens per sample = {image_tokens * shape.merge**2} patches"
+                if image_tokens
+                else "; --image-tokens N adds what it keeps for backward when it trains"
+            ),
+            style="dim",
+        )
     if rl:
         console.print(
             f"GRPO: LM head on the last {setup.logits_len} positions"

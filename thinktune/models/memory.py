@@ -37,6 +37,13 @@ reference (LoRA uses the disabled adapter). Sampling (no gradients: KV cache and
 than the training pass and is not counted.
 With gradient checkpointing each layer keeps only its input (T·h·e) and one layer at a time is recomputed, so the
 second term becomes max(logits, one layer + its backward working set).
+Vision-language models (`--image-tokens N`: image tokens per sample, counted within the sequence): the vision encoder
+sees N·merge² patches per sample, P in all. It keeps nothing when nothing in it trains (`method.vision: frozen`: no
+parameter and no input of it needs a gradient). The projector (`projector`) keeps its norm's float32 input and its
+MLP's inputs, P·hv·(4 + 3e); the whole encoder (`tower`) also keeps, per block, two float32 norm inputs, the
+attention's input, q/k/v and output and the SwiGLU MLP's input, gate, SiLU and up: P·(8·hv + e·(6·hv + 3·iv)). This
+part follows the same bookkeeping on transformers' Qwen2.5-VL vision code; unlike the decoder it was not checked
+tensor by tensor.
 """
 
 from __future__ import annotations
@@ -47,7 +54,15 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from thinktune.config import MethodConfig
-from thinktune.models.registry import ARCHS, ArchFacts, is_router, layer_index, select_trained
+from thinktune.models.registry import (
+    ARCHS,
+    ArchFacts,
+    in_tower,
+    is_router,
+    layer_index,
+    select_trained,
+    vision_modules,
+)
 
 Precision = Literal["bf16", "fp32"]
 GiB = 2**30
@@ -88,6 +103,10 @@ class ModelShape:
     kv_lora_rank: int = 0
     qk_head_dim: int = 0
     v_head_dim: int = 0
+    vision_layers: int = 0  # vision-language models: the vision encoder's blocks (0: a text-only model)
+    vision_hidden: int = 0
+    vision_intermediate: int = 0
+    merge: int = 1  # patches merged into one image token per side (Qwen2-VL family: 2)
 
     @property
     def total_params(self) -> int:
@@ -114,6 +133,7 @@ class TrainSetup:
     device: Literal["cuda", "cpu"] = "cuda"  # CPU dropout keeps a full-width float mask, CUDA a 1-byte one
     logits_len: int | None = None  # positions the LM head runs on (GRPO: the completion, `logits_to_keep`)
     reference_copy: bool = False  # a frozen copy of the weights (GRPO / DPO reference for full, freeze, ESFT)
+    image_tokens: int = 0  # vision-language models: image tokens per sample, within seq_len
 
 
 @dataclass(frozen=True)
@@ -151,10 +171,11 @@ class MemoryEstimate:
 def shape_from_config(config) -> ModelShape:
     """Count parameters and Linear shapes by building the model on the meta device (no memory, no weights)."""
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
+    vision = getattr(config, "vision_config", None)
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
+        model = (AutoModelForImageTextToText if vision is not None else AutoModelForCausalLM).from_config(config)
     params = tuple((n, p.numel()) for n, p in model.named_parameters())
     linears = tuple(
         Linear(n, m.in_features, m.out_features) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)
@@ -194,6 +215,10 @@ def shape_from_config(config) -> ModelShape:
         kv_lora_rank=getattr(text, "kv_lora_rank", 0) or 0,
         qk_head_dim=qk_nope + qk_rope,
         v_head_dim=getattr(text, "v_head_dim", 0) or 0,
+        vision_layers=(getattr(vision, "depth", None) or getattr(vision, "num_hidden_layers", 0)) if vision else 0,
+        vision_hidden=getattr(vision, "hidden_size", 0) if vision else 0,
+        vision_intermediate=getattr(vision, "intermediate_size", 0) if vision else 0,
+        merge=getattr(vision, "spatial_merge_size", 1) if vision else 1,
     )
 
 
@@ -249,6 +274,7 @@ def trainable_counts(shape: ModelShape, method: MethodConfig) -> tuple[int, int]
             n += sum(r * e * (i + o) for _, e, i, o in shape.experts)
         if method.train_router:
             n += sum(c for p, c in shape.params if is_router(shape.facts, p))
+        n += vision_saved(shape, method)
         return n, n
     if name == "ia3":
         facts = shape.facts
@@ -278,6 +304,12 @@ def trainable_counts(shape: ModelShape, method: MethodConfig) -> tuple[int, int]
     return updated, updated
 
 
+def vision_saved(shape: ModelShape, method: MethodConfig) -> int:
+    """Parameters an adapter method trains whole for `method.vision` (the projector, or the vision encoder)."""
+    modules = [f".{m}." for m in vision_modules(shape.facts, method)]
+    return sum(c for p, c in shape.params if any(m in "." + p for m in modules))
+
+
 def unsupported(shape: ModelShape, method: MethodConfig) -> str | None:
     """Why the method cannot run on this model (what apply_method would refuse), or None."""
     if (method.name == "esft" or method.expert_lora) and not shape.moe:
@@ -285,6 +317,8 @@ def unsupported(shape: ModelShape, method: MethodConfig) -> str | None:
         return f"{what} needs a mixture-of-experts model"
     if method.name == "prefix_tuning" and shape.facts is not None and not shape.facts.prefix_tuning:
         return f"prefix_tuning does not support '{shape.model_type}'"
+    if method.vision != "frozen" and not shape.vision_layers:
+        return f"method.vision={method.vision} needs a vision-language model"
     return None
 
 
@@ -311,7 +345,7 @@ def _trained_layers(shape: ModelShape, method: MethodConfig) -> tuple[int, set[s
         return 0, set()
     names = set(trained_param_names(shape, method))
     decoder = [i for i in map(layer_index, names) if i is not None]
-    if any("embed" in n for n in names):
+    if any("embed" in n and not in_tower(shape.facts, n) for n in names):
         return 0, names
     return (min(decoder) if decoder else shape.layers), names
 
@@ -415,9 +449,23 @@ def activation_bytes(shape: ModelShape, setup: TrainSetup) -> int:
     logits = kept * shape.vocab * (8 + e)  # log-probs, their gradient, logits' gradient
     width = shape.expert_intermediate * shape.experts_per_token if shape.moe else shape.intermediate
     backward = T * (2 * h + 2 * width) * e  # gradients alive inside the layer being back-propagated
+    vision = vision_activation_bytes(shape, setup)
     if setup.gradient_checkpointing and per_layer:
-        return len(per_layer) * T * h * e + head + max(logits, max(per_layer) + backward)
-    return sum(per_layer) + head + max(logits, backward)
+        return vision + len(per_layer) * T * h * e + head + max(logits, max(per_layer) + backward)
+    return vision + sum(per_layer) + head + max(logits, backward)
+
+
+def vision_activation_bytes(shape: ModelShape, setup: TrainSetup) -> int:
+    """What the vision encoder keeps for backward (module docstring): nothing while it is frozen."""
+    m, e = setup.method, _bytes(setup.precision)
+    if not shape.vision_layers or not setup.image_tokens or m.vision == "frozen":
+        return 0
+    patches = setup.batch_size * setup.image_tokens * shape.merge**2
+    hv, iv = shape.vision_hidden, shape.vision_intermediate
+    total = patches * hv * (4 + 3 * e)  # the projector
+    if m.vision == "tower":
+        total += shape.vision_layers * patches * (8 * hv + e * (6 * hv + 3 * iv))
+    return total
 
 
 def estimate(shape: ModelShape, setup: TrainSetup) -> MemoryEstimate:
