@@ -337,7 +337,7 @@ def create_app(
     """The ASGI app; its lifespan starts the engine and, on shutdown, drains it."""
     lifecycle = lifecycle or Lifecycle()
     engine: Engine
-    metrics = ServerMetrics(lambda: engine.queue_depth, lambda: engine.running)
+    metrics = ServerMetrics(lambda: engine.queue_depth, lambda: engine.running, cfg.max_queue)
     engine = Engine(served, cfg.max_batch_size, cfg.max_queue, on_batch=metrics.batch_size.observe)
     api = Api(served, cfg, engine, metrics)
 
