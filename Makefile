@@ -4,7 +4,7 @@ PYTHON ?= python3.11
 VENV ?= .venv
 BIN = $(VENV)/bin
 
-.PHONY: install llama demo test lint
+.PHONY: install llama promtool demo test lint
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,10 +24,20 @@ LLAMA_CMAKE_ARGS = -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON 
 llama: install
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=2 $(BIN)/pip install -q -e '.[llama]'
 
+# promtool checks and unit-tests the alert rules `thinktune deploy` writes (tests/serve/test_serve_alerts.py; those
+# tests skip without it). Taken from Debian's prometheus package, promtool alone, into the venv; elsewhere, install
+# Prometheus' promtool on PATH yourself.
+promtool: $(BIN)/python
+	@command -v promtool >/dev/null || [ -x $(BIN)/promtool ] || { \
+	  d=$$(mktemp -d) && cd $$d && { apt-get download -qq prometheus 2>/dev/null || \
+	    { apt-get update -qq && apt-get download -qq prometheus; }; } && \
+	  dpkg-deb -x prometheus_*.deb x && cp x/usr/bin/promtool $(CURDIR)/$(BIN)/ && rm -rf $$d; } || \
+	  echo "promtool not installed: the alert-rule tests that need it skip"
+
 demo: install
 	$(BIN)/thinktune train
 
-test: install llama
+test: install llama promtool
 	$(BIN)/python -m pytest -q
 
 lint: install

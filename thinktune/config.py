@@ -8,6 +8,7 @@ key for a typo.
 from __future__ import annotations
 
 import difflib
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -306,6 +307,54 @@ class ServeConfig(Section):
     backend: Literal["transformers", "vllm"] = Field("transformers", description="Generation backend.")
 
 
+PROMETHEUS_DURATION = re.compile(r"((\d+)y)?((\d+)w)?((\d+)d)?((\d+)h)?((\d+)m)?((\d+)s)?((\d+)ms)?")
+MATCHER = r'\s*[a-zA-Z_][a-zA-Z0-9_]*\s*(=~|!~|!=|=)\s*"(?:[^"\\]|\\.)*"\s*'  # name="value", as PromQL writes it
+LABEL_MATCHERS = re.compile(f"{MATCHER}(,{MATCHER})*")
+
+
+class AlertsConfig(Section):
+    """Thresholds of the Prometheus alert rules `thinktune deploy` writes (OUT/alerts.yaml)."""
+
+    p99_latency_seconds: float = Field(
+        2.0, gt=0, description="Alert when a pod's P99 request latency on a /v1 generation route is above this."
+    )
+    latency_for: str = Field("5m", description="How long P99 latency must stay above the threshold (`for:`).")
+    memory_share: float = Field(
+        0.85, gt=0, le=1, description="Alert when the server's resident memory is above this share of its limit."
+    )
+    memory_for: str = Field("5m", description="How long memory must stay above its share (`for:`).")
+    error_rate: float = Field(
+        0.05, gt=0, le=1, description="Alert when this share of a pod's /v1 answers are 5xx errors."
+    )
+    error_for: str = Field("5m", description="How long the error share must stay above the threshold (`for:`).")
+    queue_share: float = Field(
+        0.8, gt=0, le=1, description="Alert when waiting requests are above this share of serve.max_queue."
+    )
+    queue_for: str = Field("2m", description="How long the queue must stay above its share (`for:`).")
+    window: str = Field("5m", description="Range the latency and error rules take rates over (rate(...[window])).")
+    selector: str = Field(
+        "",
+        description='Label matchers added to every series, e.g. `namespace="prod",app="quickstart"` '
+        "(empty: every thinktune server Prometheus scrapes).",
+    )
+
+    @field_validator("latency_for", "memory_for", "error_for", "queue_for", "window")
+    @classmethod
+    def _duration(cls, value: str, info) -> str:
+        if not value or not PROMETHEUS_DURATION.fullmatch(value):
+            raise ValueError("expected a Prometheus duration such as 30s, 5m or 1h")
+        if info.field_name == "window" and not any(c in "123456789" for c in value):
+            raise ValueError("the rate window must be longer than 0")
+        return value
+
+    @field_validator("selector")
+    @classmethod
+    def _matchers(cls, value: str) -> str:
+        if value.strip() and not LABEL_MATCHERS.fullmatch(value):
+            raise ValueError('expected PromQL label matchers such as namespace="prod",app=~"quick.*"')
+        return value.strip()
+
+
 LossName = Literal["dpo", "ipo", "simpo", "orpo", "kto"]
 
 DEFAULT_BETA = {"dpo": 0.1, "ipo": 0.1, "simpo": 2.0, "orpo": 0.1, "kto": 0.1}
@@ -401,6 +450,9 @@ class RunConfig(Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
+    alerts: AlertsConfig = Field(
+        default_factory=AlertsConfig, description="`thinktune deploy`: thresholds of the Prometheus alert rules."
+    )
     dpo: DPOConfig = Field(
         default_factory=DPOConfig, description="`thinktune dpo`: the preference loss and its settings."
     )
@@ -422,6 +474,7 @@ SECTIONS: dict[str, type[Section]] = {
     "eval": EvalConfig,
     "export": ExportConfig,
     "serve": ServeConfig,
+    "alerts": AlertsConfig,
     "dpo": DPOConfig,
     "grpo": GRPOConfig,
 }

@@ -4,6 +4,7 @@ thinktune serve --run-dir runs/quickstart            # base model + the run's ad
 thinktune serve --run-dir runs/freeze-run            # a freeze/ESFT/full run: the trained model, under the run's name
 thinktune serve --model smollm2-135m-instruct --adapter math=runs/math/adapter --port 8080
 thinktune deploy --run-dir runs/quickstart -o deploy/quickstart --gpus 1
+thinktune deploy --run-dir runs/quickstart -o deploy/quickstart --set alerts.p99_latency_seconds=5
 """
 
 from __future__ import annotations
@@ -98,17 +99,24 @@ def deploy(
     thinktune_requirement: Annotated[
         str | None, typer.Option(help="pip requirement for thinktune in the image, or a local wheel file.")
     ] = None,
+    set_: SetOpt = None,
 ) -> None:
-    """Write a Dockerfile, the serving config, the model files and Kubernetes manifests for a run.
+    """Write a Dockerfile, the serving config, the model files, Kubernetes manifests and alert rules for a run.
 
     Example: `thinktune deploy --run-dir runs/quickstart -o deploy/quickstart --gpus 0`, then
     `docker build -t thinktune-serve:latest deploy/quickstart && kubectl apply -f deploy/quickstart/k8s.yaml`
+
+    `--set` overrides the run's config for the deployment: `--set serve.max_queue=32`, and the alert thresholds
+    `--set alerts.p99_latency_seconds=5 --set alerts.memory_share=0.9` (see docs/serving.md).
     """
     from thinktune.serve.deploy import DeploySpec, write_deployment
 
     spec = DeploySpec(image=image, name=name, gpus=gpus, replicas=replicas, max_replicas=max_replicas, memory=memory)
     if thinktune_requirement:
         spec = DeploySpec(**{**spec.__dict__, "thinktune_requirement": thinktune_requirement})
-    for path in write_deployment(run_dir, output_dir, spec):
+    written = write_deployment(run_dir, output_dir, spec, set_)
+    for path in written:
         console.print(f"wrote {path}", highlight=False)
+    if output_dir / "alerts.yaml" not in written:
+        console.print("no alerts.yaml: the vllm backend exports vLLM's own metrics, which the alert rules do not read")
     console.print(f"next: docker build -t {image} {output_dir} && kubectl apply -f {output_dir / 'k8s.yaml'}")

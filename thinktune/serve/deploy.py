@@ -6,6 +6,8 @@ OUT/model/         full weights: the run's full model, the base with a freeze/ES
                    the base model when it is a local directory (hard links where possible)
 OUT/adapters/NAME  the run's LoRA adapter
 OUT/k8s.yaml       Deployment (GPU limit, startup/readiness/liveness probes on /health), Service, autoscaler
+OUT/alerts.yaml    Prometheus alerting rules on the server's /metrics (thresholds: the `alerts` config section)
+OUT/prometheus-rule.yaml  the same rules as a Prometheus Operator PrometheusRule object
 """
 
 from __future__ import annotations
@@ -22,12 +24,15 @@ import yaml
 
 import thinktune
 from thinktune.config import RunConfig, load_config
+from thinktune.errors import ConfigError
 from thinktune.hub import is_hub_id
 from thinktune.models.loading import BUNDLED, BUNDLED_INSTALL, resolve_model
 from thinktune.runs import load_trained
+from thinktune.serve.alerts import prometheus_rule, rule_file
 from thinktune.serve.run_dir import read_run_dir
 
 APP = Path("/app")
+SET_BY_DEPLOY = ("serve.host", "serve.port", "serve.api_key", "serve.adapters")  # or spec.port, the Secret, the run
 
 
 class PlainDumper(yaml.SafeDumper):
@@ -35,6 +40,9 @@ class PlainDumper(yaml.SafeDumper):
 
     def ignore_aliases(self, data: Any) -> bool:
         return True
+
+
+DUMP: dict[str, Any] = {"Dumper": PlainDumper, "sort_keys": False, "width": 1000, "allow_unicode": True}
 
 
 @dataclass(frozen=True)
@@ -83,10 +91,23 @@ def save_with_tensors(cfg: RunConfig, tensors: Path, out: Path) -> None:
     tokenizer.save_pretrained(out)
 
 
-def write_deployment(run_dir: Path, out: Path, spec: DeploySpec = DeploySpec()) -> list[Path]:
-    """Write the build context and manifests for `run_dir` into `out`; returns the files written at top level."""
+def write_deployment(
+    run_dir: Path, out: Path, spec: DeploySpec = DeploySpec(), overrides: list[str] | None = None
+) -> list[Path]:
+    """Write the build context and manifests for `run_dir` into `out`; returns the files written at top level.
+
+    `overrides` (`--set serve.max_queue=32`, `--set alerts.p99_latency_seconds=5`) apply to the run's config."""
     run = read_run_dir(run_dir)
-    cfg = load_config(run.config)
+    for item in overrides or []:
+        key = item.partition("=")[0].strip()
+        if not key.startswith(("serve.", "alerts.")) or key in SET_BY_DEPLOY:
+            raise ConfigError(
+                f"--set {item}: deploy takes serve.* limits and alerts.* thresholds (not host, port, api_key, "
+                "adapters); the model is what the run trained"
+            )
+    cfg = load_config(run.config, overrides)
+    if cfg.serve.backend == "vllm" and any(item.startswith("alerts.") for item in overrides or []):
+        raise ConfigError("alerts.*: the vllm backend exports vLLM's own metrics; deploy writes no alert rules for it")
     out.mkdir(parents=True, exist_ok=True)
     model: dict[str, Any] = cfg.model.model_dump(mode="json")
     adapters: dict[str, str] = {}
@@ -136,9 +157,22 @@ def write_deployment(run_dir: Path, out: Path, spec: DeploySpec = DeploySpec()) 
         copies.append("wheels/")
     dockerfile = dockerfile_text(cfg, spec, requirement, copies, served_name, run.dir)
     (out / "Dockerfile").write_text(dockerfile)
-    manifests = kubernetes_manifests(k8s_name(spec.name or run.name), spec, cfg)
+    name = k8s_name(spec.name or run.name)
+    manifests = kubernetes_manifests(name, spec, cfg)
     (out / "k8s.yaml").write_text(yaml.dump_all(manifests, Dumper=PlainDumper, sort_keys=False))
-    return [out / "Dockerfile", out / "serve.yaml", out / "k8s.yaml"]
+    written = [out / "Dockerfile", out / "serve.yaml", out / "k8s.yaml"]
+    for stale in ("alerts.yaml", "prometheus-rule.yaml"):
+        (out / stale).unlink(missing_ok=True)
+    if cfg.serve.backend == "vllm":  # vLLM's server exports its own metrics (vllm:*), which these rules do not read
+        return written
+    header = (
+        f"# Written by `thinktune deploy --run-dir {run.dir}`: alert rules on what `thinktune serve` exports at\n"
+        "# /metrics. Load it with `rule_files: [alerts.yaml]` in prometheus.yml; check it with\n"
+        "# `promtool check rules alerts.yaml`. Answer quality is no served metric: `thinktune eval --compare`.\n"
+    )
+    (out / "alerts.yaml").write_text(header + yaml.dump(rule_file(name, cfg.alerts), **DUMP))
+    (out / "prometheus-rule.yaml").write_text(yaml.dump(prometheus_rule(name, cfg.alerts), **DUMP))
+    return written + [out / "alerts.yaml", out / "prometheus-rule.yaml"]
 
 
 def dockerfile_text(
