@@ -1,4 +1,4 @@
-"""`thinktune data ...`: check, describe, show, clean and split datasets.
+"""`thinktune data ...`: check, describe, show, clean and split datasets; synthesize reasoning QA from a graph.
 
 thinktune data validate my_train.jsonl
 thinktune data validate --dataset-dir data glaive_toolcall_en_demo dpo_en_demo --kind preference
@@ -6,6 +6,7 @@ thinktune data stats my_train.jsonl --model smollm2-135m-instruct --max-length 2
 thinktune data inspect my_train.jsonl -n 3 --no-thinking
 thinktune data clean raw.jsonl -o clean.jsonl --pii
 thinktune data split clean.jsonl -o splits/ --ratio train=0.9,test=0.1
+thinktune data synth bundled:finance_graph -o synth/ --test-fraction 0.2
 """
 
 from __future__ import annotations
@@ -428,3 +429,105 @@ def data_split(
     if rejects:
         write_rejects(rejects, output_dir / "rejects.jsonl")
         console.print(f"{len(rejects)} unusable records → {output_dir / 'rejects.jsonl'}")
+
+
+@data_app.command("synth")
+@user_errors
+def data_synth(
+    files: Annotated[
+        list[str],
+        typer.Argument(
+            help="Knowledge graph: triples (head,relation,tail columns) or a table (one row per entity), as "
+            "CSV/TSV/JSONL/JSON; or bundled:finance_graph."
+        ),
+    ],
+    output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Folder for train.jsonl, test.jsonl, ...")],
+    test_fraction: Annotated[
+        float, typer.Option("--test-fraction", help="Share of questions for test.jsonl (0: train.jsonl only).")
+    ] = 0.2,
+    split_key: Annotated[
+        str, typer.Option("--split-key", help="Held out from train: answer (answer entities) or path (every entity).")
+    ] = "answer",
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the sampling, order and split.")] = 0,
+    key: Annotated[
+        str | None, typer.Option("--key", help="Table: the column naming the entity (default first).")
+    ] = None,
+    max_hops: Annotated[int, typer.Option("--max-hops", help="Longest multi-hop path: 2 or 3.")] = 3,
+    max_conditions: Annotated[int, typer.Option("--max-conditions", help="Most conditions at once: 2 or 3.")] = 3,
+    max_answers: Annotated[int, typer.Option("--max-answers", help="Most entities a listed answer holds.")] = 3,
+    max_per_kind: Annotated[
+        int | None, typer.Option("--max-per-kind", help="Seeded sample of at most N questions per kind.")
+    ] = None,
+    teacher: Annotated[
+        str | None, typer.Option("--teacher", help="Reword questions and traces: model or OpenAI-compatible URL.")
+    ] = None,
+    endpoint_model: Annotated[str | None, typer.Option(help="Teacher endpoint: model name to request.")] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Teacher: generation budget per rewrite.")] = 768,
+    temperature: Annotated[float, typer.Option(help="Teacher: sampling temperature.")] = 0.7,
+) -> None:
+    """Multi-hop and multi-condition reasoning QA from a knowledge graph: unique (or fully listed) answers, a trace
+    of one fact per step, the answer boxed; split so test answers are held out of train (docs/data.md).
+
+    Example: `thinktune data synth bundled:finance_graph -o synth/ --test-fraction 0.2 --seed 0`
+    """
+    from thinktune.data.graph import read_graph
+    from thinktune.data.reading import write_records, write_rejects
+    from thinktune.data.synth import SynthOptions, split_by_entity, synthesize, to_record
+
+    options = SynthOptions(max_hops, max_conditions, max_answers, max_per_kind, seed)
+    options.check()
+    if not 0 <= test_fraction < 1 or split_key not in ("answer", "path"):
+        split_by_entity([], test_fraction, split_key)  # raises the one-line refusal
+    make_teacher = distill = None
+    if teacher:
+        from pydantic import ValidationError
+
+        from thinktune.train.distill import DistillConfig, make_teacher
+
+        try:
+            distill = DistillConfig(
+                teacher=teacher, n=1, max_new_tokens=max_new_tokens, temperature=temperature,
+                endpoint_model=endpoint_model, require_reasoning=False,
+            )  # fmt: skip
+        except ValidationError as e:
+            err = e.errors()[0]
+            raise UserError(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']}") from None
+    loaded = read_graph(files, key)
+    qas = synthesize(loaded.graph, options)
+    if not qas:
+        raise DataError(f"{', '.join(files)}: no question has a unique answer in this graph (see docs/data.md)")
+    split = split_by_entity(qas, test_fraction, split_key, seed)
+    summary: dict[str, Any] = {
+        "triples": len(loaded.graph.triples),
+        "rejected_rows": len(loaded.rejects),
+        "questions": dict(Counter(f"{q.kind}/{q.hops if q.kind == 'multi_hop' else len(q.conditions)}" for q in qas)),
+        "train": len(split.train),
+        "test": len(split.test),
+        "dropped_by_split": len(split.dropped),
+        "split_key": split_key,
+        "seed": seed,
+    }
+    parts = {"train": split.train, "test": split.test} if test_fraction else {"train": split.train}
+    if make_teacher is not None:
+        from thinktune.train.verbalise import verbalise
+
+        teacher_fn, counts = make_teacher(distill), Counter()
+        for name in parts:
+            parts[name], part_counts = verbalise(parts[name], teacher_fn, teacher)
+            counts.update(part_counts)
+        summary["teacher"] = dict(counts)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    for name, part in parts.items():
+        write_records((to_record(q) for q in part), output_dir / f"{name}.jsonl")
+        console.print(f"{name}: {len(part)} questions → {output_dir / f'{name}.jsonl'}", highlight=False)
+    write_rejects(loaded.rejects, output_dir / "rejects.jsonl")
+    (output_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    kinds = ", ".join(f"{k} {v}" for k, v in sorted(summary["questions"].items()))
+    console.print(f"{len(qas)} questions from {summary['triples']} triples ({kinds})", highlight=False, soft_wrap=True)
+    if split.dropped:
+        console.print(f"{len(split.dropped)} questions dropped: their {split_key} entities are on both sides")
+    if "teacher" in summary:
+        t = summary["teacher"]
+        kept = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in sorted(t.items()) if k != "rewritten") or "none"
+        console.print(f"teacher: {t.get('rewritten', 0)} reworded; template wording kept: {kept}", highlight=False)
+    console.print(f"rejects ({len(loaded.rejects)}) → {output_dir / 'rejects.jsonl'}", highlight=False)
