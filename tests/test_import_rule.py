@@ -1,5 +1,6 @@
 """The import direction of docs/architecture.md, checked on the source: eval never imports train, nothing below the
-commands imports cli, rag imports nothing of data, models or methods, and inside train/ the objectives and the engine never import a recipe or the run skeleton."""
+commands imports cli, rag imports nothing of data, models or methods, and inside train/ the objectives and the
+engine never import a recipe or the run skeleton."""
 
 from __future__ import annotations
 
