@@ -59,7 +59,7 @@ class RagConfig(Section):
         3,
         ge=0,
         description="Training: distractor passages per prompt, the best-ranked chunks for the question that are not "
-        "gold (a prompt without its gold passage gets one more, so the count gives nothing away).",
+        "gold (a prompt without its gold passage gets one more: with one gold id the count gives nothing away).",
     )
     gold_fraction: float = Field(
         0.8,
