@@ -35,3 +35,13 @@ def tiny_model_dirs(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(params=TINY_ARCHS, ids=TINY_ARCHS)
 def tiny_model_dir(request, tiny_model_dirs) -> Path:
     return tiny_model_dirs[request.param]
+
+
+@pytest.fixture(scope="session")
+def contracts_index(tmp_path_factory) -> Path:
+    """The bundled contract clauses indexed with BM25 + all-MiniLM-L6-v2 (the shipped local model)."""
+    from thinktune.rag.index import build_index
+
+    path = tmp_path_factory.mktemp("rag") / "contracts-index"
+    build_index("bundled:contracts", path)
+    return path

@@ -1,5 +1,6 @@
 """The import direction of docs/architecture.md, checked on the source: eval never imports train, nothing below the
-commands imports cli, and inside train/ the objectives and the engine never import a recipe or the run skeleton."""
+commands imports cli, rag imports nothing of data, models or methods, and inside train/ the objectives and the
+engine never import a recipe or the run skeleton."""
 
 from __future__ import annotations
 
@@ -33,6 +34,8 @@ def imports(path: Path) -> set[str]:
 RULES = [
     ("eval", ("thinktune.train", "thinktune.cli")),
     ("data", ("thinktune.train", "thinktune.eval", "thinktune.cli", "thinktune.serve")),
+    ("rag", ("thinktune.data", "thinktune.models", "thinktune.methods", "thinktune.train", "thinktune.eval")),
+    ("rag", ("thinktune.cli", "thinktune.serve")),
     ("methods", ("thinktune.train", "thinktune.eval", "thinktune.cli", "thinktune.serve")),
     ("train/engine", ("thinktune.train.run", "thinktune.train.sft", "thinktune.train.dpo", "thinktune.train.grpo")),
     ("train/objectives", ("thinktune.train.run", "thinktune.train.sft", "thinktune.train.dpo", "thinktune.train.grpo")),

@@ -51,6 +51,29 @@ class ModelConfig(Section):
     )
 
 
+class RagConfig(Section):
+    index: str = Field(description="Index folder built by `thinktune rag index DOCS_DIR -o INDEX`.")
+    k: int = Field(
+        4, gt=0, description="Passages retrieved for each question at inference: evaluation, `chat` and `serve`."
+    )
+    distractors: int = Field(
+        3,
+        ge=0,
+        description="Training: distractor passages per prompt, the best-ranked chunks for the question that are not "
+        "gold (a prompt without its gold passage gets one more: with one gold id the count gives nothing away).",
+    )
+    gold_fraction: float = Field(
+        0.8,
+        ge=0,
+        le=1,
+        description="Training: share of records that keep their gold passages (RAFT's P, Zhang et al. 2024); the "
+        "rest see distractors only. Gold ids come from each record's `gold_ids` field.",
+    )
+    retriever: Literal["hybrid", "bm25", "dense"] = Field(
+        "hybrid", description="Ranking: BM25, dense (all-MiniLM-L6-v2) or both fused by reciprocal rank."
+    )
+
+
 class DataConfig(Section):
     train: list[str | DatasetSpec] = Field(
         default_factory=lambda: ["bundled:arithmetic/train"],
@@ -109,6 +132,11 @@ class DataConfig(Section):
     balance_weights: dict[str, float] | None = Field(None, description="Share per balance_by value.")
     cleaning: CleaningConfig | None = Field(None, description="Cleaning stage (dedup, quality filters, PII).")
     augment: AugmentConfig | None = Field(None, description="Instruction-template variation each epoch.")
+    rag: RagConfig | None = Field(
+        None,
+        description="Retrieval-augmented prompts (see `data.rag.*`): training prompts get the gold passage and "
+        "distractors, evaluation, chat and serve the passages retrieved for the question (docs/rag.md).",
+    )
     num_proc: int = Field(1, gt=0, description="Processes for tokenisation.")
     cache: bool = Field(True, description="Cache tokenised datasets by content hash.")
     cache_dir: str | None = Field(None, description="Cache folder (default <THINKTUNE_HOME>/data).")
@@ -469,6 +497,7 @@ SECTIONS: dict[str, type[Section]] = {
     "": RunConfig,
     "model": ModelConfig,
     "data": DataConfig,
+    "data.rag": RagConfig,
     "method": MethodConfig,
     "train": TrainConfig,
     "eval": EvalConfig,

@@ -15,11 +15,11 @@ from thinktune.eval.metrics import (
     CJKWordTokenizer,
     Scores,
     compute_metrics,
-    embedding_model_path,
     exact_match,
     perplexity_from_loss,
     token_f1,
 )
+from thinktune.rag.embedding import embedding_model_path
 
 PREDICTIONS = ["The cat sat on the mat.", "It is raining heavily today", "Paris is the capital of France."]
 REFERENCES = ["The cat is sitting on the mat.", "Today it rains a lot", "The capital of France is Paris."]

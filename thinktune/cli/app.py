@@ -52,6 +52,33 @@ OfflineOpt = Annotated[
 ]
 
 
+RagIndexOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--rag-index",
+        help="Retrieve passages from this index (thinktune rag index) for each question (data.rag.index).",
+    ),
+]
+RagKOpt = Annotated[int | None, typer.Option("--rag-k", help="Passages per question (data.rag.k, default 4).")]
+
+
+def with_rag(cfg, index: Path | None, k: int | None):
+    """The config with `--rag-index` / `--rag-k` in data.rag (a run's own data.rag keeps its other settings)."""
+    from thinktune.config import RagConfig
+    from thinktune.errors import ConfigError
+
+    if index is None and k is None:
+        return cfg
+    if index is None and cfg.data.rag is None:
+        raise ConfigError("--rag-k needs a rag index: give --rag-index INDEX (or data.rag.index)")
+    if k is not None and k < 1:
+        raise ConfigError(f"--rag-k {k}: give at least 1")
+    current = cfg.data.rag.model_dump() if cfg.data.rag else {}
+    update = {**({"index": str(index)} if index is not None else {}), **({"k": k} if k is not None else {})}
+    rag = RagConfig.model_validate({**current, **update})
+    return cfg.model_copy(update={"data": cfg.data.model_copy(update={"rag": rag})})
+
+
 def user_errors(fn):
     """UserError → one line on stderr and its exit code (2; 1 for a failed check); no traceback."""
 

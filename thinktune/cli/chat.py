@@ -1,4 +1,8 @@
-"""`thinktune chat`: interactive or one-shot chat."""
+"""`thinktune chat`: interactive or one-shot chat.
+
+thinktune chat --run-dir runs/quickstart -p "Ana has 3 bags of 4 apples. How many apples?"
+thinktune chat --run-dir runs/contracts --rag-index runs/contracts-index     # passages per question, sources shown
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,18 @@ from typing import Annotated
 
 import typer
 
-from thinktune.cli.app import ConfigOpt, OfflineOpt, SetOpt, app, build_config, console, user_errors
+from thinktune.cli.app import (
+    ConfigOpt,
+    OfflineOpt,
+    RagIndexOpt,
+    RagKOpt,
+    SetOpt,
+    app,
+    build_config,
+    console,
+    user_errors,
+    with_rag,
+)
 from thinktune.progress import status
 
 
@@ -38,6 +53,8 @@ def chat(
         bool | None,
         typer.Option("--thinking/--no-thinking", help="The template's thinking switch (default: data.thinking)."),
     ] = None,
+    rag_index: RagIndexOpt = None,
+    rag_k: RagKOpt = None,
     offline: OfflineOpt = False,
 ) -> None:
     """Talk to a model: interactive, or one-shot with --prompt. Thinking is shown dimmed.
@@ -45,6 +62,9 @@ def chat(
     Example: `thinktune chat --adapter runs/quickstart/adapter -p "Ana has 3 bags of 4 apples. How many apples?"`
 
     With an image (a vision-language model): `thinktune chat --model VL_MODEL_DIR --image cat.png -p "What animal?"`
+
+    With retrieval: `thinktune chat --run-dir runs/contracts --rag-index runs/contracts-index -p "Notice period?"`
+    prints the passages used after each answer.
     """
     from thinktune.data.images import check_images
     from thinktune.data.record_error import RecordError
@@ -66,6 +86,12 @@ def chat(
         run = open_run(run_dir)
         config, adapter = config or run.config, adapter or run.path
     cfg = build_config(config, (set_ or []) + ([f"model.name_or_path={model}"] if model else []))
+    cfg = with_rag(cfg, rag_index, rag_k)
+    retrieval = None
+    if cfg.data.rag is not None:
+        from thinktune.rag.retrieval import Retrieval
+
+        retrieval = Retrieval.open(cfg.data.rag)  # before loading the model: a missing index is one line at once
     with status(console, f"loading {cfg.model.name_or_path}"):
         m, tok, source = load_pretrained(cfg.model)
         vision = load_vision(m, source.path)
@@ -74,7 +100,9 @@ def chat(
     if images and vision is None:
         raise DataError(f"--image: {cfg.model.name_or_path} is a text-only model; images need a vision-language model")
     enable_thinking = thinking if thinking is not None else inference_thinking(cfg.data.thinking)
-    session = ChatSession(m, tok, cfg.data.system_prompt, max_new_tokens, enable_thinking, vision=vision)
+    session = ChatSession(
+        m, tok, cfg.data.system_prompt, max_new_tokens, enable_thinking, vision=vision, retrieval=retrieval
+    )
 
     def answer(text: str) -> None:
         nonlocal images
@@ -83,6 +111,9 @@ def chat(
         if thinking:
             console.print(f"[dim]<think>\n{thinking}\n</think>[/]", highlight=False)
         console.print(reply, highlight=False)
+        if session.sources:
+            used = ", ".join(f"[{h.chunk.id}] ({h.score:.3f})" for h in session.sources)
+            console.print(f"sources: {used}", highlight=False, markup=False, style="dim")
 
     if prompt is not None:
         answer(prompt)

@@ -232,12 +232,21 @@ def data_inspect(
     columns: ColumnsOpt = None,
     split: SplitOpt = None,
     dataset_dir: DatasetDirOpt = None,
+    rag_index: Annotated[
+        Path | None,
+        typer.Option("--rag-index", help="data.rag.index: show the prompts with their passages (gold + distractors)."),
+    ] = None,
+    rag_distractors: Annotated[int, typer.Option("--rag-distractors", help="data.rag.distractors.")] = 3,
+    rag_gold_fraction: Annotated[float, typer.Option("--rag-gold-fraction", help="data.rag.gold_fraction.")] = 0.8,
+    seed: Annotated[int, typer.Option("--seed", help="data.seed (which records keep their gold passage).")] = 42,
 ) -> None:
     """Render records exactly as training sees them: each sample (inference prompt + trained completion), trained
     tokens in colour (or inside [[ ]] when piped), where the sample differs from the template's own render, and the
     parity check of the training tokens against the inference prompt.
 
     Example: `thinktune data inspect my_train.jsonl -n 2 --thinking off | less`
+
+    With retrieved passages (data.rag): `thinktune data inspect bundled:contracts/train --rag-index INDEX -n 1`
     """
     from thinktune.data.formats import RecordError
     from thinktune.data.inspection import masked_views
@@ -255,6 +264,19 @@ def data_inspect(
     options = RenderOptions(system_prompt, thinking, multi_turn, empty_think_in_loss, max_length)
 
     sources = _sources(files, format_, kind, columns, split, dataset_dir)
+    passages = None
+    if rag_index is not None:
+        from pydantic import ValidationError
+
+        from thinktune.config import RagConfig
+        from thinktune.data.passages import PassageAdder
+
+        try:
+            rag = RagConfig(index=str(rag_index), distractors=rag_distractors, gold_fraction=rag_gold_fraction)
+        except ValidationError as e:
+            err = e.errors()[0]
+            raise UserError(f"--rag-{err['loc'][0].replace('_', '-')}: {err['msg']}") from None
+        passages = PassageAdder(rag, seed)
     tokenizer, vision = load_tokenizer_only(model, with_vision=True)
     use_color = console.is_terminal if color is None else color
     out = console
@@ -266,6 +288,16 @@ def data_inspect(
     records = (x for x in _items(sources, kind) if not isinstance(x, Reject))
     for rec in islice(records, skip, skip + num):
         where = f"{rec['meta']['source']}:{rec['meta']['line']}"
+        if passages is not None:
+            try:
+                rec = passages(rec)
+            except RecordError as e:
+                out.print(f"── {where}: cannot be trained on: {e}", highlight=False, soft_wrap=True)
+                shown += 1
+                continue
+            rag = rec["meta"]["rag"]
+            kept = "gold kept" if rag["gold_kept"] else "gold left out"
+            out.print(f"   passages: {', '.join(rag['passages'])} ({kept})", highlight=False, soft_wrap=True)
         which = ("chosen", "rejected") if record_kind(rec) == "preference" else ("chosen",)
         for side in which:
             label = f" ({side})" if len(which) > 1 else ""

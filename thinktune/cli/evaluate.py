@@ -8,7 +8,19 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from thinktune.cli.app import ConfigOpt, OfflineOpt, OutOpt, SetOpt, app, build_config, console, user_errors
+from thinktune.cli.app import (
+    ConfigOpt,
+    OfflineOpt,
+    OutOpt,
+    RagIndexOpt,
+    RagKOpt,
+    SetOpt,
+    app,
+    build_config,
+    console,
+    user_errors,
+    with_rag,
+)
 from thinktune.runs import EVAL, open_run
 
 
@@ -41,6 +53,8 @@ def eval_(
         str | None, typer.Option(help="lm-evaluation-harness tasks (comma-separated), datasets available locally.")
     ] = None,
     lm_eval_include: Annotated[Path | None, typer.Option(help="Directory of extra lm-eval task YAMLs.")] = None,
+    rag_index: RagIndexOpt = None,
+    rag_k: RagKOpt = None,
     offline: OfflineOpt = False,
 ) -> None:
     """Evaluate a model (and optional adapter): accuracy, format compliance, think length, held-out loss.
@@ -50,6 +64,9 @@ def eval_(
     A run: `thinktune eval --run-dir runs/quickstart -o runs/quickstart/eval2` (any method: adapter, freeze, ESFT, full)
 
     Compare: `thinktune eval --compare base --compare runs/quickstart/adapter -o runs/compare`
+
+    With retrieval: `thinktune eval --run-dir runs/contracts --rag-index runs/contracts-index` adds retrieval
+    recall@k and citation coverage (records' `gold_ids`) to the headline.
     """
     sets = list(set_ or [])
     if run_dir is not None:
@@ -62,7 +79,7 @@ def eval_(
     sets += [f"eval.max_samples={max_samples}"] if max_samples else []
     sets += [f"eval.metrics=[{metrics}]"] if metrics else []
     sets += [f"eval.num_samples={num_samples}"] if num_samples else []
-    cfg = build_config(config, sets)
+    cfg = with_rag(build_config(config, sets), rag_index, rag_k)
     if compare:
         from thinktune.eval.compare import TABLE, compare_models
 

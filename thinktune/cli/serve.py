@@ -3,6 +3,7 @@
 thinktune serve --run-dir runs/quickstart            # base model + the run's adapter, on 127.0.0.1:8000
 thinktune serve --run-dir runs/freeze-run            # a freeze/ESFT/full run: the trained model, under the run's name
 thinktune serve --model smollm2-135m-instruct --adapter math=runs/math/adapter --port 8080
+thinktune serve --run-dir runs/contracts --rag-index runs/contracts-index   # passages per request, `sources` back
 thinktune deploy --run-dir runs/quickstart -o deploy/quickstart --gpus 1
 thinktune deploy --run-dir runs/quickstart -o deploy/quickstart --set alerts.p99_latency_seconds=5
 """
@@ -14,7 +15,18 @@ from typing import Annotated
 
 import typer
 
-from thinktune.cli.app import ConfigOpt, OfflineOpt, SetOpt, app, build_config, console, user_errors
+from thinktune.cli.app import (
+    ConfigOpt,
+    OfflineOpt,
+    RagIndexOpt,
+    RagKOpt,
+    SetOpt,
+    app,
+    build_config,
+    console,
+    user_errors,
+    with_rag,
+)
 from thinktune.errors import UserError
 
 
@@ -39,6 +51,8 @@ def serve(
     ] = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads for torch (default: all cores).")] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+    rag_index: RagIndexOpt = None,
+    rag_k: RagKOpt = None,
     offline: OfflineOpt = False,
 ) -> None:
     """Serve a model and its adapters over an OpenAI-compatible API (/v1/chat/completions, /v1/completions).
@@ -48,6 +62,9 @@ def serve(
 
     Limits (batch size, queue, timeout, body size, max_tokens) and the API key are `serve.*` keys:
     `--set serve.max_queue=32`. See docs/serving.md.
+
+    With retrieval: `thinktune serve --run-dir runs/contracts --rag-index runs/contracts-index` (a run trained with
+    data.rag retrieves from its own index without the option); responses carry the passages used as `sources`.
     """
     from thinktune.serve.run_dir import parse_adapter_options, read_run_dir, with_adapters
 
@@ -62,6 +79,7 @@ def serve(
     sets += [f"serve.port={port}"] if port else []
     sets += [f"serve.backend={backend}"] if backend else []
     cfg = build_config(config or (run.config if run else None), sets + list(set_ or []))
+    cfg = with_rag(cfg, rag_index, rag_k)
     adapters = {run.name: str(run.adapter)} if run and run.adapter else {}
     cfg = with_adapters(cfg, adapters | parse_adapter_options(adapter or []))
     tensors = run.tensors if run else None
@@ -69,6 +87,11 @@ def serve(
     from thinktune.serve.server import api_key
 
     if cfg.serve.backend == "vllm":
+        if cfg.data.rag is not None:
+            raise UserError(
+                "--backend vllm serves vLLM's own API without retrieval: serve a rag index (--rag-index, data.rag) "
+                "with the transformers backend"
+            )
         if tensors is not None:
             raise UserError(
                 f"--backend vllm serves model folders, and {run.dir} saved trained tensors of the base: export it "

@@ -1,7 +1,8 @@
 """The data stage of a run: read the configured datasets, clean, tokenise, and account for every record not used.
 
-    read (streaming, any format) ─► clean (optional) ─► Arrow rows ─► render + tokenise (datasets.map, num_proc)
-        ─► cache (content hash) ─► weights per dataset ─► max_train_samples ─► TrainingData
+    read (streaming, any format) ─► clean (optional) ─► passages (data.rag) ─► Arrow rows
+        ─► render + tokenise (datasets.map, num_proc) ─► cache (content hash) ─► weights per dataset
+        ─► max_train_samples ─► TrainingData
 
 A record becomes one sample, or several with `data.multi_turn=every_turn` where its turns cannot share a sequence
 (column `part` numbers them; `first` marks a record's first row, so records are counted once).
@@ -26,11 +27,12 @@ from typing import Any
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
-from thinktune.config import DataConfig
+from thinktune.config import DataConfig, RagConfig
 from thinktune.data.cache import cache_key as make_key
 from thinktune.data.cache import code_digest, data_cache_dir, publish, tokenizer_digest
 from thinktune.data.cleaning import Cleaner
 from thinktune.data.formats import RecordError
+from thinktune.data.passages import PassageAdder, rag_key
 from thinktune.data.reading import LoadedRecords, Reject, check_bad_fraction, iter_records, source_digest
 from thinktune.data.render import RenderOptions, TokenizedSample, tokenize_record, tokenize_records
 from thinktune.data.spec import CleaningConfig, DataOptions, DatasetSpec, as_spec
@@ -99,11 +101,13 @@ def _features():
     )
 
 
-def _rows(specs: list[DatasetSpec], cleaner: Cleaner | None) -> Iterator[dict[str, Any]]:
+def _rows(specs: list[DatasetSpec], cleaner: Cleaner | None, passages: Any = None) -> Iterator[dict[str, Any]]:
     for d, spec in enumerate(specs):
         items = iter_records(spec)
         if cleaner is not None:
             items = cleaner.stream(items)
+        if passages is not None:
+            items = passages.stream(items)
         for item in items:
             if isinstance(item, Reject):
                 yield {"dataset": d, "file": item.file, "line": item.line, "reason": item.reason, "rule": item.rule}
@@ -186,15 +190,19 @@ def build_dataset(
     out_dir: Path,
     num_proc: int = 1,
     vision: Any = None,
+    rag: RagConfig | None = None,
+    seed: int = 42,
 ) -> dict[str, Any]:
-    """Read, clean and tokenise into a `datasets` directory at out_dir; returns the cleaning report (or None)."""
+    """Read, clean, add retrieved passages (`rag`, data/passages.py) and tokenise into a `datasets` directory at
+    out_dir; returns the cleaning report (or None)."""
     from datasets import Dataset
 
     cleaner = Cleaner(cleaning) if cleaning else None
+    passages = PassageAdder(rag, seed) if rag else None
     work = out_dir.with_name(out_dir.name + ".work")
     work.mkdir(parents=True)
     try:
-        n = write_arrow(_rows(specs, cleaner), work / "rows.arrow")
+        n = write_arrow(_rows(specs, cleaner, passages), work / "rows.arrow")
         ds = Dataset.from_file(str(work / "rows.arrow"))
         if n:
             ds = ds.map(
@@ -230,6 +238,7 @@ def dataset_key(
         "tokenizer": tokenizer_digest(tokenizer),
         "render": RenderOptions.from_config(cfg).__dict__,
         "cleaning": cleaning.model_dump() if cleaning else None,
+        **({"rag": rag_key(cfg.rag), "seed": cfg.seed} if cfg.rag else {}),
         "code": code_digest(),
     }
     return make_key(parts)
@@ -263,8 +272,9 @@ def load_or_build(
         tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=root))
         try:
             report = build_dataset(
-                specs, tokenizer, RenderOptions.from_config(cfg), opts.cleaning, tmp / "ds", opts.num_proc, vision
-            )
+                specs, tokenizer, RenderOptions.from_config(cfg), opts.cleaning, tmp / "ds", opts.num_proc, vision,
+                cfg.rag, opts.seed,
+            )  # fmt: skip
             if not opts.cache:
                 return load_from_disk(str(tmp / "ds"), keep_in_memory=True), specs, False, report
             publish(tmp / "ds", final)

@@ -56,7 +56,7 @@ def compare_models(cfg: RunConfig, candidates: list[str], out_dir: Path, console
         raise UserError("--compare needs at least two candidates, e.g. --compare base --compare runs/x/adapter")
     if not cfg.data.test:
         raise UserError("no evaluation data: set data.test or pass --data FILE")
-    loaded = load_tasks(cfg.data.test, cfg.data.format, cfg.eval.max_samples)
+    loaded = load_tasks(cfg.data.test, cfg.data.format, cfg.eval.max_samples, cfg.data.rag)
     check_bad_fraction(loaded, cfg.data.max_bad_fraction, cfg.data.test)
     results: dict[str, EvalResult] = {}
     for ref in candidates:

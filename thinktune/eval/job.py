@@ -40,7 +40,7 @@ def run_eval_job(
     extras = extras or EvalExtras()
     if not cfg.data.test and not extras.lm_eval_tasks:
         raise UserError("no evaluation data: set data.test or pass --data FILE")
-    loaded = load_tasks(cfg.data.test, cfg.data.format, cfg.eval.max_samples) if cfg.data.test else None
+    loaded = load_tasks(cfg.data.test, cfg.data.format, cfg.eval.max_samples, cfg.data.rag) if cfg.data.test else None
     if loaded is not None:
         check_bad_fraction(loaded, cfg.data.max_bad_fraction, cfg.data.test)
     with status(console, f"loading {cfg.model.name_or_path}"):

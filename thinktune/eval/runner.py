@@ -3,8 +3,11 @@
 A task whose reference is a tool call (`task["tool_calls"]`, see tasks.py) is scored on its calls (eval/tool_calls.py):
 `correct` means the calls equal the reference's, and the headline gains `tool_call_accuracy` and `tool_call_tasks`.
 A task whose reference is a box `[x1, y1, x2, y2]` is scored by IoU (eval/boxes.py): `correct` means IoU ≥ 0.5, and the
-headline gains `mean_iou` and `box_tasks`. A task with images (`task["images"]`) needs a vision-language model's
-`vision` (models/vision.py): its prompt and reference loss are rendered with the images' tokens."""
+headline gains `mean_iou` and `box_tasks`. A task with retrieved passages (`task["rag"]`, tasks.py) records them, its
+gold ids and the ids its output cites as `[C07]`; the headline gains `retrieval_recall@k` (share of gold ids among
+the k passages), `citation_coverage` (share of gold ids the output cites) and `rag_tasks`. A task with images
+(`task["images"]`) needs a vision-language model's `vision` (models/vision.py): its prompt and reference loss are
+rendered with the images' tokens."""
 
 from __future__ import annotations
 
@@ -36,6 +39,9 @@ from thinktune.eval.reasoning import (
     words_answer,
 )
 from thinktune.eval.tool_calls import majority_calls_correct, score_tool_calls, tool_call_summary
+from thinktune.rag.chunking import Chunk
+from thinktune.rag.prompt import cited_ids
+from thinktune.rag.scoring import citation_coverage, recall
 
 
 @dataclass
@@ -183,6 +189,7 @@ def evaluate(
     n = max(1, len(samples))
     extra: dict[str, float | int] = {"generation_tokens_per_second": stats.tokens_per_second}
     extra.update(tool_call_summary(samples))
+    extra.update(rag_summary(tasks, samples))
     ious = [s["iou"] for s in samples if "iou" in s]
     if ious:
         extra.update(mean_iou=sum(ious) / len(ious), box_tasks=len(ious))
@@ -240,6 +247,8 @@ def score_sample(task: dict, outs: list[tuple[str, int]], tokenizer, schema: dic
             tool_call_correct=score.correct,
             format_ok=score.well_formed,
         )
+    if task.get("rag"):
+        sample.update(rag_scores(task["rag"], text))
     if len(outs) > 1:
         if reference:
             predictions = [score_tool_calls(o, reference).predicted for o, _ in outs]
@@ -253,6 +262,30 @@ def score_sample(task: dict, outs: list[tuple[str, int]], tokenizer, schema: dic
             maj = maj_at_k_correct(answers, task["answer"])
         sample.update(samples=[o for o, _ in outs], pass_at_k=pass_at_k(len(outs), c, len(outs)), maj_correct=maj)
     return sample
+
+
+def rag_scores(rag: dict, output: str) -> dict[str, Any]:
+    """A retrieval task's passages, gold ids and the ids the output (thinking included) cites; with gold ids, the
+    share of them retrieved (recall@k) and cited (citation coverage)."""
+    cited = cited_ids(output)
+    out: dict[str, Any] = {"retrieved": rag["retrieved"], "gold_ids": rag["gold"], "cited": cited}
+    if rag["gold"]:
+        gold, retrieved = rag["gold"], [Chunk(i, i.split("#", 1)[0], "", 0, 0) for i in rag["retrieved"]]
+        out.update(retrieval_recall=recall(gold, retrieved), citation_coverage=citation_coverage(gold, cited))
+    return out
+
+
+def rag_summary(tasks: list[dict], samples: list[dict]) -> dict[str, float | int]:
+    """Headline retrieval figures over the tasks with gold ids: `retrieval_recall@k`, `citation_coverage`."""
+    scored = [s for s in samples if "retrieval_recall" in s]
+    if not scored:
+        return {}
+    k = next(t["rag"]["k"] for t in tasks if t.get("rag"))
+    return {
+        f"retrieval_recall@{k}": sum(s["retrieval_recall"] for s in scored) / len(scored),
+        "citation_coverage": sum(s["citation_coverage"] for s in scored) / len(scored),
+        "rag_tasks": len(scored),
+    }
 
 
 def prompt_images(task: dict) -> list[str]:

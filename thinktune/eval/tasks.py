@@ -1,13 +1,19 @@
-"""Evaluation tasks: canonical SFT records turned into {prompt, answer, reference} records (+ tools, tool_calls)."""
+"""Evaluation tasks: canonical SFT records turned into {prompt, answer, reference} records (+ tools, tool_calls).
+
+With `data.rag` each task's question gets the k passages the index retrieves for it (as chat and serve do) and
+`task["rag"]` records them and the record's `gold_ids`, for retrieval recall@k and citation coverage (runner.py)."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
+from thinktune.config import RagConfig
 from thinktune.data.formats import RecordError
 from thinktune.data.reading import LoadedRecords, Reject, read_records
 from thinktune.eval.reasoning import extract_answer
+from thinktune.rag.prompt import gold_ids, last_user_text, with_passages
+from thinktune.rag.retrieval import Retrieval
 
 
 def to_task_record(sft: dict[str, Any]) -> dict[str, Any]:
@@ -35,7 +41,7 @@ def to_task_record(sft: dict[str, Any]) -> dict[str, Any]:
     return task
 
 
-def load_tasks(ref: str, fmt: str = "auto", limit: int | None = None) -> LoadedRecords:
+def load_tasks(ref: str, fmt: str = "auto", limit: int | None = None, rag: RagConfig | None = None) -> LoadedRecords:
     loaded = read_records(ref, fmt)
     out = LoadedRecords(rejects=list(loaded.rejects))
     for rec in loaded.records:
@@ -45,4 +51,19 @@ def load_tasks(ref: str, fmt: str = "auto", limit: int | None = None) -> LoadedR
             out.rejects.append(Reject(rec["meta"]["source"], rec["meta"]["line"], str(e)))
     if limit:
         out.records = out.records[:limit]
+    if rag is not None:
+        out.records = with_retrieved(out.records, Retrieval.open(rag))
+    return out
+
+
+def with_retrieved(tasks: list[dict[str, Any]], retrieval: Retrieval) -> list[dict[str, Any]]:
+    """Tasks whose question holds the passages retrieved for it; `task["rag"]`: k, retrieved ids, gold ids."""
+    queries = [last_user_text(t["prompt"]) or "" for t in tasks]
+    found = retrieval.index.search_many(queries, retrieval.k, retrieval.retriever) if tasks else []
+    out = []
+    for t, hits in zip(tasks, found, strict=True):
+        chunks = [h.chunk for h in hits]
+        prompt = with_passages(t["prompt"], chunks)
+        rag = {"k": retrieval.k, "retrieved": [c.id for c in chunks], "gold": gold_ids(t["meta"])}
+        out.append({**t, "prompt": prompt, "messages": prompt + t["messages"][len(t["prompt"]) :], "rag": rag})
     return out

@@ -2,7 +2,9 @@
 
 POST /v1/chat/completions   chat; R1 thinking → `reasoning_content`, the answer → `content` and `tool_calls`; SSE
                             with `stream: true`; images as base64 data: URLs in `image_url` parts (images.py), for a
-                            vision-language model
+                            vision-language model; with a rag index, passages for the last user message go into
+                            the prompt and come back as a top-level `sources` list (in the first chunk when
+                            streaming)
 POST /v1/completions        raw text completion
 GET  /v1/models             the base model and every adapter, by the name a request's `model` uses
 GET  /health                200 while serving, 503 while shutting down (readiness / liveness probes)
@@ -30,6 +32,8 @@ from thinktune.config import ServeConfig
 from thinktune.data.images import IMAGE_TOKEN
 from thinktune.data.record_error import RecordError
 from thinktune.data.render import render_prompt
+from thinktune.rag.prompt import with_passages
+from thinktune.rag.retrieval import Retrieval
 from thinktune.serve.adapters import ServedModel
 from thinktune.serve.engine import (
     Engine,
@@ -96,8 +100,16 @@ class RequestEvents:
 class Api:
     """The request handlers: turn a request into engine work and the engine's events into OpenAI responses."""
 
-    def __init__(self, served: ServedModel, cfg: ServeConfig, engine: Engine, metrics: ServerMetrics):
+    def __init__(
+        self,
+        served: ServedModel,
+        cfg: ServeConfig,
+        engine: Engine,
+        metrics: ServerMetrics,
+        retrieval: Retrieval | None = None,
+    ):
         self.served, self.cfg, self.engine, self.metrics = served, cfg, engine, metrics
+        self.retrieval = retrieval
         self.tokenizer = served.tokenizer  # used on the event loop only; the engine has its own copy
 
     # -- request → engine work -------------------------------------------------------------------------------------
@@ -111,11 +123,21 @@ class Api:
                 404, f"model '{model}' not found; this server has: {served}", code="model_not_found", param="model"
             ) from None
 
-    def render_chat(self, body: ChatCompletionRequest, images: list[Any]) -> str:
+    async def retrieve(self, body: ChatCompletionRequest) -> list[dict[str, Any]] | None:
+        """With a rag index: the passages for the last user message (searched off the event loop), else None."""
+        if self.retrieval is None:
+            return None
+        messages = canonical_messages(body.messages)
+        _, hits = await asyncio.to_thread(self.retrieval.augment, messages)
+        return hits
+
+    def render_chat(self, body: ChatCompletionRequest, images: list[Any], passages: list[Any] | None = None) -> str:
         reserved = RESERVED_TEMPLATE_KWARGS & set(body.chat_template_kwargs)
         if reserved:
             raise ApiError(400, f"chat_template_kwargs may not set {sorted(reserved)}", param="chat_template_kwargs")
         messages = canonical_messages(body.messages)
+        if passages:  # as training wrote them (rag/prompt.py)
+            messages = with_passages(messages, [h.chunk for h in passages])
         if images:  # each <image> placeholder → the model's image text; without images `<image>` stays plain text
             messages = self.served.vision.messages(messages)
         extra = {k: v for k, v in body.chat_template_kwargs.items() if k != "enable_thinking"}
@@ -250,7 +272,8 @@ class Api:
         if self.served.vision is None and any(m.image_urls() for m in body.messages):
             raise ApiError(400, f"{model} is a text-only model: it takes no images", param="messages")
         images = request_images(body.messages)
-        prompt = self.render_chat(body, images)
+        hits = await self.retrieve(body)
+        prompt = self.render_chat(body, images, hits)
         prompt_ids, pixels = await self.encode(prompt, images)
         params = self.sampling(body, len(prompt_ids))
         in_thinking = prompt_opens_thinking(prompt)
@@ -261,11 +284,11 @@ class Api:
             text, finished = await self.collect(request, events, model)
             thinking = body.thinking_or(self.served.thinking)
             message, reason = whole_reply(text, finished.reason, in_thinking, thinking, tools)
-            return chat_response(id, model, message, reason, finished)
+            return with_sources(chat_response(id, model, message, reason, finished), hits)
 
         async def chunks(event: Event, next_event) -> AsyncIterator[dict[str, Any]]:
             reply = ReplyStream(in_thinking, body.thinking_or(self.served.thinking), tools)
-            yield chat_chunk(id, model, {"role": "assistant", "content": ""})
+            yield with_sources(chat_chunk(id, model, {"role": "assistant", "content": ""}), hits)
             while isinstance(event, TextDelta):
                 for delta in reply.feed(event.text):
                     yield chat_chunk(id, model, delta)
@@ -331,15 +354,28 @@ class Api:
         return {"object": "list", "data": data}
 
 
+def with_sources(body: dict[str, Any], hits: list[Any] | None) -> dict[str, Any]:
+    """A chat completion (or its first chunk) with the passages its prompt held: a top-level `sources` list of
+    {id, doc, score, text}, which the openai client keeps in `model_extra`."""
+    if hits is not None:
+        body["sources"] = [h.source() for h in hits]
+    return body
+
+
 def create_app(
-    served: ServedModel, cfg: ServeConfig, api_key: str | None = None, lifecycle: Lifecycle | None = None
+    served: ServedModel,
+    cfg: ServeConfig,
+    api_key: str | None = None,
+    lifecycle: Lifecycle | None = None,
+    retrieval: Retrieval | None = None,
 ) -> FastAPI:
-    """The ASGI app; its lifespan starts the engine and, on shutdown, drains it."""
+    """The ASGI app; its lifespan starts the engine and, on shutdown, drains it. With `retrieval` (a rag index) each
+    chat request gets the passages for its last user message and returns them as `sources`."""
     lifecycle = lifecycle or Lifecycle()
     engine: Engine
     metrics = ServerMetrics(lambda: engine.queue_depth, lambda: engine.running, cfg.max_queue)
     engine = Engine(served, cfg.max_batch_size, cfg.max_queue, on_batch=metrics.batch_size.observe)
-    api = Api(served, cfg, engine, metrics)
+    api = Api(served, cfg, engine, metrics, retrieval)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

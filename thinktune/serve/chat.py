@@ -3,6 +3,9 @@
 Images (a vision-language model's `vision`, models/vision.py) go with the turn that asks about them: an `<image>`
 placeholder in its text marks where each goes, else they go before the text (as Qwen-VL's own examples put them).
 They stay in the conversation, so later turns still see them.
+
+With `retrieval` (a rag index) each question's prompt gets the passages retrieved for it, written as training wrote
+them; the history keeps the question alone, and `sources` holds the passages of the latest answer.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ class ChatSession:
     history: list[dict] = field(default_factory=list)
     vision: Any = None  # a vision-language model's Vision; None: the model takes no images
     images: list[Any] = field(default_factory=list)  # the conversation's images (paths or PIL images), in order
+    retrieval: Any = None  # rag.retrieval.Retrieval, or None
+    sources: list[Any] = field(default_factory=list)  # rag.index.Hit: the passages the latest answer was given
 
     def ask(self, text: str, images: list[Any] | None = None) -> tuple[str | None, str]:
         """(thinking, answer) for one user turn with its `images`; the answer (not the thinking) stays in the history,
@@ -42,6 +47,8 @@ class ChatSession:
         self.history.append({"role": "user", "content": text, "reasoning": None})
         self.images += images
         messages = self.vision.messages(self.history) if self.images else self.history
+        if self.retrieval is not None:
+            messages, self.sources = self.retrieval.augment(messages)
         prompt = render_prompt(self.tokenizer, messages, self.system_prompt, enable_thinking=self.enable_thinking)
         [(out, _)] = generate_batch(
             self.model, self.tokenizer, [prompt], self.max_new_tokens, images=[self.images], vision=self.vision

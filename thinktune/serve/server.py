@@ -18,6 +18,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from thinktune.config import RunConfig
+from thinktune.rag.retrieval import Retrieval
 from thinktune.serve.adapters import ServedModel, load_served_model
 from thinktune.serve.app import create_app
 from thinktune.serve.middleware import Lifecycle
@@ -48,12 +49,13 @@ def build_app(
 ) -> tuple[FastAPI, Lifecycle, ServedModel]:
     """Load the model (with a run's `trained_tensors` written in, if given) and adapters of `cfg`; wrap them in the
     API."""
+    retrieval = Retrieval.open(cfg.data.rag) if cfg.data.rag else None  # a run trained on passages is served with them
     served = load_served_model(
         cfg.model, cfg.serve.adapters, served_model_name, cfg.data.system_prompt, trained_tensors
     )
     served.thinking = cfg.data.thinking != "off"  # as the run was trained
     lifecycle = Lifecycle()
-    return create_app(served, cfg.serve, api_key(cfg), lifecycle), lifecycle, served
+    return create_app(served, cfg.serve, api_key(cfg), lifecycle, retrieval), lifecycle, served
 
 
 def make_server(

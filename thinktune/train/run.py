@@ -106,7 +106,7 @@ def load_validation(cfg: RunConfig) -> tuple[list[dict] | None, list[Reject]]:
     if cfg.train.load_best_at_end and not cfg.train.eval_steps:
         raise ConfigError("train.load_best_at_end needs train.eval_steps (how often to validate)")
     if cfg.data.validation:
-        loaded = load_tasks(cfg.data.validation, cfg.data.format, cfg.eval.max_samples)
+        loaded = load_tasks(cfg.data.validation, cfg.data.format, cfg.eval.max_samples, cfg.data.rag)
         check_bad_fraction(loaded, cfg.data.max_bad_fraction, "validation data")
         return loaded.records, loaded.rejects
     if cfg.train.eval_steps:
@@ -148,7 +148,7 @@ def start(cfg: RunConfig, console: Console, recipe: str = "sft") -> Run:
         f"{sum(p.numel() for p in run.model.parameters()) / 1e6:.1f}M params) in {time.perf_counter() - t:.1f}s"
     )
     if cfg.data.test:
-        loaded = load_tasks(cfg.data.test, cfg.data.format, cfg.eval.max_samples)
+        loaded = load_tasks(cfg.data.test, cfg.data.format, cfg.eval.max_samples, cfg.data.rag)
         check_bad_fraction(loaded, cfg.data.max_bad_fraction, "test data")
         run.tasks, run.rejects = loaded.records, list(loaded.rejects)
     run.validation, bad = load_validation(cfg)
