@@ -36,6 +36,7 @@ RULES = [
     ("data", ("thinktune.train", "thinktune.eval", "thinktune.cli", "thinktune.serve")),
     ("rag", ("thinktune.data", "thinktune.models", "thinktune.methods", "thinktune.train", "thinktune.eval")),
     ("rag", ("thinktune.cli", "thinktune.serve")),
+    ("ui", ("thinktune.cli",)),
     ("methods", ("thinktune.train", "thinktune.eval", "thinktune.cli", "thinktune.serve")),
     ("train/engine", ("thinktune.train.run", "thinktune.train.sft", "thinktune.train.dpo", "thinktune.train.grpo")),
     ("train/objectives", ("thinktune.train.run", "thinktune.train.sft", "thinktune.train.dpo", "thinktune.train.grpo")),

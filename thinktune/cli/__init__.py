@@ -6,7 +6,7 @@
 One module per command group registers its commands on the shared app (cli/app.py).
 """
 
-from thinktune.cli import chat, data, doctor, evaluate, experts, export, plan, rag, rl, serve, train  # noqa: F401  (registers commands)
+from thinktune.cli import chat, data, doctor, evaluate, experts, export, plan, rag, rl, serve, train, ui  # noqa: F401  (registers commands)
 from thinktune.cli.app import app
 
 

@@ -27,6 +27,8 @@ class ChatSession:
     system_prompt: str | None = None
     max_new_tokens: int = 256
     enable_thinking: bool | None = None  # the template's thinking switch (Qwen3); None = its default
+    do_sample: bool = False  # greedy unless asked to sample
+    temperature: float = 0.7  # with do_sample
     history: list[dict] = field(default_factory=list)
     vision: Any = None  # a vision-language model's Vision; None: the model takes no images
     images: list[Any] = field(default_factory=list)  # the conversation's images (paths or PIL images), in order
@@ -51,7 +53,14 @@ class ChatSession:
             messages, self.sources = self.retrieval.augment(messages)
         prompt = render_prompt(self.tokenizer, messages, self.system_prompt, enable_thinking=self.enable_thinking)
         [(out, _)] = generate_batch(
-            self.model, self.tokenizer, [prompt], self.max_new_tokens, images=[self.images], vision=self.vision
+            self.model,
+            self.tokenizer,
+            [prompt],
+            self.max_new_tokens,
+            self.do_sample,
+            self.temperature,
+            images=[self.images],
+            vision=self.vision,
         )
         thinking, answer, _ = split_thinking(out)
         self.history.append({"role": "assistant", "content": answer, "reasoning": None})
