@@ -1,0 +1,162 @@
+"""The UI's pure parts: the form generated from config.py and its --set overrides, run status and rows, metric
+series from a metrics.jsonl being written, path confinement, the host/auth rule."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from thinktune.config import SECTIONS, load_config
+from thinktune.errors import ConfigError, UserError
+from thinktune.ui import form, runs_view
+from thinktune.ui.app import UIState, check_host, prepare_launch, split_report
+from thinktune.ui.paths import OutsideRoots, confine, run_name_ok
+
+
+def test_form_has_every_setting_of_the_training_sections_with_its_description():
+    specs = {s.key: s for s in form.form_fields()}
+    for section in form.FORM_SECTIONS:
+        for name, f in SECTIONS[section].model_fields.items():
+            assert specs[f"{section}.{name}"].description == (f.description or "")
+    assert specs["train.lr_scheduler"].kind == "choice" and "cosine" in specs["train.lr_scheduler"].choices
+    assert specs["model.trust_remote_code"].kind == "bool"
+    assert specs["data.test"].kind == "str" and specs["data.test"].nullable
+    assert specs["train.max_steps"].kind == "yaml"
+
+
+@pytest.mark.parametrize(
+    ("key", "shown", "expected"),
+    [
+        ("train.learning_rate", "5e-4", "train.learning_rate=5e-4"),
+        ("data.system_prompt", "Answer: briefly", 'data.system_prompt="Answer: briefly"'),
+        ("train.lr_scheduler", "linear", 'train.lr_scheduler="linear"'),
+        ("train.gradient_checkpointing", True, "train.gradient_checkpointing=true"),
+        ("data.test", "", "data.test="),
+        ("data.train", '["a.jsonl", "b.jsonl"]', 'data.train=["a.jsonl", "b.jsonl"]'),
+    ],
+)
+def test_a_changed_field_becomes_one_set_override(key, shown, expected):
+    base = load_config()
+    specs = form.form_fields()
+    values = form.form_values(base, specs)
+    assert form.overrides(base, specs, values) == []  # unchanged form: nothing to say
+    values[[s.key for s in specs].index(key)] = shown
+    assert form.overrides(base, specs, values) == [expected]
+
+
+def test_overrides_round_trip_through_the_cli_loader():
+    base = load_config()
+    specs = form.form_fields()
+    values = form.form_values(base, specs)
+    keys = [s.key for s in specs]
+    values[keys.index("data.system_prompt")] = "Answer: briefly"
+    values[keys.index("train.max_steps")] = "7"
+    cfg = form.check(None, form.overrides(base, specs, values), "train")
+    assert cfg.data.system_prompt == "Answer: briefly" and cfg.train.max_steps == 7
+
+
+def test_invalid_field_gives_the_cli_one_line_error(tmp_path):
+    state = UIState(tmp_path)
+    specs = form.form_fields()
+    values = form.form_values(load_config(), specs)
+    values[[s.key for s in specs].index("train.learning_rate")] = "-1"
+    with pytest.raises(ConfigError) as e:
+        prepare_launch(state, "train", "", specs, values)
+    assert str(e.value).startswith("--set train.learning_rate=-1: train.learning_rate: ")
+    assert "\n" not in str(e.value)
+
+
+def test_launch_command_writes_into_the_runs_dir(tmp_path):
+    state = UIState(tmp_path / "runs")
+    specs = form.form_fields()
+    values = form.form_values(load_config(), specs)
+    values[0] = "try1"
+    argv, run_dir, cfg = prepare_launch(state, "dpo", "", specs, values)
+    assert run_dir == (tmp_path / "runs" / "try1").resolve()
+    assert argv[2:4] == ["thinktune", "dpo"] and argv[-2:] == ["--output-dir", str(run_dir)]
+    assert "--set" in argv and 'name="try1"' in argv
+
+
+def test_paths_outside_the_roots_are_refused(tmp_path):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    outside = tmp_path / "elsewhere.yaml"
+    outside.write_text("name: x\n")
+    with pytest.raises(OutsideRoots, match="outside the directories"):
+        confine(outside, [runs])
+    with pytest.raises(OutsideRoots):
+        confine("../elsewhere.yaml", [runs])
+    (runs / "link").symlink_to(tmp_path)
+    with pytest.raises(OutsideRoots):
+        confine("link/elsewhere.yaml", [runs])
+    assert confine("a/b.yaml", [runs]) == (runs / "a" / "b.yaml").resolve()
+    for bad in ("../x", "a/b", "", ".."):
+        with pytest.raises(OutsideRoots):
+            run_name_ok(bad)
+    # through the form: a base config, a model folder and a run name outside are refused
+    state = UIState(runs)
+    specs = form.form_fields()
+    values = form.form_values(load_config(), specs)
+    with pytest.raises(OutsideRoots):
+        prepare_launch(state, "train", str(outside), specs, values)
+    values[[s.key for s in specs].index("model.name_or_path")] = str(tmp_path)
+    with pytest.raises(OutsideRoots):
+        prepare_launch(state, "train", "", specs, values)
+    values = form.form_values(load_config(), specs)
+    values[0] = "../escape"
+    with pytest.raises(OutsideRoots):
+        prepare_launch(state, "train", "", specs, values)
+
+
+def test_host_beyond_loopback_needs_auth():
+    assert check_host("127.0.0.1", None) is None
+    assert check_host("0.0.0.0", "u:p") == ("u", "p")
+    with pytest.raises(UserError, match="--host 0.0.0.0 .* add --auth USER:PASSWORD"):
+        check_host("0.0.0.0", None)
+    with pytest.raises(UserError, match="USER:PASSWORD"):
+        check_host("127.0.0.1", "nopassword")
+
+
+def write_run(path: Path, summary: dict | None = None, metrics: list[dict] | None = None) -> Path:
+    path.mkdir(parents=True)
+    (path / "config.yaml").write_text("name: r\nmethod: {name: lora}\nmodel: {name_or_path: /m/tiny}\n")
+    if metrics is not None:
+        (path / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
+    if summary is not None:
+        (path / "summary.json").write_text(json.dumps(summary))
+    return path
+
+
+def test_status_and_rows(tmp_path):
+    done = write_run(
+        tmp_path / "done",
+        {"recipe": "sft", "method": "lora", "model": "/m/tiny", "before": {"accuracy": 0.25},
+         "after": {"accuracy": 0.5}, "steps": 6, "wall_seconds": 75.0},
+    )  # fmt: skip
+    live = write_run(tmp_path / "live", metrics=[{"step": 1, "loss": 2.0}])
+    dead = write_run(tmp_path / "dead", metrics=[{"step": 1, "loss": 2.0}])
+    old = time.time() - 3600
+    os.utime(dead / "metrics.jsonl", (old, old))
+    assert runs_view.run_row(done) == ["done", "finished", "sft", "lora", "tiny", "25.0%", "50.0%", "6", "1m15s"]
+    assert runs_view.status(live) == "running" and runs_view.status(dead) == "failed"
+    assert runs_view.status(dead, alive=True) == "running" and runs_view.status(live, alive=False) == "failed"
+    assert runs_view.run_row(live)[3:5] == ["lora", "tiny"]
+    assert {p.name for p in runs_view.run_dirs(tmp_path)} == {"done", "live", "dead"}
+
+
+def test_metric_series_skip_a_torn_last_line(tmp_path):
+    f = tmp_path / "metrics.jsonl"
+    f.write_text('{"step": 1, "loss": 2.5, "lr": 0.001}\n{"step": 2, "loss": 2.0, "grad_norm": 0.5}\n{"step": 3, "lo')
+    points = runs_view.curves(runs_view.read_metric_rows(f))
+    assert points["loss"] == [(1, 2.5), (2, 2.0)] and points["lr"] == [(1, 0.001)]
+    assert points["grad_norm"] == [(2, 0.5)] and points["tokens_per_second"] == []
+
+
+def test_report_images_leave_the_markdown():
+    md = "# Comparison\n\n| a |\n\n![metrics](charts/metrics.png)\n![t](charts/think_length.png)\n## more"
+    out = split_report(md)
+    assert "charts/" not in out and "# Comparison" in out and "## more" in out
