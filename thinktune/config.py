@@ -108,7 +108,11 @@ class DataConfig(Section):
     )
     balance_weights: dict[str, float] | None = Field(None, description="Share per balance_by value.")
     cleaning: CleaningConfig | None = Field(None, description="Cleaning stage (dedup, quality filters, PII).")
-    augment: AugmentConfig | None = Field(None, description="Instruction-template variation each epoch.")
+    augment: AugmentConfig | None = Field(
+        None,
+        description="Prompt augmentation each epoch: `augmenters` (templates, back_translation), `template_fraction`, "
+        "`templates`, `back_translation` (teacher, pivot_language, fraction); see docs/data.md.",
+    )
     num_proc: int = Field(1, gt=0, description="Processes for tokenisation.")
     cache: bool = Field(True, description="Cache tokenised datasets by content hash.")
     cache_dir: str | None = Field(None, description="Cache folder (default <THINKTUNE_HOME>/data).")
