@@ -131,7 +131,11 @@ class DataConfig(Section):
     )
     balance_weights: dict[str, float] | None = Field(None, description="Share per balance_by value.")
     cleaning: CleaningConfig | None = Field(None, description="Cleaning stage (dedup, quality filters, PII).")
-    augment: AugmentConfig | None = Field(None, description="Instruction-template variation each epoch.")
+    augment: AugmentConfig | None = Field(
+        None,
+        description="Prompt augmentation each epoch: `augmenters` (templates, back_translation), `template_fraction`, "
+        "`templates`, `back_translation` (teacher, pivot_language, fraction); see docs/data.md.",
+    )
     rag: RagConfig | None = Field(
         None,
         description="Retrieval-augmented prompts (see `data.rag.*`): training prompts get the gold passage and "

@@ -157,3 +157,22 @@ def test_epoch_samples_retemplate_a_fresh_fraction(tiny_tokenizer, opts):
     assert changed0 != changed1
     for i in list(changed0)[:5]:  # answers (the trained tokens) are the same, only the prompt changed
         assert [t for t in e0[i].labels if t != -100] == [t for t in data.samples[i].labels if t != -100]
+
+
+def test_epoch_samples_are_cached_and_keyed_by_record(tiny_tokenizer, opts, tmp_path):
+    path = write_jsonl(tmp_path / "t.jsonl", [conv(f"What is {i} + 1?", str(i + 1)) for i in range(20)])
+    cfg = config([DatasetSpec(path=path, weight=2)])  # every row twice: the copies draw apart
+    augmented = opts.model_copy(update={"augment": AugmentConfig(template_fraction=0.5)})
+    data = prepare_training_data(cfg, tiny_tokenizer, augmented)
+    assert len(data.keys) == 40 and data.keys[:2] == [f"{path}:1:0", f"{path}:1:1"]
+    e1 = epoch_samples(data, tiny_tokenizer, cfg, 1, augmented)
+    built = list((tmp_path / "cache").glob("epoch-*"))
+    assert len(built) == 1
+    again = epoch_samples(data, tiny_tokenizer, cfg, 1, augmented)  # read from the cache
+    assert [s.input_ids for s in again] == [s.input_ids for s in e1] and again.augmented == e1.augmented
+    assert list((tmp_path / "cache").glob("epoch-*")) == built
+    uncached = epoch_samples(data, tiny_tokenizer, cfg, 1, augmented.model_copy(update={"cache": False}))
+    assert [s.input_ids for s in uncached] == [s.input_ids for s in e1]
+    pairs = [(i in e1.augmented, i + 1 in e1.augmented) for i in range(0, 40, 2)]
+    assert any(a != b for a, b in pairs)  # an upsampled row's two copies are drawn independently
+    assert set(e1.counts()) == {"templates"} and sum(e1.counts().values()) == len(e1.augmented)

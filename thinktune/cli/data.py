@@ -4,6 +4,7 @@ thinktune data validate my_train.jsonl
 thinktune data validate --dataset-dir data glaive_toolcall_en_demo dpo_en_demo --kind preference
 thinktune data stats my_train.jsonl --model smollm2-135m-instruct --max-length 2048
 thinktune data inspect my_train.jsonl -n 3 --no-thinking
+thinktune data inspect bundled:arithmetic/train -n 2 --epoch 1 --set data.augment.template_fraction=1
 thinktune data clean raw.jsonl -o clean.jsonl --pii
 thinktune data split clean.jsonl -o splits/ --ratio train=0.9,test=0.1
 thinktune data synth bundled:finance_graph -o synth/ --test-fraction 0.2
@@ -20,7 +21,7 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from thinktune.cli.app import console, data_app, user_errors
+from thinktune.cli.app import ConfigOpt, SetOpt, build_config, console, data_app, user_errors
 from thinktune.errors import DataError, UserError
 
 Files = Annotated[
@@ -45,7 +46,52 @@ ModelOpt = Annotated[
 ]
 MaxLenOpt = Annotated[int, typer.Option("--max-length", help="Token limit training would use (data.max_length).")]
 SystemOpt = Annotated[str | None, typer.Option("--system-prompt", help="System prompt added where none is set.")]
+EpochOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--epoch",
+        help="Records as epoch N (from 0) of a run trains them with data.augment, taken from --config/--set.",
+    ),
+]
 DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+def augmentation(config: Path | None, sets: list[str] | None, epoch: int | None, kind: str):
+    """The run's DataConfig whose data.augment `--epoch` shows, or None without --epoch."""
+    if epoch is None:
+        if config or sets:
+            raise UserError("--config/--set give the data.augment settings that --epoch N shows: add --epoch N")
+        return None
+    if epoch < 0 or kind != "sft":
+        raise UserError(f"--epoch {epoch}: epochs count from 0, and augmentation applies to sft records only")
+    data = build_config(config, sets).data
+    if data.augment is None or not data.augment.active():
+        raise UserError(
+            f"--epoch {epoch}: no augmentation configured; set data.augment in --config or --set "
+            "(e.g. --set data.augment.template_fraction=0.5)"
+        )
+    return data
+
+
+def epoch_records(records: list[dict[str, Any]], data: Any, epoch: int) -> list[dict[str, Any]]:
+    """The records as the run's epoch trains them (the training draws; back-translations from the shared cache,
+    the teacher asked for the missing ones)."""
+    from thinktune.data.augment import augment_epoch, build_augmenters, drawn_prompts
+
+    aug, translations = data.augment, None
+    if aug.back_translation is not None:
+        from thinktune.train.translator import fill_translations
+
+        bt = aug.back_translation
+        prompts = sorted(drawn_prompts(records, "back_translation", bt.fraction, data.seed, epoch))
+        translations = fill_translations(bt, data.cache_dir, prompts, console)
+    return augment_epoch(records, build_augmenters(aug, translations), data.seed, epoch)
+
+
+def augmented_counts(records: list[dict[str, Any]]) -> Counter[str]:
+    return Counter(
+        label.split(":")[0] for r in records if (how := r["meta"].get("augmented")) for label in how.split("+")
+    )
 
 
 def parse_columns(text: str | None):
@@ -164,23 +210,40 @@ def data_stats(
     columns: ColumnsOpt = None,
     split: SplitOpt = None,
     dataset_dir: DatasetDirOpt = None,
+    epoch: EpochOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
 ) -> None:
     """Counts, token-length and thinking-length histograms, roles, duplicates, scripts, and how many records
-    `--max-length` would reject.
+    `--max-length` would reject; with `--epoch N`, of the records as epoch N trains them with data.augment.
 
     Example: `thinktune data stats my_train.jsonl --max-length 2048 --png lengths.png`
+    Augmented: `thinktune data stats my_train.jsonl --epoch 1 --config run.yaml`
     """
+    from thinktune.data.reading import Reject
     from thinktune.data.stats import compute_stats, histogram, summary, write_histogram_png
 
+    augment = augmentation(config, set_, epoch, kind)
     sources = _sources(files, format_, kind, columns, split, dataset_dir)
     tokenizer = load_tokenizer_only(model)
-    stats = compute_stats(_items(sources, kind), tokenizer, max_length, system_prompt)
+    items, augmented = _items(sources, kind), None
+    if augment is not None:
+        items = list(items)
+        varied = iter(epoch_records([x for x in items if not isinstance(x, Reject)], augment, epoch))
+        items = [x if isinstance(x, Reject) else next(varied) for x in items]
+        augmented = augmented_counts([x for x in items if not isinstance(x, Reject)])
+        changed = sum(1 for x in items if not isinstance(x, Reject) and x["meta"].get("augmented"))
+    stats = compute_stats(iter(items), tokenizer, max_length, system_prompt)
     image = None if no_png else write_histogram_png(stats, png or Path("data_stats.png"), ", ".join(files))
+    extra = {} if augmented is None else {"epoch": epoch, "augmented": changed, "augmenters": dict(augmented)}
     if as_json:
-        console.print_json(data={**stats.to_json(), "png": str(image) if image else None})
+        console.print_json(data={**stats.to_json(), **extra, "png": str(image) if image else None})
         return
     n = stats.records
     console.print(f"[bold]{n}[/] records, {stats.rejects} rejected while reading ({escape(', '.join(files))})")
+    if augmented is not None:
+        detail = ", ".join(f"{k} {v}" for k, v in sorted(augmented.items())) or "none"
+        console.print(f"augmented  {changed} of {n} records in epoch {epoch} ({detail})", highlight=False)
     for reason, k in stats.reject_reasons.most_common(5):
         console.print(f"  {k} × {reason}", highlight=False)
     turns = ", ".join(f"{t} msgs: {k}" for t, k in sorted(stats.turns.items()))
@@ -239,14 +302,19 @@ def data_inspect(
     rag_distractors: Annotated[int, typer.Option("--rag-distractors", help="data.rag.distractors.")] = 3,
     rag_gold_fraction: Annotated[float, typer.Option("--rag-gold-fraction", help="data.rag.gold_fraction.")] = 0.8,
     seed: Annotated[int, typer.Option("--seed", help="data.seed (which records keep their gold passage).")] = 42,
+    epoch: EpochOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
 ) -> None:
     """Render records exactly as training sees them: each sample (inference prompt + trained completion), trained
     tokens in colour (or inside [[ ]] when piped), where the sample differs from the template's own render, and the
-    parity check of the training tokens against the inference prompt.
+    parity check of the training tokens against the inference prompt. With `--epoch N`, as epoch N trains them
+    with the data.augment of --config/--set (augmented records say how).
 
     Example: `thinktune data inspect my_train.jsonl -n 2 --thinking off | less`
 
     With retrieved passages (data.rag): `thinktune data inspect bundled:contracts/train --rag-index INDEX -n 1`
+    Augmented: `thinktune data inspect my_train.jsonl --epoch 1 --set data.augment.template_fraction=1`
     """
     from thinktune.data.formats import RecordError
     from thinktune.data.inspection import masked_views
@@ -262,6 +330,7 @@ def data_inspect(
             f"{', '.join(THINKING_MODES)} and multi-turn from every_turn, last"
         )
     options = RenderOptions(system_prompt, thinking, multi_turn, empty_think_in_loss, max_length)
+    augment = augmentation(config, set_, epoch, kind)
 
     sources = _sources(files, format_, kind, columns, split, dataset_dir)
     passages = None
@@ -285,8 +354,10 @@ def data_inspect(
 
         out = Console(force_terminal=True, soft_wrap=True)
     shown = 0
-    records = (x for x in _items(sources, kind) if not isinstance(x, Reject))
-    for rec in islice(records, skip, skip + num):
+    records = list(islice((x for x in _items(sources, kind) if not isinstance(x, Reject)), skip, skip + num))
+    if augment is not None:
+        records = epoch_records(records, augment, epoch)
+    for rec in records:
         where = f"{rec['meta']['source']}:{rec['meta']['line']}"
         if passages is not None:
             try:
@@ -315,6 +386,9 @@ def data_inspect(
                     soft_wrap=True,
                     style="bold" if use_color else None,
                 )
+                if rec["meta"].get("augmented"):
+                    how = rec["meta"]["augmented"]
+                    out.print(f"   augmented in epoch {epoch}: {how}", highlight=False, soft_wrap=True, markup=False)
                 for note in view.notes:
                     out.print(f"   note: {note}", highlight=False, soft_wrap=True)
                 for image, n in view.images:

@@ -9,7 +9,8 @@ dataset_info.py LLaMA-Factory data folders: dataset_info.json names → referenc
 cleaning.py     quality filters, PII (pii.py), exact/near dedup (dedup.py); language.py: script detection
 render.py       chat template + loss mask; inspection.py: the masked view of `thinktune data inspect`
 prepare.py      the data stage of a run (Arrow, datasets.map, cache.py); packing.py + collate.py: batches
-balance.py      sampling weights; split.py: leak-free splits; augment.py: template variation, paraphrases
+balance.py      sampling weights; split.py: leak-free splits; augment.py: the augmenters (templates,
+                back-translation) of data.augment; back_translation.py: translations cached per translator
 stats.py        `thinktune data stats`
 See docs/data.md.
 """

@@ -19,6 +19,7 @@ import json
 import shutil
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,7 @@ import numpy as np
 from transformers import PreTrainedTokenizerBase
 
 from thinktune.config import DataConfig, RagConfig
+from thinktune.data.augment import augment_record, build_augmenters, draws, first_prompt, plan
 from thinktune.data.cache import cache_key as make_key
 from thinktune.data.cache import code_digest, data_cache_dir, publish, tokenizer_digest
 from thinktune.data.cleaning import Cleaner
@@ -51,6 +53,8 @@ class TrainingData:
     parts: Sequence[int] | None = None  # which sample of its record each sample is
     cache_hit: bool = False
     cleaning: dict[str, Any] | None = None  # CleaningReport.to_json() when the cleaning stage ran
+    keys: Sequence[str] | None = None  # per sample: its record's "file:line:copy" (augmentation draws by it)
+    key: str | None = None  # the tokenised dataset's cache key (None when data.cache is off)
 
 
 class ArrowRows(Sequence):
@@ -255,20 +259,21 @@ def remove_stale_builds(root: Path, older_than_s: float = STALE_BUILD_S) -> None
 
 def load_or_build(
     cfg: DataConfig, tokenizer: PreTrainedTokenizerBase, opts: DataOptions, quiet: bool = True, vision: Any = None
-) -> tuple[Any, list[DatasetSpec], bool, dict | None]:
-    """(tokenised dataset, its specs, whether the cache had it, cleaning report)."""
+) -> tuple[Any, list[DatasetSpec], bool, dict | None, str | None]:
+    """(tokenised dataset, its specs, whether the cache had it, cleaning report, cache key or None)."""
     from datasets import load_from_disk
 
     specs = [as_spec(item, cfg.format) for item in cfg.train]
     root = data_cache_dir(opts.cache_dir)
     root.mkdir(parents=True, exist_ok=True)
     remove_stale_builds(root)
+    key = dataset_key(specs, tokenizer, cfg, opts.cleaning, vision) if opts.cache else None
     with _quiet_datasets(quiet):
         if opts.cache:
-            final = root / dataset_key(specs, tokenizer, cfg, opts.cleaning, vision)
+            final = root / key
             if (final / "thinktune.json").is_file():
                 meta = json.loads((final / "thinktune.json").read_text())
-                return load_from_disk(str(final)), specs, True, meta["cleaning"]
+                return load_from_disk(str(final)), specs, True, meta["cleaning"], key
         tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=root))
         try:
             report = build_dataset(
@@ -276,9 +281,9 @@ def load_or_build(
                 cfg.rag, opts.seed,
             )  # fmt: skip
             if not opts.cache:
-                return load_from_disk(str(tmp / "ds"), keep_in_memory=True), specs, False, report
+                return load_from_disk(str(tmp / "ds"), keep_in_memory=True), specs, False, report, None
             publish(tmp / "ds", final)
-            return load_from_disk(str(final)), specs, False, report
+            return load_from_disk(str(final)), specs, False, report, key
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
@@ -305,7 +310,7 @@ def prepare_training_data(
     import pyarrow.compute as pc
 
     opts = options or DataOptions.from_config(cfg)
-    ds, specs, hit, report = load_or_build(cfg, tokenizer, opts, vision=vision)
+    ds, specs, hit, report, key = load_or_build(cfg, tokenizer, opts, vision=vision)
     reason = ds.data.column("reason")
     ok = np.flatnonzero(pc.is_null(reason).to_numpy(zero_copy_only=False))
     bad = np.flatnonzero(pc.is_valid(reason).to_numpy(zero_copy_only=False))
@@ -329,7 +334,22 @@ def prepare_training_data(
         parts=ds.data.column("part").to_numpy()[indices].tolist(),
         cache_hit=hit,
         cleaning=report,
+        keys=record_keys(ds, indices),
+        key=key,
     )
+
+
+def record_keys(ds: Any, indices: np.ndarray) -> list[str]:
+    """Per picked row: "file:line:copy" of its record — the samples of one record share it, and an upsampled row's
+    copies (data.train weights) differ by `copy`."""
+    files = ds.data.column("file").take(indices).to_pylist() if len(indices) else []
+    lines = ds.data.column("line").take(indices).to_pylist() if len(indices) else []
+    seen: Counter[int] = Counter()
+    keys = []
+    for row, f, line in zip(indices.tolist(), files, lines, strict=True):
+        keys.append(f"{f}:{line}:{seen[row]}")  # augment.record_key's spelling
+        seen[row] += 1
+    return keys
 
 
 def check_parity(rejects: list[Reject], records: int, limit: float) -> None:
@@ -343,11 +363,14 @@ def check_parity(rejects: list[Reject], records: int, limit: float) -> None:
         )
 
 
-class _Overlay(Sequence):
-    """A sample sequence with some positions replaced (the re-templated samples of one epoch)."""
+class EpochSamples(Sequence):
+    """One epoch's samples: the base samples with the augmented ones in their place (`augmented`: index → label)."""
 
-    def __init__(self, base: Sequence[TokenizedSample], replaced: dict[int, TokenizedSample]) -> None:
-        self._base, self._replaced = base, replaced
+    def __init__(
+        self, base: Sequence[TokenizedSample], rows: Sequence[TokenizedSample], where: dict[int, int], how: list[str]
+    ) -> None:
+        self._base, self._rows, self._where = base, rows, where
+        self.augmented = {i: how[r] for i, r in where.items()}
 
     def __len__(self) -> int:
         return len(self._base)
@@ -355,7 +378,12 @@ class _Overlay(Sequence):
     def __getitem__(self, i: int | slice) -> Any:
         if isinstance(i, slice):
             return [self[j] for j in range(*i.indices(len(self)))]
-        return self._replaced.get(i) or self._base[i]
+        r = self._where.get(i)
+        return self._base[i] if r is None else self._rows[r]
+
+    def counts(self) -> Counter[str]:
+        """Augmented samples per augmenter (a sample two augmenters changed counts for both)."""
+        return Counter(label.split(":")[0] for how in self.augmented.values() for label in how.split("+"))
 
 
 def epoch_samples(
@@ -364,25 +392,105 @@ def epoch_samples(
     cfg: DataConfig,
     epoch: int,
     options: DataOptions | None = None,
+    translations: dict[str, str | None] | None = None,
+    vision: Any = None,
 ) -> Sequence[TokenizedSample]:
-    """The samples of one epoch: with `augment.template_fraction` > 0, a fresh seeded draw of records has its
-    prompt re-templated and re-tokenised (a variant that no longer fits max_length keeps the original)."""
-    from thinktune.data.augment import vary_templates
+    """The samples of one epoch: with `data.augment`, each record drawn for an augmenter in this epoch (seeded by
+    data.seed, the epoch and the record's key) has its prompt rewritten and re-tokenised; a variant that no longer
+    fits max_length keeps the original. `translations` (prompt → round trip) feed back_translation. With the data
+    cache on, an epoch's augmented samples are built once and kept next to the tokenised dataset."""
+    from datasets import Dataset, load_from_disk
 
     opts = options or DataOptions.from_config(cfg)
-    if not opts.augment or not opts.augment.template_fraction:
+    if opts.augment is None or not opts.augment.active():
         return data.samples
-    rng = np.random.default_rng([opts.seed, epoch])
-    chosen = np.flatnonzero(rng.random(len(data.samples)) < opts.augment.template_fraction).tolist()
-    varied = vary_templates(
-        [data.records[i] for i in chosen], 1.0, opts.seed * 1_000_003 + epoch, opts.augment.templates
+    augmenters = build_augmenters(opts.augment, translations)
+    final = None
+    if opts.cache and data.key:
+        parts = {
+            "data": data.key,
+            "samples": make_key({"keys": list(data.keys or ()), "parts": list(data.parts or ())}),
+            "augment": opts.augment.model_dump(),
+            "translations": make_key(dict(sorted((translations or {}).items()))),
+            "seed": opts.seed,
+            "epoch": epoch,
+            "code": code_digest(),
+        }
+        final = data_cache_dir(opts.cache_dir) / f"epoch-{make_key(parts)}"
+        if (final / "dataset_info.json").is_file():
+            ds = load_from_disk(str(final))
+            return EpochSamples(data.samples, ArrowRows(ds, np.arange(len(ds)), _sample), _where(ds), ds["how"])
+    rows = _augment_epoch(data, tokenizer, RenderOptions.from_config(cfg), augmenters, opts.seed, epoch, vision)
+    if final is None:
+        samples = [s for _, s, _ in rows]
+        return EpochSamples(data.samples, samples, {i: r for r, (i, _, _) in enumerate(rows)}, [h for *_, h in rows])
+    ds = Dataset.from_dict(
+        {
+            "index": [i for i, _, _ in rows],
+            "input_ids": [s.input_ids for _, s, _ in rows],
+            "labels": [s.labels for _, s, _ in rows],
+            "images": [s.images for _, s, _ in rows],
+            "how": [h for *_, h in rows],
+        }
     )
-    options = RenderOptions.from_config(cfg)
-    replaced = {}
-    for i, rec in zip(chosen, varied, strict=True):
+    tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=final.parent))
+    try:
+        with _quiet_datasets(True):
+            ds.save_to_disk(str(tmp / "ds"))
+        publish(tmp / "ds", final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    ds = load_from_disk(str(final))
+    return EpochSamples(data.samples, ArrowRows(ds, np.arange(len(ds)), _sample), _where(ds), ds["how"])
+
+
+def _where(ds: Any) -> dict[int, int]:
+    return {int(i): r for r, i in enumerate(ds["index"])}
+
+
+def _augment_epoch(
+    data: TrainingData,
+    tokenizer: PreTrainedTokenizerBase,
+    options: RenderOptions,
+    augmenters: list[Any],
+    seed: int,
+    epoch: int,
+    vision: Any,
+) -> list[tuple[int, TokenizedSample, str]]:
+    """(sample index, augmented sample, label) for every sample that an augmenter changes in this epoch."""
+    out = []
+    done: dict[str, list[TokenizedSample] | None] = {}  # the samples of one record share their key
+    for i, key in enumerate(data.keys or ()):
+        if key not in done:
+            done[key] = None
+            planned = plan(augmenters, key, seed, epoch)
+            if planned:
+                rec = augment_record(data.records[i], planned)
+                if rec is not data.records[i]:
+                    with contextlib.suppress(RecordError):
+                        done[key] = (tokenize_record(tokenizer, rec, options, vision), rec["meta"]["augmented"])
+        if done[key] is None:
+            continue
+        samples, how = done[key]
         part = data.parts[i] if data.parts is not None else 0
-        with contextlib.suppress(RecordError):
-            samples = tokenize_record(tokenizer, rec, options)
-            if part < len(samples):
-                replaced[i] = samples[part]
-    return _Overlay(data.samples, replaced)
+        if part < len(samples):
+            out.append((i, samples[part], how))
+    return out
+
+
+def prompts_to_translate(data: TrainingData, options: DataOptions, epochs: int) -> list[str]:
+    """The prompts back_translation acts on in epochs 0 … epochs-1: the ones to translate before training."""
+    bt = options.augment.back_translation if options.augment else None
+    if bt is None or not bt.fraction:
+        return []
+    prompts: set[str] = set()
+    seen: set[str] = set()
+    for i, key in enumerate(data.keys or ()):
+        if key in seen:
+            continue
+        seen.add(key)
+        if any(draws("back_translation", key, options.seed, e).random() < bt.fraction for e in range(epochs)):
+            prompt = first_prompt(data.records[i])
+            if prompt is not None:
+                prompts.add(prompt)
+    return sorted(prompts)

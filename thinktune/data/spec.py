@@ -143,15 +143,40 @@ class CleaningConfig(_Section):
     )
 
 
-class AugmentConfig(_Section):
-    """Training-time augmentation; off unless a fraction is above zero."""
+class BackTranslationConfig(_Section):
+    """Back-translation: the user prompt translated into a pivot language and back by a teacher, made once per
+    prompt and cached; the answer and reasoning are kept."""
 
+    teacher: str = Field(
+        ..., description="Translator: a model thinktune can load, or an OpenAI-compatible base URL (as distill uses)."
+    )
+    pivot_language: str = Field("French", description="Language the prompt goes through.")
+    source_language: str = Field("English", description="Language of the prompts (the way back).")
+    fraction: float = Field(
+        0.5, ge=0, le=1, description="Share of records trained with their back-translated prompt each epoch (new draw)."
+    )
+    endpoint_model: str | None = Field(None, description="Endpoint: the model name to request (default: first).")
+    api_key_env: str = Field("OPENAI_API_KEY", description="Endpoint: environment variable holding the API key.")
+    max_new_tokens: int = Field(512, gt=0, description="Generation budget per translation.")
+    temperature: float = Field(0.3, gt=0, description="Sampling temperature of the translator.")
+
+
+class AugmentConfig(_Section):
+    """Training-time augmentation: each listed augmenter rewrites the first user prompt of a fresh seeded share of
+    records every epoch; answers and reasoning never change."""
+
+    augmenters: list[str] = Field(
+        default_factory=lambda: ["templates"],
+        description="Augmenters by name, applied in this order: `templates` (instruction-template variation), "
+        "`back_translation` (paraphrase through a pivot language; needs `back_translation.teacher`).",
+    )
     template_fraction: float = Field(
-        0.0, ge=0, le=1, description="Share of records whose prompt is re-templated each epoch (new draw per epoch)."
+        0.5, ge=0, le=1, description="Share of records whose prompt is re-templated each epoch (new draw per epoch)."
     )
     templates: list[str] | None = Field(
         None, description="Instruction templates with a `{prompt}` slot (default: a built-in set)."
     )
+    back_translation: BackTranslationConfig | None = Field(None, description="Back-translation settings.")
 
     @field_validator("templates")
     @classmethod
@@ -160,6 +185,37 @@ class AugmentConfig(_Section):
             if "{prompt}" not in t:
                 raise ValueError(f"template {t!r} has no {{prompt}} slot")
         return v
+
+    @field_validator("augmenters")
+    @classmethod
+    def _known(cls, v: list[str]) -> list[str]:
+        from thinktune.data.augment import AUGMENTERS  # the registry; imported late, it needs the data code
+
+        for name in v:
+            if name not in AUGMENTERS:
+                raise ValueError(f"unknown augmenter {name!r} (known: {', '.join(AUGMENTERS)})")
+        if len(set(v)) != len(v):
+            raise ValueError(f"augmenter listed twice: {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _settings_match_augmenters(self) -> AugmentConfig:
+        listed = "back_translation" in self.augmenters
+        if listed and self.back_translation is None:
+            raise ValueError("augmenter back_translation needs data.augment.back_translation.teacher")
+        if self.back_translation is not None and not listed:
+            raise ValueError("data.augment.back_translation is set but back_translation is not in augmenters")
+        given = {"template_fraction", "templates"} & self.model_fields_set
+        if given and "templates" not in self.augmenters:
+            raise ValueError(f"data.augment.{min(given)} is set but templates is not in augmenters")
+        return self
+
+    def active(self) -> bool:
+        """Whether any augmenter changes anything."""
+        return bool(
+            ("templates" in self.augmenters and self.template_fraction)
+            or (self.back_translation is not None and self.back_translation.fraction)
+        )
 
 
 class DataOptions(_Section):

@@ -288,10 +288,12 @@ def train_loop(
     sample_weights: list[float] | None = None,
     resume: str | None = None,
     state: RecipeState | None = None,
+    epoch_make_batch: Callable[[int], Callable[[list[int]], dict]] | None = None,
 ) -> dict[str, Any]:
     """The shared TrainLoop over the items, drawn with `sample_weights` when given (data.balance_by), the objective
     plus the parameter penalty (method term, EWC), validation when train.eval_steps, from checkpoint `resume`;
-    `state`: the recipe's own resume state, saved in every checkpoint."""
+    `state`: the recipe's own resume state, saved in every checkpoint; `epoch_make_batch`: make_batch per epoch
+    (the epoch's augmented samples) instead of `make_batch`."""
     tcfg, acc = run.cfg.train, run.accelerator
     log = None
     if acc.is_main_process:
@@ -309,6 +311,7 @@ def train_loop(
         units=objective.units,
         penalty=parameter_penalty(run.cfg, acc.unwrap_model),
         state=state,
+        epoch_make_batch=epoch_make_batch,
         total_steps=opt.steps,
         run_dir=run.dir,
         console=run.console,

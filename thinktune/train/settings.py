@@ -45,7 +45,7 @@ SFT_ONLY: dict[str, str] = {
     "data.empty_think_in_loss": "GRPO trains the completion it sampled, not a think block the template writes",
     "train.torch_compile": "GRPO samples and trains through the same layers in other modes (no grad, KV cache): "
     "Dynamo reaches its recompile limit and runs them eagerly",
-    "data.augment": "re-templates SFT samples each epoch",
+    "data.augment": "rewrites SFT prompts each epoch (templates, back-translation)",
     "data.num_proc": "parallel tokenisation of the SFT data pipeline; pairs and prompts are tokenised in process",
     "data.cache": "caches the SFT data pipeline's tokenised dataset; nothing is cached for pairs or prompts",
     "data.cache_dir": "where the SFT data pipeline caches; nothing is cached for pairs or prompts",

@@ -1,10 +1,11 @@
 """The training loop every recipe shares: batches → loss → guarded optimizer step → logs, checkpoints, validation.
 
-A recipe supplies `make_batch(indices) -> batch` and its objective: `loss_fn(model, batch) -> (loss, parts)`, a
-mean over the batch's `units` (trained tokens by default; sequences or pairs), and optionally a `penalty` on the
-parameters. The loop owns exact normalisation over micro-batches and processes, gradient accumulation, clipping,
-NaN/spike guards, checkpoint/resume, metrics and early stopping. Devices, mixed precision, DDP gradient averaging and
-FSDP2 sharding (sharding.py) are Accelerate's.
+A recipe supplies `make_batch(indices) -> batch` (or `epoch_make_batch(epoch) -> make_batch` when an epoch's
+samples differ, as with data.augment; it is asked again for the epoch a resume lands in) and its objective:
+`loss_fn(model, batch) -> (loss, parts)`, a mean over the batch's `units` (trained tokens by default; sequences or
+pairs), and optionally a `penalty` on the parameters. The loop owns exact normalisation over micro-batches and
+processes, gradient accumulation, clipping, NaN/spike guards, checkpoint/resume, metrics and early stopping. Devices,
+mixed precision, DDP gradient averaging and FSDP2 sharding (sharding.py) are Accelerate's.
 """
 
 from __future__ import annotations
@@ -93,6 +94,7 @@ class TrainLoop:
     units: UnitsFn = trained_tokens  # what loss_fn's mean is over (see _accumulate)
     penalty: Penalty | None = None  # a term on the parameters (EWC, AdaLoRA's), once per optimizer step
     state: RecipeState | None = None  # the recipe's own resume state (GRPO's kept rollouts, prompt stream)
+    epoch_make_batch: Callable[[int], Callable[[list[int]], dict[str, torch.Tensor]]] | None = None
 
     @property
     def checkpoint_root(self) -> Path:
@@ -142,13 +144,14 @@ class TrainLoop:
                     acc.num_processes,
                     self.sample_weights,
                 )
+                make_batch = self.epoch_make_batch(pos.epoch) if self.epoch_make_batch else self.make_batch
                 while pos.batch_in_epoch < len(batches) and pos.step < self.total_steps:
                     # One optimizer step: the accumulation group's micro-batches (fewer at the end of an epoch),
                     # built first so that their units are known before the first backward.
                     first = pos.batch_in_epoch
                     end = min((first // accum + 1) * accum, len(batches))
                     micro = [
-                        {k: v.to(acc.device) for k, v in self.make_batch(batches[b]).items()} for b in range(first, end)
+                        {k: v.to(acc.device) for k, v in make_batch(batches[b]).items()} for b in range(first, end)
                     ]
                     tokens_before = pos.tokens
                     step_loss, step_parts = self._accumulate(micro, pos)
