@@ -30,8 +30,9 @@ class Section(BaseModel):
 class ModelConfig(Section):
     name_or_path: str = Field(
         "smollm2-135m-instruct",
-        description="Bundled model name (`smollm2-135m-instruct`), a local Hugging Face directory, a `.gguf` file, "
-        "or a Hugging Face Hub id `org/name` (read from the HF cache, downloaded into it when online).",
+        description="Bundled model name (`smollm2-135m-instruct`), a local Hugging Face directory, a `.pt`/`.bin` "
+        "state dict (config.json and tokenizer files next to it; read with weights_only), a `.gguf` file, or a "
+        "Hugging Face Hub id `org/name` (read from the HF cache, downloaded into it when online).",
     )
     revision: str | None = Field(
         None, description="Hub ids only: branch, tag or commit of the model repo (default: main)."
