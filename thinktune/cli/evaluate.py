@@ -41,6 +41,10 @@ def eval_(
         str | None, typer.Option(help="lm-evaluation-harness tasks (comma-separated), datasets available locally.")
     ] = None,
     lm_eval_include: Annotated[Path | None, typer.Option(help="Directory of extra lm-eval task YAMLs.")] = None,
+    lm_eval_chat: Annotated[
+        str | None,
+        typer.Option(help="lm-eval prompts: on (chat template), off (raw, base models), auto (eval.lm_eval_chat)."),
+    ] = None,
     offline: OfflineOpt = False,
 ) -> None:
     """Evaluate a model (and optional adapter): accuracy, format compliance, think length, held-out loss.
@@ -62,6 +66,7 @@ def eval_(
     sets += [f"eval.max_samples={max_samples}"] if max_samples else []
     sets += [f"eval.metrics=[{metrics}]"] if metrics else []
     sets += [f"eval.num_samples={num_samples}"] if num_samples else []
+    sets += [f"eval.lm_eval_chat={lm_eval_chat}"] if lm_eval_chat else []
     cfg = build_config(config, sets)
     if compare:
         from thinktune.eval.compare import TABLE, compare_models
