@@ -30,8 +30,9 @@ class Section(BaseModel):
 class ModelConfig(Section):
     name_or_path: str = Field(
         "smollm2-135m-instruct",
-        description="Bundled model name (`smollm2-135m-instruct`), a local Hugging Face directory, a `.gguf` file, "
-        "or a Hugging Face Hub id `org/name` (read from the HF cache, downloaded into it when online).",
+        description="Bundled model name (`smollm2-135m-instruct`), a local Hugging Face directory, a `.pt`/`.bin` "
+        "state dict (config.json and tokenizer files next to it; read with weights_only), a `.gguf` file, or a "
+        "Hugging Face Hub id `org/name` (read from the HF cache, downloaded into it when online).",
     )
     revision: str | None = Field(
         None, description="Hub ids only: branch, tag or commit of the model repo (default: main)."
@@ -316,6 +317,19 @@ class EvalConfig(Section):
     )
     num_samples: int = Field(1, gt=0, description="Samples per prompt for pass@k / maj@k (sampling when > 1).")
     json_schema: str | None = Field(None, description="JSON schema file the answer must satisfy (format check).")
+    lm_eval_chat: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="lm-eval-harness tasks (`--lm-eval-tasks`): `on` renders each prompt with the model's chat "
+        "template, `data.system_prompt` as system message and `data.thinking` as `enable_thinking`; `off` sends "
+        "lm-eval's raw prompts (base models); `auto` = on when the tokenizer has a chat template. Generated "
+        "answers are scored on the text after `</think>` either way.",
+    )
+
+    @field_validator("lm_eval_chat", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, v: Any) -> Any:
+        """YAML reads a bare on/off as a boolean: it means the word."""
+        return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v
 
 
 class ExportConfig(Section):

@@ -28,3 +28,7 @@ class ModelNotFoundError(UserError):
 
 class EnvironmentProblem(UserError):
     """The machine lacks something the run needs (a package, a GPU)."""
+
+
+class WeightsError(UserError):
+    """Model weights refused (a .pt/.bin file that needs pickled code) or not fitting the model's config."""

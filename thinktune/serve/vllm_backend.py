@@ -19,7 +19,7 @@ from pathlib import Path
 from thinktune.config import RunConfig
 from thinktune.errors import EnvironmentProblem, ModelNotFoundError
 from thinktune.models import resolve_model
-from thinktune.models.loading import ModelSource, load_tokenizer
+from thinktune.models.loading import ModelSource, load_tokenizer, vllm_model_path
 
 VLLM_SERVER = "vllm.entrypoints.openai.api_server"
 LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # the values vLLM's --max-lora-rank accepts
@@ -79,7 +79,7 @@ def chat_template(cfg: RunConfig, source: ModelSource) -> str:
 
 def vllm_args(cfg: RunConfig, served_model_name: str | None = None) -> list[str]:
     source = resolve_model(cfg.model.name_or_path, cfg.model.gguf_file, cfg.model.revision)
-    model = str(source.path / source.gguf_file) if source.gguf_file else str(source.path)
+    model = vllm_model_path(source)
     args = [
         "--model", model,
         "--served-model-name", served_model_name or cfg.model.name_or_path,

@@ -22,7 +22,7 @@ import socket
 import torch
 
 from thinktune.config import GRPOConfig, RunConfig
-from thinktune.models.loading import resolve_model
+from thinktune.models.loading import resolve_model, vllm_model_path
 from thinktune.train.run import Run
 
 
@@ -71,7 +71,7 @@ class VLLMRollouts:
         os.environ.setdefault("MASTER_PORT", str(_free_port()))
         source = resolve_model(cfg.model.name_or_path, cfg.model.gguf_file, cfg.model.revision)
         self.llm = LLM(
-            model=str(source.path / source.gguf_file) if source.gguf_file else str(source.path),
+            model=vllm_model_path(source),
             dtype=cfg.model.dtype,
             gpu_memory_utilization=g.vllm_gpu_memory_utilization,
             max_model_len=cfg.data.max_length + g.max_completion_length,
