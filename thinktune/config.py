@@ -338,7 +338,7 @@ class ServeConfig(Section):
         "(llamacpp on a CPU-only machine with a GGUF at hand and llama-cpp-python installed, else transformers).",
     )
     llamacpp_context: int = Field(
-        4096, gt=0, description="backend=llamacpp: KV-cache tokens per slot (prompt + answer), at most the model's."
+        2048, gt=0, description="backend=llamacpp: KV-cache tokens per sequence (prompt + answer), at most the model's."
     )
 
 
