@@ -94,7 +94,7 @@ def serve(
         gguf = find_gguf(cfg.model.name_or_path, cfg.model.gguf_file, run.dir if run else None)
         if cfg.serve.backend == "auto":
             chosen, why = choose_backend(gguf)
-            console.print(f"backend: {chosen} ({why})", highlight=False)
+            console.print(f"backend: {chosen} ({why})", highlight=False, soft_wrap=True)
             cfg = cfg.model_copy(update={"serve": cfg.serve.model_copy(update={"backend": chosen})})
     if cfg.serve.backend == "llamacpp" and run:
         if gguf is None:
