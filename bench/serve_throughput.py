@@ -1,10 +1,15 @@
 """Throughput of `thinktune serve` (dynamic batching) against the servers users would otherwise pick — a server that
 answers one request at a time with plain Hugging Face `generate()`, and `transformers serve --continuous-batching` —
-same model, same prompts, greedy, all over HTTP on 127.0.0.1.
+same model, same prompts, greedy, all over HTTP on 127.0.0.1 — and `thinktune serve --backend llamacpp` on the same
+model exported as a GGUF, beside llama.cpp alone (one request at a time through llama-cpp-python's `Llama`).
 
     python bench/serve_throughput.py                                  # bundled SmolLM2-135M-Instruct, all servers
     python bench/serve_throughput.py MODEL_DIR --clients 16 --requests 48 --max-tokens 32
     python bench/serve_throughput.py --peers thinktune,transformers   # a subset
+    python bench/serve_throughput.py --peers thinktune,llamacpp,llama-alone --clients 1,4,16 --threads 2
+
+`llamacpp` serves `--gguf FILE`, or the model exported with `thinktune export --format gguf --gguf-type q8_0` (once,
+into a temporary folder); `llama-alone` runs only at 1 client (it answers one request at a time anyway).
 
 `thinktune` and `naive` run in this process; `transformers serve` runs as a subprocess with its default settings
 (its paged KV cache takes 60 % of free RAM on a CPU), offline, pinned to the model directory, on the same device, dtype
@@ -43,7 +48,8 @@ from thinktune.serve.app import create_app
 from thinktune.serve.server import BackgroundServer
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
-PEERS = ("naive", "thinktune", "transformers")
+PEERS = ("naive", "thinktune", "transformers", "llamacpp", "llama-alone")
+SUBJECT_PEERS = ("thinktune", "llamacpp")  # the servers whose ratio against the others is printed
 SUBJECTS = ["apples", "books", "coins", "marbles", "pencils", "stickers", "cookies", "stamps"]
 SERVING_PACKAGES = ("fastapi", "uvicorn", "pydantic", "openai")  # what transformers' is_serve_available() checks
 
@@ -86,6 +92,37 @@ def naive_app(served: ServedModel) -> FastAPI:
         }
 
     return app
+
+
+def llama_alone_app(served: ServedModel, gguf: str, threads: int) -> FastAPI:
+    """llama.cpp by itself: one `Llama`, a lock, the same rendered prompt ids, greedy."""
+    import llama_cpp
+
+    llm = llama_cpp.Llama(gguf, n_ctx=2048, n_threads=threads, n_threads_batch=threads, verbose=False)
+    tokenizer, lock = served.tokenizer, threading.Lock()
+    app = FastAPI()
+
+    @app.post("/v1/chat/completions")
+    def chat(body: dict) -> dict:
+        prompt = tokenizer.apply_chat_template(body["messages"], tokenize=False, add_generation_prompt=True)
+        ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        with lock:
+            out = llm.create_completion(ids, max_tokens=body["max_tokens"], temperature=0.0, top_k=1)
+        return {
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": out["choices"][0]["text"]}}],
+            "usage": {"prompt_tokens": len(ids), "completion_tokens": out["usage"]["completion_tokens"]},
+        }
+
+    return app
+
+
+def exported_gguf(path: str) -> str:
+    """The model exported as q8_0 GGUF by thinktune itself, into a temporary folder."""
+    from thinktune.export import ExportOptions, run_export
+
+    out = tempfile.mkdtemp(prefix="bench-gguf-")
+    record = run_export(ModelConfig(name_or_path=path), "gguf", out, ExportOptions(gguf_type="q8_0"))
+    return record["artefact"]
 
 
 def missing_serving_packages() -> list[str]:
@@ -212,14 +249,15 @@ def print_table(results: dict[str, Result]) -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     for row in rows:
         print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))))
-    if (ours := results.get("thinktune")) is None:
-        return
-    for peer, other in results.items():
-        if peer != "thinktune":
-            print(
-                f"thinktune serve vs {peer}: {ours.requests / ours.seconds / (other.requests / other.seconds):.2f}x "
-                f"requests/s, {ours.tokens / ours.seconds / (other.tokens / other.seconds):.2f}x tokens/s"
-            )
+    for subject in SUBJECT_PEERS:
+        if (ours := results.get(subject)) is None:
+            continue
+        for peer, other in results.items():
+            if peer != subject and not (subject == "thinktune" and peer == "llamacpp"):
+                print(
+                    f"{subject} vs {peer}: {ours.requests / ours.seconds / (other.requests / other.seconds):.2f}x "
+                    f"requests/s, {ours.tokens / ours.seconds / (other.tokens / other.seconds):.2f}x tokens/s"
+                )
 
 
 def print_sanity(results: dict[str, Result]) -> None:
@@ -240,11 +278,12 @@ def print_sanity(results: dict[str, Result]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", nargs="?", default=None, help="model directory (default: bundled SmolLM2)")
-    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--clients", default="16", help="concurrent clients; a comma list runs each: 1,4,16")
     parser.add_argument("--requests", type=int, default=48)
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--max-batch-size", type=int, default=16)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--threads", type=int, default=None, help="torch/llama.cpp CPU threads (default: torch's)")
+    parser.add_argument("--gguf", default=None, help="GGUF for llamacpp / llama-alone (default: export q8_0)")
     parser.add_argument("--peers", default=",".join(PEERS), help=f"servers to run, comma-separated: {','.join(PEERS)}")
     args = parser.parse_args()
     peers = [p.strip() for p in args.peers.split(",") if p.strip()]
@@ -261,34 +300,57 @@ def main() -> None:
     path = args.model or str(resolve_model(DEFAULT_MODEL).path)
     served = load_served_model(ModelConfig(name_or_path=path), {}, base_name="bench")
     questions = prompts(args.requests)
-    print(
-        f"model {path} | {args.clients} clients, {args.requests} requests, max_tokens {args.max_tokens}, "
-        f"greedy | torch threads {torch.get_num_threads()}"
-    )
+    gguf = args.gguf or (exported_gguf(path) if {"llamacpp", "llama-alone"} & set(peers) else None)
+    for clients in [int(c) for c in args.clients.split(",")]:
+        print(
+            f"\nmodel {path} | gguf {gguf} | {clients} clients, {args.requests} requests, max_tokens "
+            f"{args.max_tokens}, greedy | torch threads {torch.get_num_threads()}"
+        )
+        run_peers(peers, served, path, gguf, questions, clients, args)
 
+
+def run_peers(peers, served, path, gguf, questions, clients, args) -> None:
     results: dict[str, Result] = {}
     batches = None
     for peer in PEERS:
-        if peer not in peers:
+        if peer not in peers or (peer == "llama-alone" and clients != 1):
             continue
         if peer == "naive":
             with BackgroundServer(naive_app(served)) as server:
                 results[peer] = drive("naive: HF generate, 1 at a time", server.url, "bench", questions,
-                                      args.clients, args.max_tokens)  # fmt: skip
+                                      clients, args.max_tokens)  # fmt: skip
         elif peer == "thinktune":
             cfg = ServeConfig(max_batch_size=args.max_batch_size, max_queue=max(64, args.requests), request_timeout=600)
             with BackgroundServer(create_app(served, cfg), request_timeout=cfg.request_timeout) as server:
                 results[peer] = drive(f"thinktune serve (batch <= {args.max_batch_size})", server.url, "bench",
-                                      questions, args.clients, args.max_tokens)  # fmt: skip
+                                      questions, clients, args.max_tokens)  # fmt: skip
                 batches = batch_sizes(httpx.get(server.url + "/metrics").text)
+        elif peer == "llamacpp":
+            results[peer] = drive_llamacpp(served, path, gguf, questions, clients, args)
+        elif peer == "llama-alone":
+            threads = args.threads or torch.get_num_threads()
+            with BackgroundServer(llama_alone_app(served, gguf, threads)) as server:
+                results[peer] = drive("llama.cpp alone, 1 at a time", server.url, "bench", questions, clients,
+                                      args.max_tokens)  # fmt: skip
         else:
             with transformers_serve(served, path) as url:
                 results[peer] = drive("transformers serve --continuous-batching", url, path, questions,
-                                      args.clients, args.max_tokens)  # fmt: skip
+                                      clients, args.max_tokens)  # fmt: skip
     print_table(results)
     if batches is not None:
         print(f"thinktune serve ran {batches[0]:.0f} batches, {batches[1] / batches[0]:.1f} requests each on average")
     print_sanity(results)
+
+
+def drive_llamacpp(served, path, gguf, questions, clients, args) -> Result:
+    from thinktune.serve.llamacpp_backend import LlamaCppEngine, ServedGguf
+
+    cfg = ServeConfig(max_batch_size=args.max_batch_size, max_queue=max(64, args.requests), request_timeout=600)
+    model = ServedGguf(gguf, served.tokenizer, "bench", 2048)
+    engine = LlamaCppEngine(model, cfg.max_batch_size, cfg.max_queue, args.threads or torch.get_num_threads())
+    with BackgroundServer(create_app(model, cfg, engine=engine), request_timeout=cfg.request_timeout) as server:
+        return drive(f"thinktune serve --backend llamacpp (slots {args.max_batch_size})", server.url, "bench",
+                     questions, clients, args.max_tokens)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -350,7 +350,14 @@ class ServeConfig(Section):
     request_timeout: float = Field(120.0, gt=0, description="Seconds before a request is abandoned (504).")
     max_request_bytes: int = Field(1_000_000, gt=0, description="Largest accepted request body.")
     max_tokens_limit: int = Field(2048, gt=0, description="Upper bound on a request's max_tokens.")
-    backend: Literal["transformers", "vllm"] = Field("transformers", description="Generation backend.")
+    backend: Literal["transformers", "vllm", "llamacpp", "auto"] = Field(
+        "transformers",
+        description="Generation backend: transformers, vllm (CUDA GPU), llamacpp (a GGUF on the CPU), or auto "
+        "(llamacpp on a CPU-only machine with a GGUF at hand and llama-cpp-python installed, else transformers).",
+    )
+    llamacpp_context: int = Field(
+        2048, gt=0, description="backend=llamacpp: KV-cache tokens per sequence (prompt + answer), at most the model's."
+    )
 
 
 PROMETHEUS_DURATION = re.compile(r"((\d+)y)?((\d+)w)?((\d+)d)?((\d+)h)?((\d+)m)?((\d+)s)?((\d+)ms)?")

@@ -4,6 +4,8 @@ thinktune serve --run-dir runs/quickstart            # base model + the run's ad
 thinktune serve --run-dir runs/freeze-run            # a freeze/ESFT/full run: the trained model, under the run's name
 thinktune serve --model smollm2-135m-instruct --adapter math=runs/math/adapter --port 8080
 thinktune serve --run-dir runs/contracts --rag-index runs/contracts-index   # passages per request, `sources` back
+thinktune serve --run-dir runs/quickstart --backend llamacpp   # the run's GGUF export, by llama.cpp on the CPU
+thinktune serve --model exports/gguf/model.gguf --backend auto # llamacpp on a CPU-only machine, else transformers
 thinktune deploy --run-dir runs/quickstart -o deploy/quickstart --gpus 1
 thinktune deploy --run-dir runs/quickstart -o deploy/quickstart --set alerts.p99_latency_seconds=5
 """
@@ -45,11 +47,16 @@ def serve(
     ] = None,
     host: Annotated[str | None, typer.Option(help="Address to bind (serve.host).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (serve.port).")] = None,
-    backend: Annotated[str | None, typer.Option(help="transformers (default) or vllm (CUDA GPU + vllm).")] = None,
+    backend: Annotated[
+        str | None,
+        typer.Option(help="transformers (default), vllm (CUDA GPU + vllm), llamacpp (a GGUF on the CPU) or auto."),
+    ] = None,
     served_model_name: Annotated[
         str | None, typer.Option(help="Name clients use for the base model (default: model.name_or_path).")
     ] = None,
-    threads: Annotated[int | None, typer.Option(help="CPU threads for torch (default: all cores).")] = None,
+    threads: Annotated[
+        int | None, typer.Option(help="CPU threads for torch or llama.cpp (default: all cores).")
+    ] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
     rag_index: RagIndexOpt = None,
     rag_k: RagKOpt = None,
@@ -80,6 +87,23 @@ def serve(
     sets += [f"serve.backend={backend}"] if backend else []
     cfg = build_config(config or (run.config if run else None), sets + list(set_ or []))
     cfg = with_rag(cfg, rag_index, rag_k)
+    gguf = None
+    if cfg.serve.backend in ("llamacpp", "auto"):
+        from thinktune.serve.llamacpp_backend import choose_backend, find_gguf
+
+        gguf = find_gguf(cfg.model.name_or_path, cfg.model.gguf_file, run.dir if run else None)
+        if cfg.serve.backend == "auto":
+            chosen, why = choose_backend(gguf)
+            console.print(f"backend: {chosen} ({why})", highlight=False, soft_wrap=True)
+            cfg = cfg.model_copy(update={"serve": cfg.serve.model_copy(update={"backend": chosen})})
+    if cfg.serve.backend == "llamacpp" and run:
+        if gguf is None:
+            raise UserError(
+                f"--backend llamacpp serves a run's GGUF and {run.dir} has none: "
+                f"thinktune export --run-dir {run.dir} --format gguf"
+            )
+        served_model_name = served_model_name or run.name  # the export has the run's training merged in
+        run = None
     adapters = {run.name: str(run.adapter)} if run and run.adapter else {}
     cfg = with_adapters(cfg, adapters | parse_adapter_options(adapter or []))
     tensors = run.tensors if run else None
@@ -105,7 +129,7 @@ def serve(
 
     names = ", ".join([served_model_name or cfg.model.name_or_path, *cfg.serve.adapters])
     console.print(f"loading {names} to serve on http://{cfg.serve.host}:{cfg.serve.port}/v1", highlight=False)
-    run_server(cfg, served_model_name, log_level, threads, trained_tensors=tensors)
+    run_server(cfg, served_model_name, log_level, threads, trained_tensors=tensors, gguf=gguf)
 
 
 @app.command()

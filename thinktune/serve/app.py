@@ -368,13 +368,16 @@ def create_app(
     api_key: str | None = None,
     lifecycle: Lifecycle | None = None,
     retrieval: Retrieval | None = None,
+    engine: Engine | None = None,
 ) -> FastAPI:
     """The ASGI app; its lifespan starts the engine and, on shutdown, drains it. With `retrieval` (a rag index) each
-    chat request gets the passages for its last user message and returns them as `sources`."""
+    chat request gets the passages for its last user message and returns them as `sources`. `engine`: another
+    backend's engine (llamacpp_backend.py) instead of the transformers one."""
     lifecycle = lifecycle or Lifecycle()
-    engine: Engine
     metrics = ServerMetrics(lambda: engine.queue_depth, lambda: engine.running, cfg.max_queue)
-    engine = Engine(served, cfg.max_batch_size, cfg.max_queue, on_batch=metrics.batch_size.observe)
+    if engine is None:
+        engine = Engine(served, cfg.max_batch_size, cfg.max_queue)
+    engine.on_batch = metrics.batch_size.observe
     api = Api(served, cfg, engine, metrics, retrieval)
 
     @asynccontextmanager

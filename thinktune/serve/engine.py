@@ -182,10 +182,11 @@ class Engine:
         max_queue: int = 64,
         batch_gap: float = BATCH_GAP_S,
         on_batch: Callable[[int], None] | None = None,
+        stop_ids: list[int] | None = None,
     ):
         self.served = served
         self.tokenizer = copy.deepcopy(served.tokenizer)  # the worker's own: a fast tokenizer is not thread-safe
-        self.stop_ids = stop_token_ids(served.tokenizer, served.model)
+        self.stop_ids = stop_ids or stop_token_ids(served.tokenizer, served.model)
         self.pad_id = served.tokenizer.pad_token_id if served.tokenizer.pad_token_id is not None else self.stop_ids[0]
         self.max_batch_size, self.max_queue, self.batch_gap = max_batch_size, max_queue, batch_gap
         self.on_batch = on_batch

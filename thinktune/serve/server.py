@@ -45,11 +45,22 @@ def api_key(cfg: RunConfig) -> str | None:
 
 
 def build_app(
-    cfg: RunConfig, served_model_name: str | None = None, trained_tensors: Path | None = None
+    cfg: RunConfig,
+    served_model_name: str | None = None,
+    trained_tensors: Path | None = None,
+    gguf: Path | None = None,
+    threads: int | None = None,
 ) -> tuple[FastAPI, Lifecycle, ServedModel]:
     """Load the model (with a run's `trained_tensors` written in, if given) and adapters of `cfg`; wrap them in the
-    API."""
+    API. With serve.backend=llamacpp, `gguf` is served by llama.cpp on `threads` CPU threads instead."""
     retrieval = Retrieval.open(cfg.data.rag) if cfg.data.rag else None  # a run trained on passages is served with them
+    if cfg.serve.backend == "llamacpp":
+        from thinktune.serve.llamacpp_backend import LlamaCppEngine, load_served_gguf
+
+        served = load_served_gguf(cfg, gguf, served_model_name)
+        engine = LlamaCppEngine(served, cfg.serve.max_batch_size, cfg.serve.max_queue, threads)
+        lifecycle = Lifecycle()
+        return create_app(served, cfg.serve, api_key(cfg), lifecycle, retrieval, engine), lifecycle, served
     served = load_served_model(
         cfg.model, cfg.serve.adapters, served_model_name, cfg.data.system_prompt, trained_tensors
     )
@@ -78,11 +89,12 @@ def serve(
     log_level: str = "info",
     num_threads: int | None = None,
     trained_tensors: Path | None = None,
+    gguf: Path | None = None,
 ) -> None:
     """`thinktune serve`: blocks until SIGINT/SIGTERM, then drains."""
     if num_threads:
         torch.set_num_threads(num_threads)
-    app, lifecycle, _ = build_app(cfg, served_model_name, trained_tensors)
+    app, lifecycle, _ = build_app(cfg, served_model_name, trained_tensors, gguf, num_threads)
     make_server(app, lifecycle, cfg.serve.host, cfg.serve.port, cfg.serve.request_timeout, log_level).run()
 
 
