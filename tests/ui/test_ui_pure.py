@@ -160,3 +160,32 @@ def test_report_images_leave_the_markdown():
     md = "# Comparison\n\n| a |\n\n![metrics](charts/metrics.png)\n![t](charts/think_length.png)\n## more"
     out = split_report(md)
     assert "charts/" not in out and "# Comparison" in out and "## more" in out
+
+
+def test_export_tab_runs_the_cli_and_shows_its_verification(tmp_path, tiny_model_dirs):
+    """The Export tab's function exports a real LoRA run as the CLI does and reads back its verify.json; an unknown
+    format and a failing export are one line."""
+    import shutil
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from thinktune.config import to_yaml, validate
+    from thinktune.ui.export import export_run
+
+    base = tiny_model_dirs["llama"]
+    run = tmp_path / "runs" / "tiny"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(to_yaml(validate({"name": "tiny", "model": {"name_or_path": str(base)}})))
+    torch.manual_seed(0)
+    peft = get_peft_model(AutoModelForCausalLM.from_pretrained(base), LoraConfig(r=4, init_lora_weights=False))
+    peft.save_pretrained(run / "adapter")
+    markdown, record = export_run(run, "merged")
+    assert record is not None and (run / "export" / "merged" / "verify.json").is_file()
+    assert record["max_abs_logit_diff"] < 1e-3 and "max abs logit diff" in markdown
+    with pytest.raises(UserError, match="unknown export format"):
+        export_run(run, "tflite")
+    shutil.rmtree(run / "adapter")
+    markdown, record = export_run(run, "adapter")
+    assert record is None and markdown.startswith("**adapter export failed:**") and "\n" not in markdown

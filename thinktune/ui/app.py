@@ -1,5 +1,6 @@
 """`thinktune ui`: the Gradio app — Runs (list + live run page), Launch (the config form), Chat (base vs a run,
-side by side) and Compare (`thinktune eval --compare` over chosen runs).
+side by side), Compare (`thinktune eval --compare` over chosen runs) and Export (a run in each export format, with
+its verification).
 
     thinktune ui --runs-dir runs --port 7860
 """
@@ -242,6 +243,26 @@ def build_app(state: UIState):
 
                 go.click(do_compare, inputs=[cmp_runs, with_base], outputs=[report, charts])
                 cmp_runs.focus(lambda: gr.update(choices=state.run_names()), outputs=cmp_runs)
+
+            with gr.Tab("Export", id="export"):
+                from thinktune.ui.export import FORMATS, export_run
+
+                with gr.Row():
+                    exp_run = gr.Dropdown(choices=state.run_names(), label="run")
+                    exp_format = gr.Radio(choices=list(FORMATS), value="merged", label="format")
+                    exp_go = gr.Button("Export", variant="primary")
+                exp_result = gr.Markdown()
+
+                def do_export(name, fmt):
+                    if not name:
+                        return "Pick a run."
+                    try:
+                        return export_run(state.run_path(name), fmt)[0]
+                    except UserError as e:
+                        return f"**error:** {e}"
+
+                exp_go.click(do_export, inputs=[exp_run, exp_format], outputs=exp_result)
+                exp_run.focus(lambda: gr.update(choices=state.run_names()), outputs=exp_run)
     return demo
 
 
