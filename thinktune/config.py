@@ -304,6 +304,34 @@ class ServeConfig(Section):
     max_request_bytes: int = Field(1_000_000, gt=0, description="Largest accepted request body.")
     max_tokens_limit: int = Field(2048, gt=0, description="Upper bound on a request's max_tokens.")
     backend: Literal["transformers", "vllm"] = Field("transformers", description="Generation backend.")
+    draft_model: str | None = Field(
+        None,
+        description="Speculative decoding: a smaller model sharing the served model's tokenizer vocabulary (any "
+        "model reference) drafts tokens that the served model verifies in one forward pass; greedy output is "
+        "unchanged. Requests then run one at a time (transformers' assisted generation takes one sequence).",
+    )
+    prompt_lookup: int | None = Field(
+        None,
+        gt=0,
+        description="Speculative decoding by prompt lookup: draft up to N tokens copied from where the sequence's "
+        "last tokens appeared before (the prompt or the answer so far); no draft model. Requests then run one at "
+        "a time.",
+    )
+
+    @model_validator(mode="after")
+    def _one_speculation(self) -> ServeConfig:
+        if self.draft_model and self.prompt_lookup:
+            raise ValueError("serve.draft_model and serve.prompt_lookup are two ways to draft tokens: set one")
+        if self.backend == "vllm" and (self.draft_model or self.prompt_lookup):
+            raise ValueError(
+                "serve.draft_model / serve.prompt_lookup run on the transformers backend; vLLM has its own "
+                "speculative decoding (its --speculative-config)"
+            )
+        return self
+
+    @property
+    def speculative(self) -> bool:
+        return bool(self.draft_model or self.prompt_lookup)
 
 
 LossName = Literal["dpo", "ipo", "simpo", "orpo", "kto"]

@@ -3,6 +3,7 @@
 thinktune serve --run-dir runs/quickstart            # base model + the run's adapter, on 127.0.0.1:8000
 thinktune serve --run-dir runs/freeze-run            # a freeze/ESFT/full run: the trained model, under the run's name
 thinktune serve --model smollm2-135m-instruct --adapter math=runs/math/adapter --port 8080
+thinktune serve --run-dir runs/quickstart --prompt-lookup 10     # speculative decoding (requests one at a time)
 thinktune deploy --run-dir runs/quickstart -o deploy/quickstart --gpus 1
 """
 
@@ -37,6 +38,20 @@ def serve(
         str | None, typer.Option(help="Name clients use for the base model (default: model.name_or_path).")
     ] = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads for torch (default: all cores).")] = None,
+    draft_model: Annotated[
+        str | None,
+        typer.Option(
+            help="Speculative decoding with this draft model (same tokenizer vocabulary; serve.draft_model). "
+            "Requests then run one at a time."
+        ),
+    ] = None,
+    prompt_lookup: Annotated[
+        int | None,
+        typer.Option(
+            help="Speculative decoding by prompt lookup: draft up to N tokens (serve.prompt_lookup). Requests then "
+            "run one at a time."
+        ),
+    ] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
     offline: OfflineOpt = False,
 ) -> None:
@@ -60,6 +75,8 @@ def serve(
     sets += [f"serve.host={host}"] if host else []
     sets += [f"serve.port={port}"] if port else []
     sets += [f"serve.backend={backend}"] if backend else []
+    sets += [f"serve.draft_model={draft_model}"] if draft_model else []
+    sets += [f"serve.prompt_lookup={prompt_lookup}"] if prompt_lookup is not None else []
     cfg = build_config(config or (run.config if run else None), sets + list(set_ or []))
     adapters = {run.name: str(run.adapter)} if run and run.adapter else {}
     cfg = with_adapters(cfg, adapters | parse_adapter_options(adapter or []))
@@ -80,7 +97,11 @@ def serve(
     from thinktune.serve.server import serve as run_server
 
     names = ", ".join([served_model_name or cfg.model.name_or_path, *cfg.serve.adapters])
-    console.print(f"loading {names} to serve on http://{cfg.serve.host}:{cfg.serve.port}/v1", highlight=False)
+    line = f"loading {names} to serve on http://{cfg.serve.host}:{cfg.serve.port}/v1"
+    if cfg.serve.speculative:
+        how = f"draft model {cfg.serve.draft_model}" if cfg.serve.draft_model else "prompt lookup"
+        line += f"; speculative decoding ({how}): requests run one at a time"
+    console.print(line, highlight=False)
     run_server(cfg, served_model_name, log_level, threads, trained_tensors=tensors)
 
 

@@ -338,7 +338,9 @@ def create_app(
     lifecycle = lifecycle or Lifecycle()
     engine: Engine
     metrics = ServerMetrics(lambda: engine.queue_depth, lambda: engine.running)
-    engine = Engine(served, cfg.max_batch_size, cfg.max_queue, on_batch=metrics.batch_size.observe)
+    engine = Engine(
+        served, cfg.max_batch_size, cfg.max_queue, on_batch=metrics.batch_size.observe, on_draft=metrics.observe_draft
+    )
     api = Api(served, cfg, engine, metrics)
 
     @asynccontextmanager

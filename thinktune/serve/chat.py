@@ -27,6 +27,7 @@ class ChatSession:
     history: list[dict] = field(default_factory=list)
     vision: Any = None  # a vision-language model's Vision; None: the model takes no images
     images: list[Any] = field(default_factory=list)  # the conversation's images (paths or PIL images), in order
+    speculation: Any = None  # speculative decoding (models/speculative.py); None: plain decoding
 
     def ask(self, text: str, images: list[Any] | None = None) -> tuple[str | None, str]:
         """(thinking, answer) for one user turn with its `images`; the answer (not the thinking) stays in the history,
@@ -44,7 +45,13 @@ class ChatSession:
         messages = self.vision.messages(self.history) if self.images else self.history
         prompt = render_prompt(self.tokenizer, messages, self.system_prompt, enable_thinking=self.enable_thinking)
         [(out, _)] = generate_batch(
-            self.model, self.tokenizer, [prompt], self.max_new_tokens, images=[self.images], vision=self.vision
+            self.model,
+            self.tokenizer,
+            [prompt],
+            self.max_new_tokens,
+            images=[self.images],
+            vision=self.vision,
+            speculation=self.speculation,
         )
         thinking, answer, _ = split_thinking(out)
         self.history.append({"role": "assistant", "content": answer, "reasoning": None})

@@ -7,6 +7,8 @@ thinktune_running_requests                    requests in the batch being genera
 thinktune_batch_size                          rows per generate() call
 thinktune_prompt_tokens_total{model}          prompt tokens of finished requests
 thinktune_generated_tokens_total{model}       tokens generated for finished requests
+thinktune_draft_tokens_total                  speculative decoding: tokens drafted
+thinktune_draft_tokens_accepted_total         speculative decoding: drafted tokens the model kept
 """
 
 from __future__ import annotations
@@ -33,6 +35,10 @@ class ServerMetrics:
         self.batch_size = Histogram("thinktune_batch_size", "Rows per batch", buckets=BATCH_BUCKETS, registry=r)
         self.prompt_tokens = Counter("thinktune_prompt_tokens", "Prompt tokens", ["model"], registry=r)
         self.generated_tokens = Counter("thinktune_generated_tokens", "Generated tokens", ["model"], registry=r)
+        self.draft_tokens = Counter("thinktune_draft_tokens", "Speculative decoding: drafted tokens", registry=r)
+        self.accepted_tokens = Counter(
+            "thinktune_draft_tokens_accepted", "Speculative decoding: drafted tokens kept", registry=r
+        )
 
     def observe_request(self, endpoint: str, status: int, seconds: float) -> None:
         self.requests.labels(endpoint, str(status)).inc()
@@ -41,6 +47,10 @@ class ServerMetrics:
     def observe_tokens(self, model: str, prompt: int, generated: int) -> None:
         self.prompt_tokens.labels(model).inc(prompt)
         self.generated_tokens.labels(model).inc(generated)
+
+    def observe_draft(self, drafted: int, accepted: int) -> None:
+        self.draft_tokens.inc(drafted)
+        self.accepted_tokens.inc(accepted)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -49,7 +49,13 @@ def build_app(
     """Load the model (with a run's `trained_tensors` written in, if given) and adapters of `cfg`; wrap them in the
     API."""
     served = load_served_model(
-        cfg.model, cfg.serve.adapters, served_model_name, cfg.data.system_prompt, trained_tensors
+        cfg.model,
+        cfg.serve.adapters,
+        served_model_name,
+        cfg.data.system_prompt,
+        trained_tensors,
+        cfg.serve.draft_model,
+        cfg.serve.prompt_lookup,
     )
     served.thinking = cfg.data.thinking != "off"  # as the run was trained
     lifecycle = Lifecycle()
