@@ -16,6 +16,7 @@ import openai
 import pytest
 from transformers import AutoTokenizer
 
+from tests.serve.conftest import ADAPTER
 from tests.test_cli_run import thinktune
 from tests.tiny_models import build_tiny_model
 from thinktune.config import validate
@@ -251,3 +252,18 @@ def test_config_file_takes_the_settings(tmp_path):
     from thinktune.config import load_config
 
     assert load_config(path).serve.prompt_lookup == 6 and load_config(path).serve.speculative
+
+
+def test_an_adapter_answers_as_without_speculative_decoding(tiny_server, tiny_base, tiny_adapter):
+    """Prompt lookup over a PEFT model: the adapter's greedy answers, the base's with the adapter disabled."""
+    cfg = validate({"model": {"name_or_path": str(tiny_base)}, "serve": {"max_tokens_limit": 400, "prompt_lookup": 4}})
+    served = load_served_model(cfg.model, {ADAPTER: str(tiny_adapter)}, prompt_lookup=4)
+    with BackgroundServer(create_app(served, cfg.serve)) as server:
+        for model in (ADAPTER, str(tiny_base)):
+            for question in QUESTIONS[:2]:
+                messages = [{"role": "user", "content": question}]
+                got, want = (
+                    client(s).chat.completions.create(model=model, messages=messages, max_tokens=32, temperature=0)
+                    for s in (server, tiny_server)
+                )
+                assert got.choices[0].message.content == want.choices[0].message.content, (model, question)

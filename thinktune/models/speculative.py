@@ -88,6 +88,7 @@ def check_same_vocabulary(
         return
     differing = sorted(set(theirs.items()) ^ set(ours.items()), key=lambda kv: kv[1])
     token, _ = differing[0]
+
     def id_in(vocab: dict[str, int]) -> str:
         return f"id {vocab[token]}" if token in vocab else "absent"
 
