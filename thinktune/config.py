@@ -359,6 +359,35 @@ class ServeConfig(Section):
         2048, gt=0, description="backend=llamacpp: KV-cache tokens per sequence (prompt + answer), at most the model's."
     )
 
+    draft_model: str | None = Field(
+        None,
+        description="Speculative decoding: a smaller model sharing the served model's tokenizer vocabulary (any "
+        "model reference) drafts tokens that the served model verifies in one forward pass; greedy output is "
+        "unchanged. Requests then run one at a time (transformers' assisted generation takes one sequence).",
+    )
+    prompt_lookup: int | None = Field(
+        None,
+        gt=0,
+        description="Speculative decoding by prompt lookup: draft up to N tokens copied from where the sequence's "
+        "last tokens appeared before (the prompt or the answer so far); no draft model. Requests then run one at "
+        "a time.",
+    )
+
+    @model_validator(mode="after")
+    def _one_speculation(self) -> ServeConfig:
+        if self.draft_model and self.prompt_lookup:
+            raise ValueError("serve.draft_model and serve.prompt_lookup are two ways to draft tokens: set one")
+        if self.backend in ("vllm", "llamacpp") and (self.draft_model or self.prompt_lookup):
+            raise ValueError(
+                f"serve.draft_model / serve.prompt_lookup run on the transformers backend, not {self.backend} "
+                "(vLLM has its own speculative decoding: its --speculative-config)"
+            )
+        return self
+
+    @property
+    def speculative(self) -> bool:
+        return bool(self.draft_model or self.prompt_lookup)
+
 
 PROMETHEUS_DURATION = re.compile(r"((\d+)y)?((\d+)w)?((\d+)d)?((\d+)h)?((\d+)m)?((\d+)s)?((\d+)ms)?")
 MATCHER = r'\s*[a-zA-Z_][a-zA-Z0-9_]*\s*(=~|!~|!=|=)\s*"(?:[^"\\]|\\.)*"\s*'  # name="value", as PromQL writes it

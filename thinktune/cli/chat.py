@@ -55,11 +55,22 @@ def chat(
     ] = None,
     rag_index: RagIndexOpt = None,
     rag_k: RagKOpt = None,
+    draft_model: Annotated[
+        str | None,
+        typer.Option(help="Speculative decoding with this draft model (same tokenizer vocabulary; serve.draft_model)."),
+    ] = None,
+    prompt_lookup: Annotated[
+        int | None,
+        typer.Option(help="Speculative decoding by prompt lookup: draft up to N tokens (serve.prompt_lookup)."),
+    ] = None,
     offline: OfflineOpt = False,
 ) -> None:
     """Talk to a model: interactive, or one-shot with --prompt. Thinking is shown dimmed.
 
     Example: `thinktune chat --adapter runs/quickstart/adapter -p "Ana has 3 bags of 4 apples. How many apples?"`
+
+    Speculative decoding: `--prompt-lookup 10`, or `--draft-model SMALL_MODEL` (same tokenizer); greedy answers stay
+    the same.
 
     With an image (a vision-language model): `thinktune chat --model VL_MODEL_DIR --image cat.png -p "What animal?"`
 
@@ -69,8 +80,9 @@ def chat(
     from thinktune.data.images import check_images
     from thinktune.data.record_error import RecordError
     from thinktune.data.render import inference_thinking
-    from thinktune.errors import DataError
+    from thinktune.errors import ConfigError, DataError
     from thinktune.models import load_pretrained
+    from thinktune.models.speculative import load_speculation
     from thinktune.models.vision import load_vision
     from thinktune.runs import load_trained, open_run
     from thinktune.serve.chat import ChatSession
@@ -85,7 +97,10 @@ def chat(
     if run_dir is not None:
         run = open_run(run_dir)
         config, adapter = config or run.config, adapter or run.path
-    cfg = build_config(config, (set_ or []) + ([f"model.name_or_path={model}"] if model else []))
+    sets = [f"model.name_or_path={model}"] if model else []
+    sets += [f"serve.draft_model={draft_model}"] if draft_model else []
+    sets += [f"serve.prompt_lookup={prompt_lookup}"] if prompt_lookup is not None else []
+    cfg = build_config(config, (set_ or []) + sets)
     cfg = with_rag(cfg, rag_index, rag_k)
     retrieval = None
     if cfg.data.rag is not None:
@@ -95,13 +110,26 @@ def chat(
     with status(console, f"loading {cfg.model.name_or_path}"):
         m, tok, source = load_pretrained(cfg.model)
         vision = load_vision(m, source.path)
+        if vision is not None and cfg.serve.speculative:
+            raise ConfigError(
+                f"--draft-model / --prompt-lookup: {cfg.model.name_or_path} is a vision-language model, and "
+                "speculative decoding here serves text-only models"
+            )
+        speculation = load_speculation(cfg.serve.draft_model, cfg.serve.prompt_lookup, cfg.model, m, tok)
         if adapter:
             m = load_trained(m, adapter)
     if images and vision is None:
         raise DataError(f"--image: {cfg.model.name_or_path} is a text-only model; images need a vision-language model")
     enable_thinking = thinking if thinking is not None else inference_thinking(cfg.data.thinking)
     session = ChatSession(
-        m, tok, cfg.data.system_prompt, max_new_tokens, enable_thinking, vision=vision, retrieval=retrieval
+        m,
+        tok,
+        cfg.data.system_prompt,
+        max_new_tokens,
+        enable_thinking,
+        vision=vision,
+        retrieval=retrieval,
+        speculation=speculation,
     )
 
     def answer(text: str) -> None:

@@ -6,6 +6,7 @@ thinktune serve --model smollm2-135m-instruct --adapter math=runs/math/adapter -
 thinktune serve --run-dir runs/contracts --rag-index runs/contracts-index   # passages per request, `sources` back
 thinktune serve --run-dir runs/quickstart --backend llamacpp   # the run's GGUF export, by llama.cpp on the CPU
 thinktune serve --model exports/gguf/model.gguf --backend auto # llamacpp on a CPU-only machine, else transformers
+thinktune serve --run-dir runs/quickstart --prompt-lookup 10     # speculative decoding (requests one at a time)
 thinktune deploy --run-dir runs/quickstart -o deploy/quickstart --gpus 1
 thinktune deploy --run-dir runs/quickstart -o deploy/quickstart --set alerts.p99_latency_seconds=5
 """
@@ -57,6 +58,20 @@ def serve(
     threads: Annotated[
         int | None, typer.Option(help="CPU threads for torch or llama.cpp (default: all cores).")
     ] = None,
+    draft_model: Annotated[
+        str | None,
+        typer.Option(
+            help="Speculative decoding with this draft model (same tokenizer vocabulary; serve.draft_model). "
+            "Requests then run one at a time."
+        ),
+    ] = None,
+    prompt_lookup: Annotated[
+        int | None,
+        typer.Option(
+            help="Speculative decoding by prompt lookup: draft up to N tokens (serve.prompt_lookup). Requests then "
+            "run one at a time."
+        ),
+    ] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
     rag_index: RagIndexOpt = None,
     rag_k: RagKOpt = None,
@@ -85,6 +100,8 @@ def serve(
     sets += [f"serve.host={host}"] if host else []
     sets += [f"serve.port={port}"] if port else []
     sets += [f"serve.backend={backend}"] if backend else []
+    sets += [f"serve.draft_model={draft_model}"] if draft_model else []
+    sets += [f"serve.prompt_lookup={prompt_lookup}"] if prompt_lookup is not None else []
     cfg = build_config(config or (run.config if run else None), sets + list(set_ or []))
     cfg = with_rag(cfg, rag_index, rag_k)
     gguf = None
@@ -93,7 +110,11 @@ def serve(
 
         gguf = find_gguf(cfg.model.name_or_path, cfg.model.gguf_file, run.dir if run else None)
         if cfg.serve.backend == "auto":
-            chosen, why = choose_backend(gguf)
+            chosen, why = (
+                ("transformers", "speculative decoding runs on the transformers backend")
+                if cfg.serve.speculative
+                else choose_backend(gguf)
+            )
             console.print(f"backend: {chosen} ({why})", highlight=False, soft_wrap=True)
             cfg = cfg.model_copy(update={"serve": cfg.serve.model_copy(update={"backend": chosen})})
     if cfg.serve.backend == "llamacpp" and run:
@@ -128,7 +149,11 @@ def serve(
     from thinktune.serve.server import serve as run_server
 
     names = ", ".join([served_model_name or cfg.model.name_or_path, *cfg.serve.adapters])
-    console.print(f"loading {names} to serve on http://{cfg.serve.host}:{cfg.serve.port}/v1", highlight=False)
+    line = f"loading {names} to serve on http://{cfg.serve.host}:{cfg.serve.port}/v1"
+    if cfg.serve.speculative:
+        how = f"draft model {cfg.serve.draft_model}" if cfg.serve.draft_model else "prompt lookup"
+        line += f"; speculative decoding ({how}): requests run one at a time"
+    console.print(line, highlight=False)
     run_server(cfg, served_model_name, log_level, threads, trained_tensors=tensors, gguf=gguf)
 
 

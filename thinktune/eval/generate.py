@@ -71,10 +71,14 @@ def generate_batch(
     stats: GenerationStats | None = None,
     images: list[list] | None = None,
     vision=None,
+    speculation=None,
 ) -> list[tuple[str, int]]:
     """(completion text, number of generated tokens) for each prompt; `stats` accumulates tokens and seconds.
     `images`: each prompt's images (paths or PIL images), given to a vision-language model through its `vision`
-    (models/vision.py) — the prompts then hold the model's image text where each image goes."""
+    (models/vision.py) — the prompts then hold the model's image text where each image goes. `speculation`
+    (models/speculative.py): speculative decoding, one prompt per call."""
+    if speculation is not None and len(prompts) != 1:
+        raise ValueError(f"speculative decoding generates one prompt per call, not {len(prompts)}")
     start = time.perf_counter()
     if vision is not None and images and any(images):
         rows = [vision.prompt_ids(tokenizer, p, imgs) for p, imgs in zip(prompts, images, strict=True)]
@@ -93,6 +97,7 @@ def generate_batch(
         top_p=None,
         top_k=None,
         **kwargs,
+        **(speculation.generate_kwargs() if speculation is not None else {}),
     )
     results = []
     for row in out[:, enc["input_ids"].shape[1] :]:

@@ -5,6 +5,8 @@ adapter with `set_adapter`, and base-model batches run inside `disable_adapter()
 switches, so no two batches ever see each other's adapter.
 
 A vision-language model also has its `vision` (models/vision.py): how requests' images become tokens and pixels.
+With speculative decoding (`speculation`, models/speculative.py) the draft model, if any, runs without adapters: the
+adapter's output stays exact, only fewer drafts may be accepted.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from thinktune.errors import ConfigError, ModelNotFoundError
 from thinktune.models import load_pretrained
+from thinktune.models.speculative import Speculation, load_speculation
 from thinktune.models.vision import Vision, load_vision
 from thinktune.runs import load_trained
 
@@ -31,6 +34,7 @@ class ServedModel:
     system_prompt: str | None = None  # added to chats that have none, as in training
     thinking: bool = True  # a request's thinking switch when it sets none (`data.thinking: off` → False)
     vision: Vision | None = None  # None: a text-only model, requests with images are refused
+    speculation: Speculation | None = None  # speculative decoding: requests run one at a time
 
     @property
     def names(self) -> list[str]:
@@ -69,11 +73,20 @@ def load_served_model(
     base_name: str | None = None,
     system_prompt: str | None = None,
     trained_tensors: Path | None = None,
+    draft_model: str | None = None,
+    prompt_lookup: int | None = None,
 ) -> ServedModel:
     """Load the base model (`ModelConfig`), write a freeze/ESFT run's `trained_tensors` (its model/ folder) into it
-    when given, and load every adapter; names must be unique."""
+    when given, and load every adapter; names must be unique. `draft_model` / `prompt_lookup`: speculative
+    decoding (serve.draft_model / serve.prompt_lookup)."""
     model, tokenizer, source = load_pretrained(model_cfg)
     vision = load_vision(model, source.path)
+    if vision is not None and (draft_model or prompt_lookup):
+        raise ConfigError(
+            f"serve.draft_model / serve.prompt_lookup: {model_cfg.name_or_path} is a vision-language model, and "
+            "speculative decoding here serves text-only models"
+        )
+    speculation = load_speculation(draft_model, prompt_lookup, model_cfg, model, tokenizer)
     if trained_tensors is not None:
         model = load_trained(model, trained_tensors)
     model.eval()
@@ -96,4 +109,4 @@ def load_served_model(
         for name, p in rest:
             model.load_adapter(p, adapter_name=name)
         model.eval()
-    return ServedModel(model, tokenizer, base_name, paths, system_prompt, vision=vision)
+    return ServedModel(model, tokenizer, base_name, paths, system_prompt, vision=vision, speculation=speculation)

@@ -376,7 +376,7 @@ def create_app(
     lifecycle = lifecycle or Lifecycle()
     metrics = ServerMetrics(lambda: engine.queue_depth, lambda: engine.running, cfg.max_queue)
     if engine is None:
-        engine = Engine(served, cfg.max_batch_size, cfg.max_queue)
+        engine = Engine(served, cfg.max_batch_size, cfg.max_queue, on_draft=metrics.observe_draft)
     engine.on_batch = metrics.batch_size.observe
     api = Api(served, cfg, engine, metrics, retrieval)
 

@@ -34,6 +34,7 @@ class ChatSession:
     images: list[Any] = field(default_factory=list)  # the conversation's images (paths or PIL images), in order
     retrieval: Any = None  # rag.retrieval.Retrieval, or None
     sources: list[Any] = field(default_factory=list)  # rag.index.Hit: the passages the latest answer was given
+    speculation: Any = None  # speculative decoding (models/speculative.py); None: plain decoding
 
     def ask(self, text: str, images: list[Any] | None = None) -> tuple[str | None, str]:
         """(thinking, answer) for one user turn with its `images`; the answer (not the thinking) stays in the history,
@@ -61,6 +62,7 @@ class ChatSession:
             self.temperature,
             images=[self.images],
             vision=self.vision,
+            speculation=self.speculation,
         )
         thinking, answer, _ = split_thinking(out)
         self.history.append({"role": "assistant", "content": answer, "reasoning": None})

@@ -12,6 +12,15 @@ image processor's output), its prompt ids already hold each image's tokens. Requ
 batches: the batch's pixels are the rows' pixels concatenated in row order, which is the order in which the model
 fills image tokens, and Qwen2-VL-family models compute their multimodal positions per row from the attention mask, so
 left padding moves nothing. One image-free batch calls generate() exactly as before.
+
+Speculative decoding (`serve.draft_model` or `serve.prompt_lookup`, models/speculative.py): transformers' assisted
+generation takes one sequence per generate() call, so with it on every batch is one request — requests run one at a
+time, in arrival order. Such a call samples with generate()'s own processors (`SamplingParams.generate_kwargs`, seeded
+from the request) rather than RowSampler, whose one-hot scores would reject every prompt-lookup draft; greedy stays
+the model's argmax. Each step may keep several tokens (the accepted draft plus one): `BatchProgress` feeds a row every
+token that arrived since its last call, so streaming, stop strings, max_tokens and cancellation work as before, a
+stop inside a chunk dropping the rest of it. `on_draft(drafted, accepted)` reports each request's draft tokens.
+Images are refused with speculative decoding when the model loads (adapters.py).
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import random
 import threading
 import time
 from collections import deque
@@ -29,6 +39,7 @@ import torch
 from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
 from thinktune.eval.generate import stop_token_ids
+from thinktune.models.speculative import DraftCounter
 from thinktune.serve.adapters import ServedModel
 from thinktune.serve.detokenize import IncrementalDetokenizer, find_stop, stop_holdback
 from thinktune.serve.sampling import RowSampler, SamplingParams
@@ -146,15 +157,19 @@ class RowState:
 
 
 class BatchProgress(StoppingCriteria):
-    """Called by generate() after every step with the sequences so far: feeds each row its newest token and tells
-    generate() which rows are done."""
+    """Called by generate() after every step with the sequences so far: feeds each row the tokens that arrived since
+    the last call (one per step; with speculative decoding, the accepted draft plus one) and tells generate() which
+    rows are done."""
 
-    def __init__(self, rows: list[RowState]):
-        self.rows = rows
+    def __init__(self, rows: list[RowState], prompt_width: int):
+        self.rows, self.seen = rows, prompt_width
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
-        for row, token in zip(self.rows, input_ids[:, -1].tolist(), strict=True):
-            row.step(token)
+        new = input_ids[:, self.seen :].tolist()
+        self.seen = input_ids.shape[1]
+        for row, tokens in zip(self.rows, new, strict=True):
+            for token in tokens:
+                row.step(token)
         return torch.tensor([row.finished for row in self.rows], device=input_ids.device)
 
 
@@ -183,13 +198,17 @@ class Engine:
         batch_gap: float = BATCH_GAP_S,
         on_batch: Callable[[int], None] | None = None,
         stop_ids: list[int] | None = None,
+        on_draft: Callable[[int, int], None] | None = None,
     ):
         self.served = served
+        self.speculation = served.speculation
+        if self.speculation is not None:
+            max_batch_size = 1  # assisted generation takes one sequence
         self.tokenizer = copy.deepcopy(served.tokenizer)  # the worker's own: a fast tokenizer is not thread-safe
         self.stop_ids = stop_ids or stop_token_ids(served.tokenizer, served.model)
         self.pad_id = served.tokenizer.pad_token_id if served.tokenizer.pad_token_id is not None else self.stop_ids[0]
         self.max_batch_size, self.max_queue, self.batch_gap = max_batch_size, max_queue, batch_gap
-        self.on_batch = on_batch
+        self.on_batch, self.on_draft = on_batch, on_draft
         self.running = 0  # rows in the batch being generated
         self.batch_seconds = 1.0  # moving average of a batch's duration, for Retry-After
         self._queue: deque[GenerationRequest] = deque()
@@ -280,6 +299,9 @@ class Engine:
         rows = [RowState(r, IncrementalDetokenizer(self.tokenizer), self.stop_ids) for r in batch]
         try:
             ids, mask = left_pad([r.prompt_ids for r in batch], self.pad_id)
+            if self.speculation is not None:
+                self._generate_alone(batch[0], rows[0], ids, mask)
+                return
             pixels = batch_pixels(batch)
             with self.served.use(batch[0].adapter) as model, torch.inference_mode():
                 model.generate(
@@ -291,7 +313,7 @@ class Engine:
                     logits_processor=LogitsProcessorList(
                         [RowSampler([r.params for r in batch], self.stop_ids, model.device)]
                     ),
-                    stopping_criteria=StoppingCriteriaList([BatchProgress(rows)]),
+                    stopping_criteria=StoppingCriteriaList([BatchProgress(rows, ids.shape[1])]),
                     eos_token_id=self.stop_ids,
                     pad_token_id=self.pad_id,
                     temperature=None,
@@ -308,3 +330,24 @@ class Engine:
                     row.finish("length")  # no-op for rows that already ended
             self.running = 0
             self.batch_seconds = 0.8 * self.batch_seconds + 0.2 * (time.monotonic() - started)
+
+    def _generate_alone(self, request: GenerationRequest, row: RowState, ids: torch.Tensor, mask: torch.Tensor) -> None:
+        """One request through assisted generation, sampled by generate() itself with the request's seed."""
+        params, counter = request.params, DraftCounter()
+        with self.served.use(request.adapter) as model, torch.inference_mode():
+            cuda = [model.device] if model.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=cuda), counter.watch(model, ids.shape[1]) as done:
+                torch.manual_seed(params.seed if params.seed is not None else random.getrandbits(63))
+                out = model.generate(
+                    input_ids=ids.to(model.device),
+                    attention_mask=mask.to(model.device),
+                    max_new_tokens=params.max_tokens,
+                    stopping_criteria=StoppingCriteriaList([BatchProgress([row], ids.shape[1])]),
+                    eos_token_id=self.stop_ids,
+                    pad_token_id=self.pad_id,
+                    **params.generate_kwargs(self.stop_ids),
+                    **self.speculation.generate_kwargs(),
+                )
+                done(out.shape[1] - ids.shape[1])
+        if self.on_draft:
+            self.on_draft(counter.drafted, counter.accepted)

@@ -11,6 +11,8 @@ thinktune_generated_tokens_total{model}       tokens generated for finished requ
 thinktune_memory_limit_bytes                  memory the process may use: the container's cgroup limit, else the
                                               machine's physical memory
 process_resident_memory_bytes, process_*      prometheus_client's process collector (Linux /proc)
+thinktune_draft_tokens_total                  speculative decoding: tokens drafted
+thinktune_draft_tokens_accepted_total         speculative decoding: drafted tokens the model kept
 
 The alert rules `thinktune deploy` writes (serve/alerts.py) are expressions over these names.
 """
@@ -74,6 +76,10 @@ class ServerMetrics:
             memory_limit_bytes
         )
         ProcessCollector(registry=r)  # process_resident_memory_bytes, process_cpu_seconds_total, ...
+        self.draft_tokens = Counter("thinktune_draft_tokens", "Speculative decoding: drafted tokens", registry=r)
+        self.accepted_tokens = Counter(
+            "thinktune_draft_tokens_accepted", "Speculative decoding: drafted tokens kept", registry=r
+        )
 
     def observe_request(self, endpoint: str, status: int, seconds: float) -> None:
         self.requests.labels(endpoint, str(status)).inc()
@@ -82,6 +88,10 @@ class ServerMetrics:
     def observe_tokens(self, model: str, prompt: int, generated: int) -> None:
         self.prompt_tokens.labels(model).inc(prompt)
         self.generated_tokens.labels(model).inc(generated)
+
+    def observe_draft(self, drafted: int, accepted: int) -> None:
+        self.draft_tokens.inc(drafted)
+        self.accepted_tokens.inc(accepted)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -4,6 +4,9 @@
 ones, `RowSampler` (a LogitsProcessor) picks every row's next token itself — its own temperature, top-k, top-p,
 repetition penalty and random generator (so `seed` reproduces a request) — and leaves that token as the only finite
 score; `generate()` then runs greedy and its argmax takes exactly that token.
+
+A request that runs alone (speculative decoding) uses `SamplingParams.generate_kwargs()` instead: generate()'s own
+temperature / top-k / top-p / repetition penalty, seeded by the engine.
 """
 
 from __future__ import annotations
@@ -31,6 +34,20 @@ class SamplingParams:
     @property
     def greedy(self) -> bool:
         return self.temperature == 0
+
+    def generate_kwargs(self, stop_ids: list[int]) -> dict:
+        """This request's sampling as `generate()`'s own arguments, for a call that runs it alone (speculative
+        decoding: transformers' processors also judge the drafts, which RowSampler's one-hot scores would not let
+        them do). Same order as RowSampler: repetition penalty, temperature, top-k, top-p."""
+        kwargs: dict = {"temperature": None, "top_p": None, "top_k": None}
+        if not self.greedy:
+            kwargs = {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k}
+        else:
+            kwargs["do_sample"] = False
+        kwargs["repetition_penalty"] = self.repetition_penalty if self.repetition_penalty != 1 else None
+        if self.ignore_eos:
+            kwargs["suppress_tokens"] = list(stop_ids)
+        return kwargs
 
 
 class RowSampler(LogitsProcessor):

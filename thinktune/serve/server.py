@@ -62,7 +62,13 @@ def build_app(
         lifecycle = Lifecycle()
         return create_app(served, cfg.serve, api_key(cfg), lifecycle, retrieval, engine), lifecycle, served
     served = load_served_model(
-        cfg.model, cfg.serve.adapters, served_model_name, cfg.data.system_prompt, trained_tensors
+        cfg.model,
+        cfg.serve.adapters,
+        served_model_name,
+        cfg.data.system_prompt,
+        trained_tensors,
+        cfg.serve.draft_model,
+        cfg.serve.prompt_lookup,
     )
     served.thinking = cfg.data.thinking != "off"  # as the run was trained
     lifecycle = Lifecycle()
