@@ -208,7 +208,7 @@ def test_serve_of_the_run_serves_the_trained_model_under_its_name(method, traine
     run, model_dir = trained_runs[method]
     seen = {}
 
-    def serve_once(cfg, served_model_name=None, log_level="info", num_threads=None, trained_tensors=None):
+    def serve_once(cfg, served_model_name=None, log_level="info", num_threads=None, trained_tensors=None, gguf=None):
         app_, lifecycle, served = server.build_app(cfg, served_model_name, trained_tensors)
         seen["logits"] = _logits(served.model)
         with server.BackgroundServer(app_, lifecycle) as live:
