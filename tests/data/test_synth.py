@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from itertools import combinations
 
 import pytest
 from typer.testing import CliRunner
 
+from tests.fake_openai import ChatEndpoint, serving
 from thinktune.cli import app
 from thinktune.data.graph import Triple, read_graph
 from thinktune.data.reading import read_records, resolve_path
@@ -349,28 +348,14 @@ def test_apply_rewrite_keeps_the_answer():
     assert apply_rewrite(qa, leak, "t") == (qa, "answer_in_question")
 
 
-class RewordingTeacher(BaseHTTPRequestHandler):
+class RewordingTeacher(ChatEndpoint):
     """An OpenAI-compatible endpoint that rewords: every third question it breaks the answer, every third it does
     not follow the reply form, the rest it rewords correctly."""
 
+    model_id = "rewriter"
     decisions: dict[str, str] = {}
 
-    def log_message(self, *args):
-        pass
-
-    def _send(self, body):
-        data = json.dumps(body).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def do_GET(self):
-        self._send({"object": "list", "data": [{"id": "rewriter", "object": "model", "created": 0, "owned_by": "x"}]})
-
-    def do_POST(self):
-        req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+    def answer(self, req):
         prompt = req["messages"][-1]["content"]
         question = re.search(r"^Question: (.+)$", prompt, re.M)[1]
         answer = re.findall(r"The answer is (.+)\.$", prompt, re.M)[-1]
@@ -381,21 +366,14 @@ class RewordingTeacher(BaseHTTPRequestHandler):
             "I would rather not.",
             f"Question: Kindly say: {question}\nSolution: Going fact by fact, it is \\boxed{{{answer}}}.",
         ][n]
-        message = {"role": "assistant", "content": text}
-        choice = {"index": 0, "message": message, "finish_reason": "stop"}
-        self._send({"id": "x", "object": "chat.completion", "created": 0, "model": req["model"], "choices": [choice]})
+        return {"role": "assistant", "content": text}
 
 
 def test_cli_teacher_rewording(tmp_path):
-    server = HTTPServer(("127.0.0.1", 0), RewordingTeacher)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     RewordingTeacher.decisions = {}
-    try:
-        out = tmp_path / "out"
-        url = f"http://127.0.0.1:{server.server_port}/v1"
+    out = tmp_path / "out"
+    with serving(RewordingTeacher) as url:
         r = cli("synth", "bundled:finance_graph", "-o", out, "--max-per-kind", 6, "--teacher", url)
-    finally:
-        server.shutdown()
     assert r.exit_code == 0, r.output
     summary = json.loads((out / "summary.json").read_text())
     asked = Counter(RewordingTeacher.decisions.values())

@@ -5,14 +5,13 @@ answer and reasoning and asks the teacher once; bad augmenters and unreachable t
 from __future__ import annotations
 
 import json
-import threading
 from collections import Counter, defaultdict
 from collections.abc import Sequence
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 from rich.console import Console
 
+from tests.fake_openai import ChatEndpoint, serving
 from tests.test_cli_errors import assert_one_line_user_error, run_cli
 from thinktune.config import load_config
 from thinktune.data.augment import (
@@ -164,46 +163,27 @@ def test_round_trips_that_change_a_number_are_not_used():
 # ---- back-translation through an OpenAI-compatible endpoint ----
 
 
-class Translator(BaseHTTPRequestHandler):
+class Translator(ChatEndpoint):
     """Translates into French by tagging the text, and back into English by rewording the tag away."""
 
+    model_id = "translator"
     requests: list[str] = []
 
-    def log_message(self, *args):
-        pass
-
-    def _send(self, body):
-        data = json.dumps(body).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def do_GET(self):
-        self._send({"object": "list", "data": [{"id": "translator", "object": "model", "created": 0, "owned_by": "x"}]})
-
-    def do_POST(self):
-        req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+    def answer(self, req):
         prompt = req["messages"][-1]["content"]
         Translator.requests.append(prompt)
         text = prompt.split("\n\n", 1)[1]
         if "into French" in prompt:
-            reply = f"[fr] {text}"
-        else:
-            reply = "<think>\nback to English\n</think>\n\nIn other words: " + text.removeprefix("[fr] ")
-        message = {"role": "assistant", "content": reply}
-        choice = {"index": 0, "message": message, "finish_reason": "stop"}
-        self._send({"id": "x", "object": "chat.completion", "created": 0, "model": req["model"], "choices": [choice]})
+            return {"role": "assistant", "content": f"[fr] {text}"}
+        back = "<think>\nback to English\n</think>\n\nIn other words: " + text.removeprefix("[fr] ")
+        return {"role": "assistant", "content": back}
 
 
 @pytest.fixture
 def endpoint():
-    server = HTTPServer(("127.0.0.1", 0), Translator)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     Translator.requests = []
-    yield f"http://127.0.0.1:{server.server_port}/v1"
-    server.shutdown()
+    with serving(Translator) as url:
+        yield url
 
 
 def test_translator_round_trip_through_the_endpoint(endpoint):

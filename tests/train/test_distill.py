@@ -7,13 +7,12 @@ import json
 import os
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
 from rich.console import Console
 
+from tests.fake_openai import ChatEndpoint, serving
 from thinktune.data.reading import read_records
 from thinktune.eval.reasoning import answers_match, extract_answer
 from thinktune.train.distill import DistillConfig, EndpointTeacher, TeacherAnswer, distill_traces, from_text
@@ -109,54 +108,28 @@ def test_real_tiny_model_teacher(tiny_model_dirs, tmp_path):
     assert len((tmp_path / "tiny.rejects.jsonl").read_text().splitlines()) == 4 - stats["solved"]
 
 
-class FakeOpenAI(BaseHTTPRequestHandler):
+class FakeOpenAI(ChatEndpoint):
     """An OpenAI-compatible chat endpoint: reasoning in `reasoning_content` (DeepSeek, vLLM) for 3 + 4, inline
     <think> for the rest; one choice per request whatever `n` says (as some servers do)."""
 
+    model_id = "teacher-1"
     requests: list[dict] = []
 
-    def log_message(self, *args):
-        pass
-
-    def _send(self, body: dict) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def do_GET(self):
-        self._send({"object": "list", "data": [{"id": "teacher-1", "object": "model", "created": 0, "owned_by": "x"}]})
-
-    def do_POST(self):
-        req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+    def answer(self, req):
         FakeOpenAI.requests.append(req)
         question = req["messages"][-1]["content"]
-        message = {"role": "assistant", "content": "The answer is 0."}
         if question == "What is 3 + 4?":
-            message = {"role": "assistant", "content": "\\boxed{7}", "reasoning_content": "3 + 4 = 7"}
-        elif question == "2+2?":
-            message = {"role": "assistant", "content": think("two and two", "\\boxed{4}")}
-        self._send(
-            {
-                "id": "x",
-                "object": "chat.completion",
-                "created": 0,
-                "model": req["model"],
-                "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
-            }
-        )
+            return {"role": "assistant", "content": "\\boxed{7}", "reasoning_content": "3 + 4 = 7"}
+        if question == "2+2?":
+            return {"role": "assistant", "content": think("two and two", "\\boxed{4}")}
+        return {"role": "assistant", "content": "The answer is 0."}
 
 
 @pytest.fixture
 def endpoint():
-    server = HTTPServer(("127.0.0.1", 0), FakeOpenAI)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
     FakeOpenAI.requests = []
-    yield f"http://127.0.0.1:{server.server_port}/v1"
-    server.shutdown()
+    with serving(FakeOpenAI) as url:
+        yield url
 
 
 def test_endpoint_teacher(endpoint, tmp_path):
