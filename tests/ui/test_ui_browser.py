@@ -1,6 +1,7 @@
 """`thinktune ui` in a real headless Chromium (Playwright driving Debian's /usr/bin/chromium): launch a tiny-model
-training run from the form, watch its loss curve grow on the run page, then chat with the run. Screenshots go to
-the test's tmp dir (and docs/img/ui-*.png when THINKTUNE_UI_SCREENSHOTS=docs)."""
+training run from the form, watch its loss curve grow on the run page, stop it and resume it, then chat with the
+run, compare it with its base model and export it. Screenshots go to the test's tmp dir (and docs/img/ui-*.png when
+THINKTUNE_UI_SCREENSHOTS=docs)."""
 
 from __future__ import annotations
 
@@ -58,10 +59,17 @@ def ui_server(tiny_model_dirs, tmp_path):
 
 
 def x_axis_points(page) -> int:
-    """How many steps the loss chart's x axis spans (vega's aria label: 'values from 1 to N')."""
+    """How many steps the loss chart's x axis spans (vega's aria label: 'values from 0 to 1,100')."""
     html = page.locator("#curve-loss").inner_html()
-    m = re.search(r"X-axis titled 'step' for a linear scale with values from \d+ to (\d+)", html)
-    return int(m.group(1)) if m else 0
+    m = re.search(r"X-axis titled 'step' for a linear scale with values from [\d,]+ to ([\d,]+)", html)
+    return int(m.group(1).replace(",", "")) if m else 0
+
+
+def wait_text(page, selector: str, text: str, timeout_ms: int = 60000) -> None:
+    page.wait_for_function(
+        f"(document.querySelector({json.dumps(selector)})?.innerText || '').includes({json.dumps(text)})",
+        timeout=timeout_ms,
+    )
 
 
 def test_launch_watch_and_chat_in_a_browser(ui_server, tiny_model_dirs, tmp_path):
@@ -93,44 +101,58 @@ def test_launch_watch_and_chat_in_a_browser(ui_server, tiny_model_dirs, tmp_path
 
         fill("train.learning_rate", "0.001")
         fill("name", "ui-tiny")
-        fill("model.name_or_path", str(tiny_model_dirs["qwen3"]))
+        # the model picker offers the model folders under the data root
+        page.locator("#f-model-name_or_path input").click()
+        page.get_by_role("option", name=str(tiny_model_dirs["qwen3"]), exact=True).click()
         page.get_by_role("button", name="data").click()
         fill("data.max_train_samples", "16")
         fill("data.max_length", "512")
         fill("train.max_steps", "100000")  # stopped by time instead, so the page sees the run half-way
-        fill("train.max_minutes", "0.4")
+        fill("train.max_minutes", "0.75")
         fill("train.logging_steps", "5")
+        fill("train.save_steps", "40")
         fill("train.batch_size", "2")
         page.get_by_role("button", name="eval").click()
         fill("eval.max_samples", "3")
         fill("eval.max_new_tokens", "6")
+        page.evaluate("window.scrollTo(0, 0)")
         shoot(page, "launch")
         page.locator("#launch").click()
         page.wait_for_function("document.querySelector('#launch-msg').innerText.includes('launched')", timeout=30000)
         assert (runs / "ui-tiny" / "console.log").is_file()
 
-        # the run page follows the run: the loss chart's x axis grows while it trains, then the status is finished
+        # the run page follows the run: the loss chart's x axis grows while it trains; Stop once a checkpoint exists
         page.get_by_role("tab", name="Runs").click()
+        run_dir = runs / "ui-tiny"
         seen: list[int] = []
         deadline = time.time() + 300
         while time.time() < deadline:
             seen.append(x_axis_points(page))
-            if (
-                "finished" in page.locator("#run-headline").inner_text()
-                or "failed" in page.locator("#run-headline").inner_text()
-            ):
+            if len({n for n in seen if n}) >= 3 and list(run_dir.glob("checkpoints/step-*/position.json")):
                 break
+            headline = page.locator("#run-headline").inner_text()
+            assert "failed" not in headline and "finished" not in headline, (run_dir / "console.log").read_text()
             time.sleep(0.5)
-        time.sleep(2 * 2.0 + 1)  # one more timer tick shows the last points
-        headline = page.locator("#run-headline").inner_text()
-        assert "finished" in headline, (runs / "ui-tiny" / "console.log").read_text()[-3000:]
-        rows = [json.loads(line) for line in (runs / "ui-tiny" / "metrics.jsonl").read_text().splitlines()]
-        last_step = max(r["step"] for r in rows if "loss" in r)
-        # while it trained, the chart's axis followed the run; after it finishes the chart is not checked here: it
-        # was seen redrawn empty once the run had ended (issue 23, open)
         grown = sorted({n for n in seen if n})
-        assert len(grown) >= 3 and grown[0] < last_step, f"the curve did not grow step by step: {seen}"
-        assert "thinktune train" in page.locator("#console textarea").input_value()
+        assert len(grown) >= 3, f"the curve did not grow step by step: {seen}"
+        page.locator("#stop").click()
+        wait_text(page, "#stop-msg", "ui-tiny: stopped")
+        wait_text(page, "#run-headline", "stopped")
+        stopped_at = max(json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines())
+        shoot(page, "stopped")
+
+        # Resume: the same command with --resume auto, from the latest checkpoint, until the time budget ends it
+        page.locator("#resume").click()
+        wait_text(page, "#stop-msg", "resumed ui-tiny")
+        wait_text(page, "#run-headline", "finished", timeout_ms=300000)
+        console_text = page.locator("#console textarea").input_value()
+        assert "--resume auto" in console_text and "resumed from" in console_text, console_text[-3000:]
+        rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        last_step = max(r["step"] for r in rows if "loss" in r)
+        assert last_step > stopped_at
+        time.sleep(2 * 2.0 + 1)  # one more timer tick shows the last points
+        # vega's "nice" scale ends the axis at the next tick at or above the last point (1,095 → 1,100)
+        assert last_step <= x_axis_points(page) < 1.5 * last_step, (last_step, x_axis_points(page))
         shoot(page, "runs", full=True)
 
         # chat: the base and the tuned model answer side by side
@@ -143,4 +165,25 @@ def test_launch_watch_and_chat_in_a_browser(ui_server, tiny_model_dirs, tmp_path
             page.wait_for_function(f"document.querySelectorAll('{side} .message').length >= 2", timeout=120000)
             assert "What is 2 + 2?" in page.locator(side).inner_text()
         shoot(page, "chat")
+
+        # compare: the run against its base model on the run's test set; the report and its charts show
+        page.get_by_role("tab", name="Compare").click()
+        page.locator("#compare-runs input").click()
+        page.get_by_role("option", name="ui-tiny").click()
+        page.locator("#compare-go").click()
+        wait_text(page, "#compare-report", "ui-tiny", timeout_ms=180000)
+        assert (runs / "compare-ui-tiny" / "report.md").is_file()
+        page.wait_for_function("document.querySelectorAll('#compare-charts img').length >= 1", timeout=30000)
+        shoot(page, "compare", full=True)
+
+        # export: merged weights, with the verification figures of `thinktune export`
+        page.get_by_role("tab", name="Export").click()
+        page.locator("#export-run input").click()
+        page.get_by_role("option", name="ui-tiny").click()
+        page.locator("#export-go").click()
+        wait_text(page, "#export-result", "verification", timeout_ms=180000)
+        record = json.loads((run_dir / "export" / "merged" / "verify.json").read_text())
+        assert record["max_abs_logit_diff"] < 1e-3
+        assert "max abs logit diff" in page.locator("#export-result").inner_text()
+        shoot(page, "export")
         browser.close()

@@ -13,7 +13,7 @@ import pytest
 from thinktune.config import SECTIONS, load_config
 from thinktune.errors import ConfigError, UserError
 from thinktune.ui import form, runs_view
-from thinktune.ui.app import UIState, check_host, prepare_launch, split_report
+from thinktune.ui.app import UIState, check_host, picker_choices, prepare_launch, split_report
 from thinktune.ui.paths import OutsideRoots, confine, run_name_ok
 
 
@@ -146,6 +146,55 @@ def test_status_and_rows(tmp_path):
     assert runs_view.status(dead, alive=True) == "running" and runs_view.status(live, alive=False) == "failed"
     assert runs_view.run_row(live)[3:5] == ["lora", "tiny"]
     assert {p.name for p in runs_view.run_dirs(tmp_path)} == {"done", "live", "dead"}
+
+
+def test_stop_leaves_stopped_and_resume_replays_the_launch_command(tmp_path):
+    """A real child process launched, stopped (status `stopped`, not `failed`), then resumed with its own argv plus
+    `--resume auto`; a run without a checkpoint or not launched here is refused in one line."""
+    import sys
+
+    from thinktune.ui.jobs import Jobs, resume_command
+
+    jobs = Jobs(tmp_path)
+    run = tmp_path / "r1"
+    args = [sys.executable, "-c", "import time; time.sleep(60)", "--set", "name=a b"]
+    jobs.launch(args, run)
+    assert runs_view.status(run, jobs.alive("r1")) == "running"
+    assert (run / "console.log").read_text().startswith("$ thinktune --set 'name=a b'")
+    assert jobs.stop("r1", timeout=10).startswith("r1: stopped")
+    assert runs_view.status(run, jobs.alive("r1")) == "stopped" and runs_view.run_row(run)[1] == "stopped"
+    with pytest.raises(UserError, match="r1: no checkpoint to resume from"):
+        resume_command(run)
+    (run / "checkpoints" / "step-4").mkdir(parents=True)
+    (run / "checkpoints" / "step-4" / "position.json").write_text("{}")
+    assert resume_command(run) == [sys.executable, "-m", "thinktune", *args[3:], "--resume", "auto"]
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 4, "loss": 1.0, "bad_steps": 2}) + "\n")
+    with open(run / "console.log", "a") as f:
+        f.write("warning: step 3: gradient-norm spike 9.1 > mean + 3σ (2.0) of the last 3 steps\n")
+    line = runs_view.checkpoints_and_guards(run)
+    assert line == "**checkpoints** step-4 · **skipped non-finite steps** 2 · **spike warnings** 1"
+    with pytest.raises(UserError, match="not launched from this UI"):
+        resume_command(write_run(tmp_path / "shell", metrics=[{"step": 1, "loss": 2.0}]))
+
+
+def test_pickers_offer_bundled_and_local_models_and_data(tmp_path):
+    root, runs = tmp_path / "data", tmp_path / "runs"
+    (root / "models" / "tiny").mkdir(parents=True)
+    (root / "models" / "tiny" / "config.json").write_text("{}")
+    (root / "models" / "q.gguf").write_bytes(b"GGUF")
+    (root / "sets" / "deep" / "er").mkdir(parents=True)
+    (root / "sets" / "med.jsonl").write_text("{}\n")
+    (root / "sets" / "deep" / "er" / "too-deep.jsonl").write_text("{}\n")  # beyond the scan depth
+    (runs / "r1" / "export" / "merged").mkdir(parents=True)
+    (runs / "r1" / "export" / "merged" / "config.json").write_text("{}")
+    picks = picker_choices(UIState(runs, [root]))
+    assert picks["model.name_or_path"] == [
+        "smollm2-135m-instruct", str(root / "models" / "q.gguf"), str(root / "models" / "tiny"),
+        str(runs / "r1" / "export" / "merged"),
+    ]  # fmt: skip
+    assert '["bundled:arithmetic/train"]' in picks["data.train"]
+    assert json.dumps([str(root / "sets" / "med.jsonl")]) in picks["data.test"]
+    assert not any("too-deep" in c for c in picks["data.train"])
 
 
 def test_metric_series_skip_a_torn_last_line(tmp_path):

@@ -7,6 +7,7 @@ its verification).
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 from dataclasses import dataclass, field
@@ -49,6 +50,48 @@ class UIState:
         return [runs_view.run_row(p, self.jobs.alive(p.name)) for p in runs_view.run_dirs(self.runs_dir)]
 
 
+DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+PICKED = ("model.name_or_path", "data.train", "data.test", "data.validation")
+SCAN_DEPTH, SCAN_MAX = 3, 200
+
+
+def _scan(root: Path, depth: int = SCAN_DEPTH):
+    """Files and folders under `root`, breadth first, `depth` levels down, hidden ones left out."""
+    level = [root]
+    for _ in range(depth):
+        nxt = []
+        for d in level:
+            try:
+                children = sorted(d.iterdir())
+            except OSError:
+                continue
+            for c in children:
+                if not c.name.startswith("."):
+                    yield c
+                    if c.is_dir():
+                        nxt.append(c)
+        level = nxt
+
+
+def picker_choices(state: UIState) -> dict[str, list[str]]:
+    """What the model and data pickers offer: the bundled model and datasets, model folders (a config.json) and
+    GGUF files under the data roots, runs' merged exports, and data files under the data roots. A picker also takes
+    any typed value (a Hub id, another path), checked on Launch like every field."""
+    from thinktune.data.reading import bundled_names
+    from thinktune.models.loading import BUNDLED
+
+    models, data = list(BUNDLED), []
+    for root in state.data_roots:
+        for p in _scan(root):
+            if (p.is_dir() and (p / "config.json").is_file()) or p.suffix == ".gguf":
+                models.append(str(p))
+            elif p.is_file() and p.suffix in DATA_SUFFIXES and p.name != "config.json":
+                data.append(str(p))
+    models += [str(p) for p in sorted(state.runs_dir.glob("*/export/merged")) if (p / "config.json").is_file()]
+    lists = [json.dumps([d]) for d in [*bundled_names(), *data[:SCAN_MAX]]]
+    return {"model.name_or_path": models[:SCAN_MAX], **dict.fromkeys(PICKED[1:], lists)}
+
+
 def local_paths_in(cfg) -> list[str]:
     """The settings of PATH_FIELDS that name local files or folders (not bundled:, hf: or Hub ids)."""
     out = []
@@ -77,10 +120,11 @@ def prepare_launch(state: UIState, command: str, base_config: str, specs, shown:
     return command_line(command, base, sets, run_dir), run_dir, cfg
 
 
-def curve_frames(run: Path) -> list[Any]:
+def curve_frames(run: Path | None) -> list[Any]:
+    """One (step, value) frame per plotted metric of the run (empty frames without a run)."""
     import pandas as pd
 
-    points = runs_view.curves(runs_view.read_metric_rows(run / runs_view.METRICS))
+    points = runs_view.curves(runs_view.read_metric_rows(run / runs_view.METRICS) if run else [])
     # typed even when empty: Gradio would take an object column for a category axis
     return [
         pd.DataFrame(points[k], columns=["step", k]).astype({"step": "int64", k: "float64"}) for k in runs_view.CURVES
@@ -90,12 +134,12 @@ def curve_frames(run: Path) -> list[Any]:
 def run_page(state: UIState, name: str | None) -> tuple[Any, ...]:
     """(headline markdown, 4 curve frames, console text, image paths) of run `name`."""
     if not name:
-        return ("Pick a run.", *curve_frames(state.runs_dir / "\0none"), "", [])
+        return ("Pick a run.", *curve_frames(None), "", [])
     run = state.run_path(name)
     row = dict(zip(runs_view.COLUMNS, runs_view.run_row(run, state.jobs.alive(name)), strict=True))
     head = " · ".join(f"**{k}** {v}" for k, v in row.items() if k != "run")
     return (
-        f"### {name}\n{head}",
+        f"### {name}\n{head}\n\n{runs_view.checkpoints_and_guards(run)}",
         *curve_frames(run),
         runs_view.tail(run / runs_view.CONSOLE),
         [str(p) for p in runs_view.images(run)],
@@ -121,8 +165,9 @@ def build_app(state: UIState):
                 )
                 with gr.Row():
                     pick = gr.Dropdown(choices=state.run_names(), label="run", allow_custom_value=True, scale=3)
-                    stop = gr.Button("Stop run", variant="stop", scale=1)
-                stop_msg = gr.Markdown()
+                    stop = gr.Button("Stop run", variant="stop", scale=1, elem_id="stop")
+                    resume = gr.Button("Resume run", scale=1, elem_id="resume")
+                stop_msg = gr.Markdown(elem_id="stop-msg")
                 headline = gr.Markdown("Pick a run.", elem_id="run-headline")
                 with gr.Row():
                     plots = [
@@ -146,6 +191,17 @@ def build_app(state: UIState):
                 pick.change(lambda n: run_page(state, n), inputs=pick, outputs=page)
                 stop.click(lambda n: state.jobs.stop(n) if n else "Pick a run.", inputs=pick, outputs=stop_msg)
 
+                def do_resume(name):
+                    if not name:
+                        return "Pick a run."
+                    try:
+                        state.jobs.resume(state.run_path(name))
+                    except UserError as e:
+                        return f"**error:** {e}"
+                    return f"resumed `{name}` from its latest checkpoint"
+
+                resume.click(do_resume, inputs=pick, outputs=stop_msg)
+
             with gr.Tab("Launch", id="launch"):
                 with gr.Row():
                     command = gr.Radio(list(form.RECIPES), value="train", label="command")
@@ -154,6 +210,7 @@ def build_app(state: UIState):
                     )
                     load = gr.Button("Load", scale=1)
                 base_values = form.form_values(form.load_config(), specs)
+                picks = picker_choices(state)
                 widgets = []
                 for section in form.sections_in(specs):
                     with gr.Accordion(section or "run", open=section in ("", "model", "train")):
@@ -162,7 +219,13 @@ def build_app(state: UIState):
                                 continue
                             label, info = form.field_label(spec), spec.description
                             eid = "f-" + spec.key.replace(".", "-")
-                            if spec.kind == "bool":
+                            if spec.key in picks:  # a picker that also takes a typed value
+                                choices = list(dict.fromkeys([*([value] if value else []), *picks[spec.key]]))
+                                w = gr.Dropdown(
+                                    choices=choices, value=value, allow_custom_value=True, label=label, info=info,
+                                    elem_id=eid,
+                                )  # fmt: skip
+                            elif spec.kind == "bool":
                                 w = gr.Checkbox(value=value, label=label, info=info, elem_id=eid)
                             elif spec.kind == "choice":
                                 choices = [*([""] if spec.nullable else []), *spec.choices]
@@ -226,11 +289,13 @@ def build_app(state: UIState):
 
             with gr.Tab("Compare", id="compare"):
                 with gr.Row():
-                    cmp_runs = gr.Dropdown(choices=state.run_names(), multiselect=True, label="runs")
+                    cmp_runs = gr.Dropdown(
+                        choices=state.run_names(), multiselect=True, label="runs", elem_id="compare-runs"
+                    )
                     with_base = gr.Checkbox(value=True, label="include the base model")
-                    go = gr.Button("Compare", variant="primary")
-                report = gr.Markdown()
-                charts = gr.Gallery(label="charts", columns=2, height="auto")
+                    go = gr.Button("Compare", variant="primary", elem_id="compare-go")
+                report = gr.Markdown(elem_id="compare-report")
+                charts = gr.Gallery(label="charts", columns=2, height="auto", elem_id="compare-charts")
 
                 def do_compare(names, base):
                     from thinktune.ui.chat import compare_runs
@@ -248,10 +313,10 @@ def build_app(state: UIState):
                 from thinktune.ui.export import FORMATS, export_run
 
                 with gr.Row():
-                    exp_run = gr.Dropdown(choices=state.run_names(), label="run")
+                    exp_run = gr.Dropdown(choices=state.run_names(), label="run", elem_id="export-run")
                     exp_format = gr.Radio(choices=list(FORMATS), value="merged", label="format")
-                    exp_go = gr.Button("Export", variant="primary")
-                exp_result = gr.Markdown()
+                    exp_go = gr.Button("Export", variant="primary", elem_id="export-go")
+                exp_result = gr.Markdown(elem_id="export-result")
 
                 def do_export(name, fmt):
                     if not name:

@@ -1,8 +1,8 @@
 """What the UI shows of the runs under the runs directory: a table row per run, a run's metric series and images.
 
 A run's status: `running` while the UI's own process for it lives (or, for runs started elsewhere, while
-metrics.jsonl changed in the last RECENT seconds), `finished` once summary.json exists, else `failed` (the run
-stopped without a summary: an error, or a stop).
+metrics.jsonl changed in the last RECENT seconds), `finished` once summary.json exists, `stopped` when the UI stopped
+it (jobs.py leaves STOPPED in the run), else `failed` (the run ended without a summary).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from thinktune.runs import CONFIG, SUMMARY, is_run_dir
 
 METRICS = "metrics.jsonl"
 CONSOLE = "console.log"  # what a run launched from the UI printed (jobs.py)
+STOPPED = "stopped"  # left by the UI's Stop button (jobs.py)
 RECENT = 120.0
 CURVES = ("loss", "lr", "grad_norm", "tokens_per_second")
 COLUMNS = ["run", "status", "recipe", "method", "model", "before acc", "after acc", "steps", "wall time"]
@@ -52,12 +53,14 @@ def read_metric_rows(path: Path) -> list[dict[str, Any]]:
 
 
 def status(run: Path, alive: bool | None = None, now: float | None = None) -> str:
-    """running / finished / failed; `alive`: whether the UI's own process for this run still runs (None: not
+    """running / finished / stopped / failed; `alive`: whether the UI's own process for this run still runs (None: not
     launched from this UI)."""
     if (run / SUMMARY).is_file():
         return "finished"
     if alive:
         return "running"
+    if (run / STOPPED).is_file():
+        return "stopped"
     if alive is None:
         newest = max((f.stat().st_mtime for f in (run / METRICS, run / CONSOLE) if f.is_file()), default=None)
         if newest is not None and (now or time.time()) - newest < RECENT:
@@ -125,3 +128,16 @@ def tail(path: Path, max_chars: int = 20_000) -> str:
 def images(run: Path) -> list[Path]:
     """PNGs the run wrote: plots/ and eval charts."""
     return sorted([*(run / "plots").glob("*.png"), *(run / "eval").glob("**/*.png")])
+
+
+def checkpoints_and_guards(run: Path) -> str:
+    """One markdown line: the run's saved checkpoints (resumable ones) and its guard counts from the last metrics row
+    (non-finite steps skipped) and the console (gradient-norm spikes warned of)."""
+    ckpts = sorted(
+        (p.parent.name for p in (run / "checkpoints").glob("step-*/position.json")), key=lambda n: int(n[5:])
+    )
+    rows = read_metric_rows(run / METRICS)
+    bad = rows[-1].get("bad_steps", 0) if rows else 0
+    spikes = tail(run / CONSOLE, 10**7).count("gradient-norm spike")
+    shown = ", ".join(ckpts[-5:]) + (f" (+{len(ckpts) - 5} older)" if len(ckpts) > 5 else "")
+    return f"**checkpoints** {shown or 'none'} · **skipped non-finite steps** {bad} · **spike warnings** {spikes}"
