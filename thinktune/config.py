@@ -212,7 +212,12 @@ class TrainConfig(Section):
     )
     batch_size: int = Field(8, gt=0, description="Samples per micro-batch.")
     gradient_accumulation_steps: int = Field(1, gt=0, description="Micro-batches per optimizer step.")
-    learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate.")
+    learning_rate: float | None = Field(
+        None,
+        gt=0,
+        description="Peak learning rate; unset: the method's own default, scaled to the model's width "
+        "(docs/methods.md).",
+    )
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Fraction of steps spent warming up linearly.")
     lr_scheduler: Literal["cosine", "linear", "constant"] = Field("cosine", description="Decay after warmup.")

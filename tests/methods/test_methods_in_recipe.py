@@ -167,3 +167,41 @@ def test_esft_on_a_dense_model_stops_before_the_first_evaluation(tiny_model_dirs
     cfg = _cfg(tiny_model_dirs, tmp_path, "llama", "method.name=esft", "train.weight_decay=0", "eval.before=true")
     with pytest.raises(ConfigError, match="esft needs a mixture-of-experts model"):
         run_sft(cfg, Console(quiet=True))
+
+
+@pytest.mark.parametrize(("name", "arch"), [("full", "llama"), ("ia3", "qwen3")])
+def test_an_unset_learning_rate_is_the_methods_default_scaled_to_the_width(name, arch, tiny_model_dirs, tmp_path):
+    """train.learning_rate unset: the optimizer runs at the method's default x REFERENCE_WIDTH / hidden size (capped),
+    as metrics.jsonl records it; a given learning rate is used as given."""
+    from io import StringIO
+
+    from transformers import AutoConfig
+
+    from thinktune.methods import METHODS
+    from thinktune.methods.base import REFERENCE_WIDTH, WIDTH_SCALE
+
+    sets = ["train.max_steps=2", "train.lr_scheduler=constant", "train.warmup_ratio=0", f"method.name={name}"]
+    out = StringIO()
+    summary = run_sft(_cfg(tiny_model_dirs, tmp_path, arch, *sets), Console(file=out, width=200))
+    hidden = AutoConfig.from_pretrained(tiny_model_dirs[arch]).hidden_size
+    factor = min(max(REFERENCE_WIDTH / hidden, WIDTH_SCALE[0]), WIDTH_SCALE[1])
+    expected = METHODS[name].learning_rate * factor
+    rows = [json.loads(line) for line in (Path(summary["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
+    assert rows and all(r["lr"] == pytest.approx(expected) for r in rows if "lr" in r)
+    assert f"learning rate {expected:.3g}: {name}'s default" in out.getvalue()
+    given = run_sft(
+        _cfg(tiny_model_dirs, tmp_path / "given", arch, *sets, "train.learning_rate=3e-3"), Console(quiet=True)
+    )
+    rows = [json.loads(line) for line in (Path(given["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["lr"] == pytest.approx(3e-3) for r in rows if "lr" in r)
+
+
+def test_default_learning_rate_scaling():
+    from thinktune.methods import METHODS
+    from thinktune.methods.base import default_learning_rate
+
+    assert default_learning_rate(METHODS["lora"], 576) == pytest.approx((2e-4 * 4096 / 576, 4096 / 576))  # SmolLM2
+    assert default_learning_rate(METHODS["lora"], 4096) == (2e-4, 1.0)
+    assert default_learning_rate(METHODS["full"], 64) == pytest.approx((8e-5, 8.0))  # capped
+    assert default_learning_rate(METHODS["full"], 65536) == pytest.approx((2.5e-6, 0.25))
+    assert default_learning_rate(METHODS["ia3"], None) == (3e-3, 1.0)

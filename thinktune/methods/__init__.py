@@ -46,26 +46,29 @@ __all__ = [
     "load_trained",
     "merge_trained",
     "method_loss",
+    "method_of",
     "on_optimizer_step",
     "optimizer_parameters",
     "save_trained",
 ]
 
-_freeze = Method(
-    apply_freeze, check=check_freeze, parameters=freeze_parameters, on_step=progressive_step, save=save_freeze
-)
+# Default peak learning rates at a 4096-wide model (base.default_learning_rate scales them to the model): LoRA's
+# 2e-4 is the QLoRA paper's and Unsloth's; IA3's 3e-3 its paper's; soft prompts train a few embedding rows and take
+# PEFT's documented 3e-2 / 1e-2; AdaLoRA starts its singular values at zero and needs a larger step than LoRA; methods
+# that update whole weight matrices (freeze, full, ESFT) take full fine-tuning's 1e-5.
+_freeze = dict(check=check_freeze, parameters=freeze_parameters, on_step=progressive_step, save=save_freeze)
 
 METHODS: dict[str, Method] = {
-    "lora": Method(apply_lora, check=check_lora, save=save_lora),
-    "qlora": Method(apply_qlora, check=check_qlora, save=save_lora),
-    "adalora": Method(apply_adalora, on_step=adalora_step, loss=adalora_loss, save=save_adalora),
-    "prompt_tuning": Method(apply_prompt_method),
-    "p_tuning": Method(apply_prompt_method),
-    "prefix_tuning": Method(apply_prompt_method),
-    "ia3": Method(apply_ia3),
-    "freeze": _freeze,
-    "full": _freeze,
-    "esft": Method(apply_esft, on_step=esft_step, save=save_esft),
+    "lora": Method(apply_lora, check=check_lora, save=save_lora, learning_rate=2e-4),
+    "qlora": Method(apply_qlora, check=check_qlora, save=save_lora, learning_rate=2e-4),
+    "adalora": Method(apply_adalora, on_step=adalora_step, loss=adalora_loss, save=save_adalora, learning_rate=5e-4),
+    "prompt_tuning": Method(apply_prompt_method, learning_rate=3e-2),
+    "p_tuning": Method(apply_prompt_method, learning_rate=1e-2),
+    "prefix_tuning": Method(apply_prompt_method, learning_rate=1e-2),
+    "ia3": Method(apply_ia3, learning_rate=3e-3),
+    "freeze": Method(apply_freeze, **_freeze, learning_rate=1e-5),
+    "full": Method(apply_freeze, **_freeze, learning_rate=1e-5),
+    "esft": Method(apply_esft, on_step=esft_step, save=save_esft, learning_rate=1e-5),
 }
 
 PROGRESSIVE = ("freeze", "full")

@@ -57,6 +57,7 @@ class Method:
     on_step: Callable[[torch.nn.Module, MethodConfig, int], None] | None = None
     loss: Callable[[torch.nn.Module, MethodConfig], torch.Tensor | None] | None = None
     save: Callable[[torch.nn.Module, MethodConfig, Path], Path] = save_peft_adapter
+    learning_rate: float = 2e-4  # the default peak learning rate at REFERENCE_WIDTH (see default_learning_rate)
 
 
 def method_state(model: torch.nn.Module) -> dict[str, Any]:
@@ -79,3 +80,16 @@ def require_moe(model: torch.nn.Module, what: str) -> ArchFacts:
     if facts is None or not facts.moe:
         raise ConfigError(f"{what} needs a mixture-of-experts model with a known expert layout; got '{model_type}'")
     return facts
+
+
+REFERENCE_WIDTH = 4096  # the hidden size the methods' default learning rates are given for (a 7-8B model)
+WIDTH_SCALE = (0.25, 8.0)  # how far the width scaling may move a default
+
+
+def default_learning_rate(method: Method, hidden_size: int | None) -> tuple[float, float]:
+    """(learning rate, width factor): the method's default scaled by REFERENCE_WIDTH / hidden_size, as wider models
+    take smaller steps (a 135M model with hidden size 576 gets 7.1x, a 32B one with 5120 gets 0.8x), within
+    WIDTH_SCALE."""
+    factor = REFERENCE_WIDTH / hidden_size if hidden_size else 1.0
+    factor = min(max(factor, WIDTH_SCALE[0]), WIDTH_SCALE[1])
+    return method.learning_rate * factor, factor

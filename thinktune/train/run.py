@@ -39,6 +39,7 @@ from thinktune.methods import (
     apply_method,
     check_method_environment,
     check_method_model,
+    method_of,
     on_optimizer_step,
     optimizer_parameters,
     save_trained,
@@ -246,6 +247,23 @@ def optimizer_steps(run: Run, n_items: int) -> int:
     return total_optimizer_steps(tcfg, batches_per_epoch(n_items, tcfg.batch_size, run.accelerator.num_processes))
 
 
+def learning_rate(run: Run) -> float:
+    """train.learning_rate, or the method's default scaled to the model's width (said on the console)."""
+    if run.cfg.train.learning_rate is not None:
+        return run.cfg.train.learning_rate
+    from thinktune.methods.base import REFERENCE_WIDTH, default_learning_rate
+
+    name = run.cfg.method.name
+    config = getattr(run.model, "config", None)
+    hidden = getattr(config.get_text_config(), "hidden_size", None) if config is not None else None
+    lr, factor = default_learning_rate(method_of(run.cfg.method), hidden)
+    run.console.print(
+        f"learning rate {lr:.3g}: {name}'s default {method_of(run.cfg.method).learning_rate:g} x {factor:.2f} "
+        f"(hidden size {hidden or '?'} vs {REFERENCE_WIDTH}; set train.learning_rate to choose)"
+    )
+    return lr
+
+
 def prepare_training(run: Run, n_items: int) -> Optimization:
     """The optimizer (AdamW) and schedule over `n_items` training items per epoch, for the trainable model as the
     recipe made it; the model compiled (train.torch_compile: after the method and gradient checkpointing wrap the
@@ -255,7 +273,7 @@ def prepare_training(run: Run, n_items: int) -> Optimization:
     params = optimizer_parameters(run.model, run.cfg.method)
     steps = optimizer_steps(run, n_items)
     compile_model(run.model, tcfg)
-    optimizer = build_optimizer(params, tcfg)
+    optimizer = build_optimizer(params, tcfg, learning_rate(run))
     scheduler = build_scheduler(optimizer, tcfg, steps)
     run.model, optimizer = acc.prepare(run.model, optimizer)
     if sharded(acc):  # the optimizer now steps the sharded parameters, under the same names

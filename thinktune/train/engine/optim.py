@@ -25,14 +25,20 @@ def adamw_kernel(params: list[torch.nn.Parameter], optimizer: str) -> dict[str, 
     return {"foreach": True}
 
 
-def build_optimizer(params: list[tuple[str, torch.nn.Parameter]], cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW over (name, parameter) pairs; no weight decay on biases and norms. `cfg.optimizer` picks the kernel."""
+def build_optimizer(
+    params: list[tuple[str, torch.nn.Parameter]], cfg: TrainConfig, learning_rate: float | None = None
+) -> torch.optim.Optimizer:
+    """AdamW over (name, parameter) pairs at `learning_rate` (default: cfg.learning_rate); no weight decay on biases
+    and norms. `cfg.optimizer` picks the kernel."""
+    lr = learning_rate or cfg.learning_rate
+    if lr is None:
+        raise ValueError("build_optimizer: no learning rate (train.learning_rate unset and none resolved)")
     decay, no_decay = [], []
     for name, p in params:
         (no_decay if p.ndim < 2 or "norm" in name else decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     kernel = adamw_kernel(decay + no_decay, cfg.optimizer)
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.learning_rate, **kernel)
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, **kernel)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int):
