@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from accelerate import Accelerator
+from rich.console import Console
 from transformers import AutoModelForCausalLM
 from typer.testing import CliRunner
 
@@ -261,7 +262,9 @@ def test_dpo_renders_pairs_in_the_thinking_mode_and_cleans_them(tiny_tokenizer, 
 
 
 def fake_run(model, cfg):
-    return SimpleNamespace(cfg=cfg, model=model, accelerator=Accelerator(cpu=True), dir=None, console=None)
+    return SimpleNamespace(
+        cfg=cfg, model=model, accelerator=Accelerator(cpu=True), dir=None, console=Console(quiet=True)
+    )
 
 
 def test_every_recipe_gets_the_method_term_and_ewc_once_per_step(tiny_model_dirs, tmp_path):
