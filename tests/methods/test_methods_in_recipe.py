@@ -200,8 +200,8 @@ def test_default_learning_rate_scaling():
     from thinktune.methods import METHODS
     from thinktune.methods.base import default_learning_rate
 
-    assert default_learning_rate(METHODS["lora"], 576) == pytest.approx((2e-4 * 4096 / 576, 4096 / 576))  # SmolLM2
-    assert default_learning_rate(METHODS["lora"], 4096) == (2e-4, 1.0)
+    assert default_learning_rate(METHODS["lora"], 576) == pytest.approx((9.96e-4, 4096 / 576), rel=1e-3)  # SmolLM2
+    assert default_learning_rate(METHODS["lora"], 4096) == (1.4e-4, 1.0)
     assert default_learning_rate(METHODS["full"], 64) == pytest.approx((8e-5, 8.0))  # capped
     assert default_learning_rate(METHODS["full"], 65536) == pytest.approx((2.5e-6, 0.25))
     assert default_learning_rate(METHODS["ia3"], None) == (3e-3, 1.0)

@@ -57,7 +57,7 @@ class Method:
     on_step: Callable[[torch.nn.Module, MethodConfig, int], None] | None = None
     loss: Callable[[torch.nn.Module, MethodConfig], torch.Tensor | None] | None = None
     save: Callable[[torch.nn.Module, MethodConfig, Path], Path] = save_peft_adapter
-    learning_rate: float = 2e-4  # the default peak learning rate at REFERENCE_WIDTH (see default_learning_rate)
+    learning_rate: float = 1.4e-4  # the default peak learning rate at REFERENCE_WIDTH (see default_learning_rate)
 
 
 def method_state(model: torch.nn.Module) -> dict[str, Any]:
