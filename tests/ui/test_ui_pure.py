@@ -238,3 +238,23 @@ def test_export_tab_runs_the_cli_and_shows_its_verification(tmp_path, tiny_model
     shutil.rmtree(run / "adapter")
     markdown, record = export_run(run, "adapter")
     assert record is None and markdown.startswith("**adapter export failed:**") and "\n" not in markdown
+
+
+def test_a_grpo_run_launched_from_the_form_finishes(tmp_path, tiny_model_dirs):
+    """The Launch page's path for another recipe: the form's values → `thinktune grpo ...` through Jobs, a real
+    tiny-model run to its summary, shown as a finished grpo run."""
+    state = UIState(tmp_path / "runs", [tiny_model_dirs["llama"].parent])
+    specs = form.form_fields()
+    values = form.form_values(load_config(), specs)
+    keys = [s.key for s in specs]
+    for key, value in {
+        "name": "ui-grpo", "model.name_or_path": str(tiny_model_dirs["llama"]), "data.max_train_samples": "4",
+        "train.max_steps": "1", "train.batch_size": "2", "train.report_to": "[]", "eval.before": False,
+        "eval.after": False, "grpo.num_generations": "2", "grpo.max_completion_length": "6",
+    }.items():  # fmt: skip
+        values[keys.index(key)] = value
+    argv, run_dir, _ = prepare_launch(state, "grpo", "", specs, values)
+    proc = state.jobs.launch(argv, run_dir)
+    assert proc.wait(600) == 0, (run_dir / "console.log").read_text()[-2000:]
+    row = dict(zip(runs_view.COLUMNS, runs_view.run_row(run_dir, state.jobs.alive("ui-grpo")), strict=True))
+    assert (row["status"], row["recipe"], row["steps"]) == ("finished", "grpo", "1")
