@@ -56,7 +56,8 @@ __all__ = [
 # 1.4e-4 lies between ms-swift's 1e-4 and the QLoRA paper's / Unsloth's 2e-4 and gives the quickstart (SmolLM2,
 # hidden size 576) its measured 1e-3; IA3's 3e-3 its paper's; soft prompts train a few embedding rows and take
 # PEFT's documented 3e-2 / 1e-2; AdaLoRA starts its singular values at zero and needs a larger step than LoRA; methods
-# that update whole weight matrices (freeze, full, ESFT) take full fine-tuning's 1e-5.
+# that update every weight (full, ESFT's experts) take full fine-tuning's 1e-5; freeze, a few top layers, takes
+# LLaMA-Factory's 1e-4 for it.
 _freeze = dict(check=check_freeze, parameters=freeze_parameters, on_step=progressive_step, save=save_freeze)
 
 METHODS: dict[str, Method] = {
@@ -67,7 +68,7 @@ METHODS: dict[str, Method] = {
     "p_tuning": Method(apply_prompt_method, learning_rate=1e-2),
     "prefix_tuning": Method(apply_prompt_method, learning_rate=1e-2),
     "ia3": Method(apply_ia3, learning_rate=3e-3),
-    "freeze": Method(apply_freeze, **_freeze, learning_rate=1e-5),
+    "freeze": Method(apply_freeze, **_freeze, learning_rate=1e-4),
     "full": Method(apply_freeze, **_freeze, learning_rate=1e-5),
     "esft": Method(apply_esft, on_step=esft_step, save=save_esft, learning_rate=1e-5),
 }
