@@ -338,10 +338,12 @@ class EvalConfig(Section):
 
 
 class ExportConfig(Section):
-    formats: list[Literal["merged", "onnx", "int8", "gguf", "adapter"]] = Field(
+    formats: list[Literal["merged", "onnx", "int8", "gguf", "gguf-lora", "adapter"]] = Field(
         default_factory=lambda: ["merged"], description="Artefacts `thinktune export` writes."
     )
-    gguf_type: Literal["f16", "bf16", "q8_0", "q4_0"] = Field("q8_0", description="GGUF tensor type.")
+    gguf_type: Literal["f32", "f16", "bf16", "q8_0", "q4_0"] = Field(
+        "q8_0", description="GGUF tensor type (gguf-lora: the base's; the LoRA file is f32 with f32, else f16)."
+    )
     onnx_kv_cache: bool = Field(True, description="Export ONNX with past key values (fallback: without).")
 
 

@@ -105,6 +105,18 @@ def test_smollm2_lora_f16_same_greedy_tokens_in_llama_cpp(smollm2_lora, tmp_path
 
 
 @pytest.mark.slow
+def test_smollm2_lora_as_a_llama_cpp_lora_file(smollm2_lora, tmp_path):
+    """The same adapter kept apart from the base: llama.cpp applies the LoRA file to the f16 base GGUF at load."""
+    base, adapter = smollm2_lora
+    options = ExportOptions(gguf_type="f16", max_new_tokens=24)
+    record = run_export(ModelConfig(name_or_path=str(base)), "gguf-lora", tmp_path, options, adapter)
+    seen = record["llama_cpp"]
+    assert seen["tokenizer_identical"] and seen["greedy"]["identical"] == 1.0, seen
+    assert seen["top1_agreement"] > 0.98 and record["verified"], seen
+    assert record["bytes"] < 0.1 * Path(record["base_gguf"]).stat().st_size
+
+
+@pytest.mark.slow
 def test_smollm2_q8_0_keeps_the_answers_on_the_bundled_task(tmp_path):
     """SmolLM2's greedy solutions to bundled test problems, read by llama.cpp from the q8_0 file (teacher-forced):
     llama.cpp must predict the same next token along the solution, and the very tokens of the final answer."""

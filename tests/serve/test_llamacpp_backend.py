@@ -16,6 +16,8 @@ from thinktune.data.render import render_prompt  # noqa: E402
 from thinktune.errors import UserError  # noqa: E402
 from thinktune.export import ExportOptions, run_export  # noqa: E402
 from thinktune.export import llama_cpp_check as lcc  # noqa: E402
+from thinktune.export.gguf_lora import write_gguf_lora  # noqa: E402
+from thinktune.export.source import base_config  # noqa: E402
 from thinktune.serve.llamacpp_backend import (  # noqa: E402
     LlamaCppEngine,
     choose_backend,
@@ -192,13 +194,80 @@ def test_auto_picks_llamacpp_only_with_a_gguf(tiny_gguf, tmp_path):
     assert find_gguf("unused", run_dir=run) == run / "export" / "gguf" / "model.gguf"
 
 
-def test_no_gguf_and_adapters_are_one_line(tiny_base):
+def test_no_gguf_and_bad_adapters_are_one_line(tiny_base, tiny_gguf, tmp_path):
     cfg = validate({"model": {"name_or_path": str(tiny_base)}, "serve": {"backend": "llamacpp"}})
     with pytest.raises(UserError, match="serves a GGUF"):
         load_served_gguf(cfg)
+    cfg = validate({"model": {"name_or_path": str(tiny_base)}, "serve": {"adapters": {"a": str(tmp_path / "no")}}})
+    with pytest.raises(UserError, match="serve.adapters.a: .* neither a LoRA .gguf file nor an adapter directory"):
+        load_served_gguf(cfg, tiny_gguf)
     cfg = validate({"model": {"name_or_path": str(tiny_base)}, "serve": {"adapters": {"a": str(tiny_base)}}})
-    with pytest.raises(UserError, match="without adapters"):
-        load_served_gguf(cfg, Path("x.gguf"))
+    with pytest.raises(UserError, match="not a PEFT adapter directory"):
+        load_served_gguf(cfg, tiny_gguf)
+    cfg = validate({"model": {"name_or_path": str(tiny_base)}, "serve": {"adapters": {"a": str(tiny_gguf)}}})
+    with pytest.raises(UserError, match="llama.cpp refuses adapter 'a'") as e:  # a model, not a LoRA file
+        LlamaCppEngine(load_served_gguf(cfg, tiny_gguf), max_batch_size=1)
+    assert "\n" not in str(e.value)
+
+
+@pytest.fixture(scope="module")
+def lora_file(tiny_base, tiny_adapter, tmp_path_factory) -> Path:
+    """The PEFT adapter as a llama.cpp LoRA file, written once by the exporter's writer."""
+    config = base_config(ModelConfig(name_or_path=str(tiny_base)))
+    out = tmp_path_factory.mktemp("lora") / "tuned-lora-f32.gguf"
+    write_gguf_lora(tiny_adapter, config, out, "f32")
+    return out
+
+
+@pytest.fixture(scope="module")
+def adapter_client(tiny_base, tiny_gguf, tiny_adapter, lora_file):
+    """The base GGUF with two adapters: a PEFT folder (converted at start-up) and a LoRA .gguf file as it is."""
+    servers = []
+    server = start(tiny_base, tiny_gguf, servers, max_batch_size=4,
+                   adapters={"tuned": str(tiny_adapter), "tuned-file": str(lora_file)})  # fmt: skip
+    yield openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0)
+    for s in servers:
+        s.stop()
+
+
+def test_adapter_answers_as_llama_cpp_with_its_lora_file(adapter_client, tiny_base, tiny_gguf, lora_file):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_base)
+    ids = tokenizer(PROMPTS[0])["input_ids"]
+    with lcc.load(tiny_gguf, 256, lora_file) as llm:
+        alone = lcc.greedy(llm, ids, 24)
+    expected = tokenizer.decode(alone[:24], skip_special_tokens=True)
+    answers = {
+        name: adapter_client.completions.create(model=name, prompt=PROMPTS[0], max_tokens=24, temperature=0)
+        for name in ("tuned", "tuned-file", "tiny")
+    }
+    assert answers["tuned"].choices[0].text == expected
+    assert answers["tuned-file"].choices[0].text == expected
+    assert answers["tiny"].choices[0].text != expected  # the base is served without the adapter
+    assert {m.id for m in adapter_client.models.list()} == {"tiny", "tuned", "tuned-file"}
+
+
+def test_base_and_adapter_requests_together_answer_as_each_alone(adapter_client):
+    """Sequences of the base and of an adapter in the same context: each step decodes them with their own LoRA."""
+    asks = [(m, p) for m in ("tiny", "tuned") for p in PROMPTS]
+    alone = {
+        (m, p): adapter_client.completions.create(model=m, prompt=p, max_tokens=20, temperature=0).choices[0].text
+        for m, p in asks
+    }
+    together: dict[tuple[str, str], str] = {}
+
+    def ask(m: str, p: str) -> None:
+        out = adapter_client.completions.create(model=m, prompt=p, max_tokens=20, temperature=0)
+        together[(m, p)] = out.choices[0].text
+
+    threads = [threading.Thread(target=ask, args=a) for a in asks]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert together == alone
+    assert all(alone[("tiny", p)] != alone[("tuned", p)] for p in PROMPTS)
 
 
 def test_engine_is_the_apps_engine(server):

@@ -1,6 +1,8 @@
-"""`thinktune export`: merged checkpoint, ONNX, int8 or GGUF, each verified against its source (OUT/verify.json).
+"""`thinktune export`: merged checkpoint, ONNX, int8, GGUF or GGUF LoRA, each verified against its source
+(OUT/verify.json).
 
 thinktune export --run-dir runs/quickstart --format gguf --gguf-type q8_0 -o exports/gguf
+thinktune export --run-dir runs/quickstart --format gguf-lora --gguf-type f16 -o exports/gguf-lora   # llama.cpp --lora
 thinktune export --model smollm2-135m-instruct --adapter runs/quickstart/adapter --format merged -o exports/merged
 thinktune export --run-dir runs/quickstart --format adapter --push-to-hub me/quickstart-lora --dry-run
 thinktune export --run-dir runs/freeze-run --format merged     # freeze/ESFT: the base with the trained tensors in
@@ -36,9 +38,11 @@ def export(
     ] = None,
     format_: Annotated[
         str | None,
-        typer.Option("--format", "-f", help="merged | onnx | int8 | gguf | adapter (default: export.formats)."),
+        typer.Option(
+            "--format", "-f", help="merged | onnx | int8 | gguf | gguf-lora | adapter (default: export.formats)."
+        ),
     ] = None,
-    gguf_type: Annotated[str | None, typer.Option(help="GGUF tensor type: f16 | bf16 | q8_0 | q4_0.")] = None,
+    gguf_type: Annotated[str | None, typer.Option(help="GGUF tensor type: f32 | f16 | bf16 | q8_0 | q4_0.")] = None,
     kv_cache: Annotated[
         bool | None, typer.Option("--kv-cache/--no-kv-cache", help="ONNX/int8: graph with past key values.")
     ] = None,
@@ -71,7 +75,9 @@ def export(
     ] = False,
     check_with: Annotated[
         list[str] | None,
-        typer.Option(help="gguf: also load the file in this runtime and compare it with the source: llama-cpp."),
+        typer.Option(
+            help="gguf: also load the file in this runtime, compare it with the source: llama-cpp (gguf-lora: always)."
+        ),
     ] = None,
     verify: Annotated[
         bool, typer.Option("--verify/--no-verify", help="Exit 1 when a parity figure is beyond its tolerance.")

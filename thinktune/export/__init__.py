@@ -24,7 +24,7 @@ from typing import Any
 from thinktune.config import ModelConfig
 from thinktune.errors import ModelNotFoundError, UserError
 from thinktune.export import adapter as adapter_export
-from thinktune.export import gguf_file, int8, merged, onnx_model
+from thinktune.export import gguf_file, gguf_lora, int8, merged, onnx_model
 from thinktune.export.model_card import find_run_dir, write_model_card
 from thinktune.export.source import ExportOptions, ExportSource, base_config, load_source, takes_images
 from thinktune.export.verify import VerificationFailed, verify
@@ -45,6 +45,7 @@ EXPORTERS: dict[str, Exporter] = {
     "onnx": Exporter(onnx_model.check, onnx_model.export_onnx),
     "int8": Exporter(int8.check, int8.export_int8),
     "gguf": Exporter(gguf_file.check, gguf_file.export_gguf),
+    "gguf-lora": Exporter(gguf_lora.check, gguf_lora.export_gguf_lora, needs_adapter=True),
 }
 
 __all__ = ["EXPORTERS", "ExportOptions", "ExportSource", "load_source", "run_export", "trained_source"]
@@ -79,7 +80,7 @@ def run_export(
         able = " and ".join(f"--format {name}" for name, e in EXPORTERS.items() if e.images)
         raise UserError(f"--format {fmt} does not export vision-language models ({config.model_type}); only {able} do")
     exporter.check(config.model_type, options)
-    if options.check_with and fmt != "gguf":
+    if options.check_with and fmt not in ("gguf", "gguf-lora"):
         raise UserError(f"--check-with {', '.join(options.check_with)} checks GGUF files; --format {fmt} has none")
     source = load_source(model_cfg, trained)
     out = Path(out)

@@ -32,18 +32,27 @@ def check_installed() -> None:
 
 
 @contextlib.contextmanager
-def load(path: Path, n_ctx: int) -> Iterator[Any]:
-    """The GGUF in llama.cpp on the CPU; a file llama.cpp refuses is one error line."""
+def load(path: Path, n_ctx: int, lora: Path | None = None) -> Iterator[Any]:
+    """The GGUF in llama.cpp on the CPU (with the LoRA file `lora` applied); a file llama.cpp refuses is one error
+    line."""
     check_installed()
     import llama_cpp
 
     threads = max(1, min(8, os.cpu_count() or 1))
     try:
         llm = llama_cpp.Llama(
-            str(path), n_ctx=n_ctx, logits_all=True, verbose=False, n_threads=threads, n_gpu_layers=0, seed=0
+            str(path),
+            n_ctx=n_ctx,
+            logits_all=True,
+            verbose=False,
+            n_threads=threads,
+            n_gpu_layers=0,
+            seed=0,
+            lora_path=str(lora) if lora else None,
         )
-    except ValueError as e:  # llama-cpp-python raises ValueError("Failed to load model from file: …")
-        raise UserError(f"{path}: llama.cpp refuses the file ({e})") from None
+    except (ValueError, RuntimeError) as e:  # "Failed to load model from file: …", "Failed to load LoRA adapter…"
+        refused = lora if lora and "lora" in str(e).lower() else path
+        raise UserError(f"{refused}: llama.cpp refuses the file ({e})") from None
     try:
         yield llm
     finally:
@@ -84,12 +93,14 @@ def compare(
     reference_greedy: Sequence[list[int]],
     max_new_tokens: int,
     stops: Sequence[int],
+    lora: Path | None = None,
 ) -> dict[str, Any]:
-    """llama.cpp against the source: tokenizer, logits and greedy output on the same prompts."""
+    """llama.cpp against the source: tokenizer, logits and greedy output on the same prompts (with the LoRA file
+    `lora` applied to the GGUF when given)."""
     import llama_cpp
 
     n_ctx = max(len(x) for x in ids) + max_new_tokens + 8
-    with load(path, n_ctx) as llm:
+    with load(path, n_ctx, lora) as llm:
         tokens = [tokenize(llm, t) for t in texts]
         logits = [prompt_logits(llm, x) for x in ids]
         continued = [greedy(llm, x, max_new_tokens, stops) for x in ids]

@@ -24,13 +24,21 @@ from thinktune.runs import PEFT_CONFIG, RunDir, is_run_dir, run_of
 UPSTREAM = {"smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}
 assert set(UPSTREAM) == set(BUNDLED), "every bundled model needs its Hub id here"
 
-LIBRARY = {"adapter": "peft", "merged": "transformers", "onnx": "onnx", "int8": "onnx", "gguf": "gguf"}
+LIBRARY = {
+    "adapter": "peft",
+    "merged": "transformers",
+    "onnx": "onnx",
+    "int8": "onnx",
+    "gguf": "gguf",
+    "gguf-lora": "gguf",
+}
 FORMAT_TAGS = {
     "adapter": [],
     "merged": ["merged"],
     "onnx": ["onnx"],
     "int8": ["onnx", "int8", "quantized"],
     "gguf": ["gguf", "quantized"],
+    "gguf-lora": ["gguf", "lora"],
 }
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -102,8 +110,8 @@ def build_model_card(
     method: str | None = None,
     images: bool = False,
 ) -> ModelCard:
-    """The card of a `kind` folder (adapter | merged | onnx | int8 | gguf) built from `name_or_path`; `images`: a
-    vision-language model (image-text-to-text, loaded with AutoModelForImageTextToText)."""
+    """The card of a `kind` folder (adapter | merged | onnx | int8 | gguf | gguf-lora) built from `name_or_path`;
+    `images`: a vision-language model (image-text-to-text, loaded with AutoModelForImageTextToText)."""
     base = base_model_reference(name_or_path)
     run = _read_run(run_dir)
     method = run.get("method") or method
@@ -167,6 +175,7 @@ def _provenance(kind: str, name_or_path: str, base: str, method: str | None, mer
         "onnx": "An ONNX export",
         "int8": "An int8 export",
         "gguf": "A GGUF export (llama.cpp, Ollama)",
+        "gguf-lora": f"A {method or 'LoRA'} adapter in llama.cpp's LoRA format (GGUF; the base as GGUF beside it)",
     }[kind]
     line = f"{what} of `{base}`, made with thinktune."
     if name_or_path in UPSTREAM:
@@ -217,6 +226,8 @@ def _usage(kind: str, base: str, images: bool = False) -> str:
         "onnx": "Run with onnxruntime (inputs and outputs: see thinktune's docs/export.md).",
         "int8": "Run with onnxruntime (CPU int8) or transformers + bitsandbytes (GPU), as verify.json says.",
         "gguf": "Run with `llama-cli -m FILE.gguf --jinja -cnv`, or `ollama create NAME -f Modelfile`.",
+        "gguf-lora": "Run with `llama-cli -m BASE.gguf --lora ADAPTER-lora.gguf --jinja -cnv` (any GGUF of the same "
+        "base takes it), or `thinktune serve --backend llamacpp --model BASE.gguf --adapter NAME=ADAPTER-lora.gguf`.",
     }[kind]
 
 

@@ -65,7 +65,8 @@ def checks(fmt: str, record: dict[str, Any]) -> list[Check]:
     """The limits for one export record."""
     out: list[Check] = []
     precision = _precision(fmt, record)
-    if fmt in ("adapter", "onnx") or (fmt == "merged" and precision == "float32") or precision == "f32":
+    float32 = (fmt == "merged" and precision == "float32") or (precision == "f32" and fmt != "gguf-lora")
+    if fmt in ("adapter", "onnx") or float32:
         out.append(Check("max_abs_logit_diff", at_most=FLOAT32_LOGIT_DIFF_AT_MOST))
     if fmt == "int8" and "max_abs_logit_diff_fp32_onnx" in record:
         out.append(Check("max_abs_logit_diff_fp32_onnx", at_most=FLOAT32_LOGIT_DIFF_AT_MOST))
@@ -77,6 +78,8 @@ def checks(fmt: str, record: dict[str, Any]) -> list[Check]:
     if "llama_cpp" in record:
         out.append(Check("llama_cpp.tokenizer_identical", equals=True))
         out.append(Check("llama_cpp.top1_agreement", at_least=TOP1_AT_LEAST.get(precision, 0.35)))
+        if fmt == "gguf-lora" and precision == "f32":  # llama.cpp's own float32 kernels against PyTorch's
+            out.append(Check("llama_cpp.max_abs_logit_diff", at_most=FLOAT32_LOGIT_DIFF_AT_MOST))
     return out
 
 
@@ -96,7 +99,7 @@ def verify(fmt: str, record: dict[str, Any]) -> list[str]:
 
 
 def _precision(fmt: str, record: dict[str, Any]) -> str:
-    if fmt == "gguf":
+    if fmt in ("gguf", "gguf-lora"):
         return record.get("gguf_type", "f16")
     if fmt == "merged":
         return record.get("dtype") or "float32"

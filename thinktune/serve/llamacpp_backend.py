@@ -2,6 +2,7 @@
 
     thinktune serve --backend llamacpp --model exports/gguf/model.gguf
     thinktune serve --backend llamacpp --run-dir runs/quickstart    # the run's GGUF export (runs/<name>/export/gguf)
+    thinktune serve --backend llamacpp --model base.gguf --adapter quickstart=runs/quickstart/adapter
 
 Only the engine changes: the app (schemas, reasoning split, stop strings, queue and 429, timeouts, API key, /metrics)
 is the transformers backend's. Prompts are rendered and tokenised by the HF tokenizer exactly as there, and the ids go
@@ -13,6 +14,11 @@ each with its own part of the KV cache; every step is one `llama_decode` of a ba
 each decoding slot and the prompt tokens of newly admitted ones, so a request joins at the next step (continuous
 batching) instead of waiting for a running batch to end. The high-level `Llama` object runs one sequence at a time
 and is not thread-safe, so the low-level API is used here.
+
+Adapters (`serve.adapters`, `--adapter name=DIR`) are LoRA files llama.cpp applies to the base at run time: a PEFT
+LoRA adapter is converted at start-up (export/gguf_lora.py, float32), a `.gguf` LoRA file is taken as it is. A
+request's `model` picks one, as with the transformers backend; sequences of different adapters share the context
+and its slots, and each step decodes one batch per adapter in use with that adapter set on the context.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import importlib.util
 import logging
 import math
 import os
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -94,11 +101,6 @@ def load_served_gguf(cfg, gguf: Path | None = None, served_model_name: str | Non
             "FILE.gguf, or export one first (thinktune export --run-dir R --format gguf) and serve --run-dir R"
         )
 
-    if cfg.serve.adapters:
-        raise UserError(
-            "--backend llamacpp serves one GGUF without adapters: export each run with its adapter merged "
-            "(thinktune export --run-dir R --format gguf) and serve that, or serve adapters with --backend transformers"
-        )
     if not gguf.is_file():
         raise UserError(f"{gguf}: GGUF file not found")
     source = resolve_model(cfg.model.name_or_path, cfg.model.gguf_file, cfg.model.revision)
@@ -106,15 +108,42 @@ def load_served_gguf(cfg, gguf: Path | None = None, served_model_name: str | Non
     served = ServedGguf(gguf, tokenizer, served_model_name or cfg.model.name_or_path, cfg.serve.llamacpp_context)
     served.system_prompt = cfg.data.system_prompt
     served.thinking = cfg.data.thinking != "off"  # as the run was trained
+    served.adapters = lora_files(cfg, served.workdir)
     return served
 
 
+def lora_files(cfg, into: Path) -> dict[str, Path]:
+    """serve.adapters as llama.cpp LoRA files: a `.gguf` LoRA file as it is; a PEFT LoRA adapter folder (or a run
+    that has one) converted into `into` (float32, export/gguf_lora.py) for the base model's architecture."""
+    from thinktune.export.gguf_lora import write_gguf_lora
+    from thinktune.export.source import base_config
+    from thinktune.runs import ADAPTER, PEFT_CONFIG
+
+    files, config = {}, None
+    for name, given in cfg.serve.adapters.items():
+        path = Path(given).expanduser()
+        if path.is_file() and path.suffix == ".gguf":
+            files[name] = path
+            continue
+        if not path.is_dir():
+            raise UserError(f"serve.adapters.{name}: {given} is neither a LoRA .gguf file nor an adapter directory")
+        folder = path / ADAPTER if (path / ADAPTER / PEFT_CONFIG).is_file() else path
+        config = config or base_config(cfg.model)
+        files[name] = into / f"{len(files)}-lora-f32.gguf"
+        write_gguf_lora(folder, config, files[name], "f32", name)
+        log.info("adapter %s: %s converted to %s", name, folder, files[name])
+    return files
+
+
 class ServedGguf(ServedModel):
-    """A GGUF served by llama.cpp: the HF tokenizer (for rendering and detokenising) without a torch model."""
+    """A GGUF served by llama.cpp: the HF tokenizer (for rendering and detokenising) without a torch model;
+    `adapters` are llama.cpp LoRA files (converted ones live in `workdir` while the server runs)."""
 
     def __init__(self, gguf: Path, tokenizer, base_name: str, context: int, system_prompt: str | None = None):
         super().__init__(None, tokenizer, base_name, {}, system_prompt)
         self.gguf, self.context = gguf, context
+        self._workdir = tempfile.TemporaryDirectory(prefix="thinktune-lora-")
+        self.workdir = Path(self._workdir.name)
 
     @property
     def max_context(self) -> int:
@@ -156,6 +185,7 @@ class Slot:
     pending: list[int]
     rng: np.random.Generator
     seen: list[int] = field(default_factory=list)  # prompt + generated (repetition penalty)
+    adapter: str | None = None  # the LoRA applied to this sequence (None: the base)
     pos: int = 0
     started: float = field(default_factory=time.monotonic)
 
@@ -200,6 +230,12 @@ class LlamaCppEngine(Engine):
         # the HF tokenizer's end tokens (a GGUF has no generation_config), and llama.cpp's end-of-generation tokens
         stops = sorted(set(stop_token_ids(served.tokenizer, SimpleNamespace(generation_config=None))) | set(eog))
         self.batch = llama_cpp.llama_batch_init(cparams.n_batch, 0, 1)
+        self.loras = {}
+        for name, path in served.adapters.items():
+            self.loras[name] = llama_cpp.llama_adapter_lora_init(self.model, str(path).encode())
+            if not self.loras[name]:
+                raise UserError(f"{path}: llama.cpp refuses adapter '{name}' as a LoRA of {served.gguf.name}")
+        self.applied: str | None = None
         super().__init__(served, max_batch_size, max_queue, on_batch=on_batch, stop_ids=stops)
         self.slots: list[Slot | None] = [None] * max_batch_size
 
@@ -256,19 +292,43 @@ class LlamaCppEngine(Engine):
         self.lib.llama_memory_seq_rm(self.memory, seq, -1, -1)
         row = RowState(request, IncrementalDetokenizer(self.tokenizer), self.stop_ids)
         seed = request.params.seed if request.params.seed is not None else None
-        return Slot(seq, row, list(request.prompt_ids), np.random.default_rng(seed), list(request.prompt_ids))
+        rng = np.random.default_rng(seed)
+        return Slot(seq, row, list(request.prompt_ids), rng, list(request.prompt_ids), adapter=request.adapter)
 
     def _step(self) -> None:
-        """One llama_decode: the last token of every decoding slot, then prompt tokens of new slots up to the chunk."""
-        batch, n, outputs = self.batch, 0, []
+        """One llama_decode per adapter in use (one in all without adapters)."""
         for slot in self.active:
             if slot.row.request.abandoned or slot.pos >= self.served.max_context:
                 self._release(slot)
-            elif not slot.pending:
+        groups: dict[str | None, list[Slot]] = {}
+        for slot in self.active:
+            groups.setdefault(slot.adapter, []).append(slot)
+        budget = PREFILL_CHUNK
+        for adapter, slots in groups.items():
+            self._apply(adapter)
+            budget = self._decode(slots, budget)
+
+    def _apply(self, adapter: str | None) -> None:
+        """Put `adapter`'s LoRA (none: the base) on the context; llama.cpp applies it in the next decodes."""
+        if adapter == self.applied:
+            return
+        lib = self.lib
+        if adapter is None:
+            lib.llama_set_adapters_lora(self.ctx, None, 0, None)
+        else:
+            loras = (lib.llama_adapter_lora_p_ctypes * 1)(self.loras[adapter])
+            lib.llama_set_adapters_lora(self.ctx, loras, 1, (ctypes.c_float * 1)(1.0))
+        self.applied = adapter
+
+    def _decode(self, slots: list[Slot], budget: int) -> int:
+        """One llama_decode for `slots`: the last token of every decoding slot, then prompt tokens of new slots up to
+        `budget`; returns the prompt budget left."""
+        batch, n, outputs = self.batch, 0, []
+        for slot in slots:
+            if not slot.pending:
                 n = self._put(n, slot, slot.seen[-1], True)
                 outputs.append((slot, n - 1))
-        budget = PREFILL_CHUNK
-        for slot in self.active:
+        for slot in slots:
             if slot.pending and budget > 0:
                 take, slot.pending = slot.pending[:budget], slot.pending[budget:]
                 budget -= len(take)
@@ -277,18 +337,18 @@ class LlamaCppEngine(Engine):
                 if not slot.pending:
                     outputs.append((slot, n - 1))
         if n == 0:
-            return
+            return budget
         batch.n_tokens = n
         started = time.monotonic()
         try:
             if self.lib.llama_decode(self.ctx, batch) != 0:
                 raise RuntimeError("llama_decode failed")
         except Exception:
-            log.exception("llama.cpp decoding failed for %d sequences", len(self.active))
-            for slot in self.active:
+            log.exception("llama.cpp decoding failed for %d sequences", len(slots))
+            for slot in slots:
                 slot.row.fail("generation failed; see the server log")
                 self._release(slot)
-            return
+            return budget
         for slot, index in outputs:
             pointer = self.lib.llama_get_logits_ith(self.ctx, index)
             logits = np.ctypeslib.as_array(pointer, shape=(self.n_vocab,))
@@ -299,6 +359,7 @@ class LlamaCppEngine(Engine):
                 self._release(slot)
                 self.batch_seconds = 0.8 * self.batch_seconds + 0.2 * (time.monotonic() - slot.started)
         log.debug("decoded %d tokens in %.3f s", n, time.monotonic() - started)
+        return budget
 
     def _put(self, n: int, slot: Slot, token: int, logits: bool) -> int:
         b = self.batch
