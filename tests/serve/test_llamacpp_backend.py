@@ -92,6 +92,22 @@ def test_parallel_requests_answer_as_each_alone(client):
     assert len(set(together.values())) > 1  # the prompts lead somewhere different
 
 
+def test_a_shared_prompt_prefix_is_decoded_once_per_slot(server, client, tiny_base, tiny_gguf):
+    """A slot keeps its last request's KV cache: the next prompt that starts the same way decodes only the rest, and
+    answers exactly as llama.cpp alone does from an empty cache."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_base)
+    engine = server.server.config.app.state.engine
+    prompt = "Once upon a time there was a small model that"
+    first = client.completions.create(model="tiny", prompt=prompt, max_tokens=16, temperature=0)
+    before = engine.prompt_tokens_reused
+    again = client.completions.create(model="tiny", prompt=prompt + " liked", max_tokens=16, temperature=0)
+    assert engine.prompt_tokens_reused - before >= first.usage.prompt_tokens - 1
+    alone = llama_alone(tiny_gguf, tokenizer(prompt + " liked")["input_ids"], 16)
+    assert again.choices[0].text == tokenizer.decode(alone[:16], skip_special_tokens=True)
+
+
 def test_chat_prompt_is_thinktunes_rendering(client, tiny_base):
     from transformers import AutoTokenizer
 

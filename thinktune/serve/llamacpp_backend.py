@@ -15,6 +15,11 @@ each decoding slot and the prompt tokens of newly admitted ones, so a request jo
 batching) instead of waiting for a running batch to end. The high-level `Llama` object runs one sequence at a time
 and is not thread-safe, so the low-level API is used here.
 
+Prompt prefixes are reused as llama-server's `cache_prompt` does: a sequence keeps the KV cache its last request left,
+a new request goes to the free sequence that shares the longest prefix with its prompt (same adapter), and only the
+rest of the prompt is decoded — the chat template's header and system prompt, identical across requests, are
+computed once per slot instead of once per request.
+
 Adapters (`serve.adapters`, `--adapter name=DIR`) are LoRA files llama.cpp applies to the base at run time: a PEFT
 LoRA adapter is converted at start-up (export/gguf_lora.py, float32), a `.gguf` LoRA file is taken as it is. A
 request's `model` picks one, as with the transformers backend; sequences of different adapters share the context
@@ -236,6 +241,9 @@ class LlamaCppEngine(Engine):
             if not self.loras[name]:
                 raise UserError(f"{path}: llama.cpp refuses adapter '{name}' as a LoRA of {served.gguf.name}")
         self.applied: str | None = None
+        # per sequence: (adapter, the tokens its KV cache holds) left by its last request, reused by the next
+        self.cached: list[tuple[str | None, list[int]]] = [(None, [])] * max_batch_size
+        self.prompt_tokens_reused = 0
         super().__init__(served, max_batch_size, max_queue, on_batch=on_batch, stop_ids=stops)
         self.slots: list[Slot | None] = [None] * max_batch_size
 
@@ -277,23 +285,44 @@ class LlamaCppEngine(Engine):
                 if self._closing:
                     return False
                 self._cond.wait()
-            admitted = 0
             while self._queue and None in self.slots:
                 request = self._queue.popleft()
-                seq = self.slots.index(None)
+                seq = self._free_seq(request)
                 self.slots[seq] = self._slot(seq, request)
-                admitted += 1
         self.running = len(self.active)
         if self.on_batch:
             self.on_batch(self.running)
         return True
 
+    def _reusable(self, seq: int, request: GenerationRequest) -> int:
+        """How many leading prompt tokens sequence `seq` already holds in the KV cache for this request's adapter
+        (at least one prompt token is always decoded again: it gives the first logits)."""
+        adapter, cached = self.cached[seq]
+        if adapter != request.adapter:
+            return 0
+        prompt, n = request.prompt_ids, 0
+        limit = min(len(cached), len(prompt) - 1)
+        while n < limit and cached[n] == prompt[n]:
+            n += 1
+        return n
+
+    def _free_seq(self, request: GenerationRequest) -> int:
+        """The free sequence whose cache shares the longest prefix with the request's prompt."""
+        free = [seq for seq, slot in enumerate(self.slots) if slot is None]
+        return max(free, key=lambda seq: self._reusable(seq, request))
+
     def _slot(self, seq: int, request: GenerationRequest) -> Slot:
-        self.lib.llama_memory_seq_rm(self.memory, seq, -1, -1)
+        keep = self._reusable(seq, request)
+        if not self.lib.llama_memory_seq_rm(self.memory, seq, keep, -1):  # keep the shared prefix's KV entries
+            keep = 0
+            self.lib.llama_memory_seq_rm(self.memory, seq, -1, -1)
+        self.cached[seq] = (request.adapter, [])
+        self.prompt_tokens_reused += keep
         row = RowState(request, IncrementalDetokenizer(self.tokenizer), self.stop_ids)
         seed = request.params.seed if request.params.seed is not None else None
         rng = np.random.default_rng(seed)
-        return Slot(seq, row, list(request.prompt_ids), rng, list(request.prompt_ids), adapter=request.adapter)
+        prompt = list(request.prompt_ids)
+        return Slot(seq, row, prompt[keep:], rng, prompt, adapter=request.adapter, pos=keep)
 
     def _step(self) -> None:
         """One llama_decode per adapter in use (one in all without adapters)."""
@@ -347,7 +376,7 @@ class LlamaCppEngine(Engine):
             log.exception("llama.cpp decoding failed for %d sequences", len(slots))
             for slot in slots:
                 slot.row.fail("generation failed; see the server log")
-                self._release(slot)
+                self._release(slot, decoded=False)
             return budget
         for slot, index in outputs:
             pointer = self.lib.llama_get_logits_ith(self.ctx, index)
@@ -368,9 +397,11 @@ class LlamaCppEngine(Engine):
         slot.pos += 1
         return n + 1
 
-    def _release(self, slot: Slot) -> None:
+    def _release(self, slot: Slot, decoded: bool = True) -> None:
         if not slot.row.finished and not slot.row.request.abandoned:
             slot.row.finish("length")  # ran out of its slot's context (the app keeps requests within it)
+        if decoded:  # the KV cache holds the first `pos` tokens of prompt + answer
+            self.cached[slot.seq] = (slot.adapter, slot.seen[: slot.pos])
         self.slots[slot.seq] = None
         self.running = len(self.active)
 
