@@ -108,6 +108,39 @@ def test_a_shared_prompt_prefix_is_decoded_once_per_slot(server, client, tiny_ba
     assert again.choices[0].text == tokenizer.decode(alone[:16], skip_special_tokens=True)
 
 
+def test_requests_sharing_a_long_prefix_copy_it_and_answer_as_each_alone(tiny_base, tiny_gguf):
+    """Requests arriving together with the same long beginning (a system prompt): one slot decodes it, the others copy
+    its KV entries (llama_memory_seq_cp) and decode only their own rest; every answer equals llama.cpp alone's."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_base)
+    servers = []
+    server = start(tiny_base, tiny_gguf, servers, max_batch_size=4)
+    try:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0)
+        engine = server.server.config.app.state.engine
+        head = "You are a careful assistant who answers in short sentences and checks every step twice. "
+        prompts = [head + p for p in PROMPTS]
+        answers: dict[str, str] = {}
+
+        def ask(p: str) -> None:
+            answers[p] = client.completions.create(model="tiny", prompt=p, max_tokens=12, temperature=0).choices[0].text
+
+        threads = [threading.Thread(target=ask, args=(p,)) for p in prompts]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        shared = len(tokenizer(head)["input_ids"]) - 2
+        assert engine.prompt_tokens_reused >= 3 * shared, engine.prompt_tokens_reused
+        for p in prompts:
+            alone = llama_alone(tiny_gguf, tokenizer(p)["input_ids"], 12)
+            assert answers[p] == tokenizer.decode(alone[:12], skip_special_tokens=True), p
+    finally:
+        for s in servers:
+            s.stop()
+
+
 def test_chat_prompt_is_thinktunes_rendering(client, tiny_base):
     from transformers import AutoTokenizer
 

@@ -52,6 +52,7 @@ from thinktune.serve.sampling import SamplingParams
 log = logging.getLogger("thinktune.serve")
 
 PREFILL_CHUNK = 512  # prompt tokens per llama_decode (llama.cpp's default n_batch)
+SHARE_AT_LEAST = 16  # prompt tokens another sequence must add over a slot's own cache to be copied from
 
 
 def require_llama_cpp(setting: str = "--backend llamacpp") -> None:
@@ -192,6 +193,7 @@ class Slot:
     seen: list[int] = field(default_factory=list)  # prompt + generated (repetition penalty)
     adapter: str | None = None  # the LoRA applied to this sequence (None: the base)
     pos: int = 0
+    donor: tuple[Slot, int] | None = None  # waiting to copy the first n prompt tokens' KV from this running slot
     started: float = field(default_factory=time.monotonic)
 
 
@@ -298,13 +300,29 @@ class LlamaCppEngine(Engine):
         """How many leading prompt tokens sequence `seq` already holds in the KV cache for this request's adapter
         (at least one prompt token is always decoded again: it gives the first logits)."""
         adapter, cached = self.cached[seq]
-        if adapter != request.adapter:
-            return 0
-        prompt, n = request.prompt_ids, 0
-        limit = min(len(cached), len(prompt) - 1)
-        while n < limit and cached[n] == prompt[n]:
-            n += 1
-        return n
+        return _shared(cached, request.prompt_ids) if adapter == request.adapter else 0
+
+    def _donor(self, seq: int, request: GenerationRequest, keep: int) -> tuple[int, Slot | None, int] | None:
+        """Another sequence holding (a free one's cache) or about to hold (a running slot's prompt) a longer prefix
+        of this prompt than `keep`: (its seq, the running slot or None, the prefix length)."""
+        best, most = None, keep + SHARE_AT_LEAST - 1
+        for other in range(self.slots_n):
+            slot = self.slots[other]
+            if other == seq or (slot is not None and slot.donor is not None):
+                continue
+            adapter, tokens = (slot.adapter, slot.seen) if slot is not None else self.cached[other]
+            n = _shared(tokens, request.prompt_ids) if adapter == request.adapter else 0
+            if n > most:
+                best, most = (other, slot, n), n
+        return best
+
+    def _copy(self, slot: Slot, donor_seq: int, n: int) -> None:
+        """Start `slot` from the donor sequence's first `n` KV entries (the whole buffer is copied at the next
+        decode, before it writes anything; the entries past `n` are dropped)."""
+        self.lib.llama_memory_seq_cp(self.memory, donor_seq, slot.seq, -1, -1)
+        self.lib.llama_memory_seq_rm(self.memory, slot.seq, n, -1)
+        self.prompt_tokens_reused += n - slot.pos
+        slot.pending, slot.pos, slot.donor = slot.seen[n : len(slot.row.request.prompt_ids)], n, None
 
     def _free_seq(self, request: GenerationRequest) -> int:
         """The free sequence whose cache shares the longest prefix with the request's prompt."""
@@ -322,13 +340,25 @@ class LlamaCppEngine(Engine):
         seed = request.params.seed if request.params.seed is not None else None
         rng = np.random.default_rng(seed)
         prompt = list(request.prompt_ids)
-        return Slot(seq, row, prompt[keep:], rng, prompt, adapter=request.adapter, pos=keep)
+        slot = Slot(seq, row, prompt[keep:], rng, prompt, adapter=request.adapter, pos=keep)
+        donor = self._donor(seq, request, keep)
+        if donor is not None and donor[1] is None:  # a free sequence's cache: copy now
+            self._copy(slot, donor[0], donor[2])
+        elif donor is not None:  # a running slot: once it has decoded that far
+            slot.donor = (donor[1], donor[2])
+        return slot
 
     def _step(self) -> None:
         """One llama_decode per adapter in use (one in all without adapters)."""
         for slot in self.active:
             if slot.row.request.abandoned or slot.pos >= self.served.max_context:
                 self._release(slot)
+            elif slot.donor is not None:
+                donor, n = slot.donor
+                if self.slots[donor.seq] is not donor:  # gone before it got there: decode the prompt itself
+                    slot.donor = None
+                elif donor.pos >= n:
+                    self._copy(slot, donor.seq, n)
         groups: dict[str | None, list[Slot]] = {}
         for slot in self.active:
             groups.setdefault(slot.adapter, []).append(slot)
@@ -358,7 +388,7 @@ class LlamaCppEngine(Engine):
                 n = self._put(n, slot, slot.seen[-1], True)
                 outputs.append((slot, n - 1))
         for slot in slots:
-            if slot.pending and budget > 0:
+            if slot.pending and budget > 0 and slot.donor is None:
                 take, slot.pending = slot.pending[:budget], slot.pending[budget:]
                 budget -= len(take)
                 for i, token in enumerate(take):
@@ -404,6 +434,14 @@ class LlamaCppEngine(Engine):
             self.cached[slot.seq] = (slot.adapter, slot.seen[: slot.pos])
         self.slots[slot.seq] = None
         self.running = len(self.active)
+
+
+def _shared(tokens: list[int], prompt: list[int]) -> int:
+    """Length of the common prefix, short of the prompt's last token (decoded again for the first logits)."""
+    n, limit = 0, min(len(tokens), len(prompt) - 1)
+    while n < limit and tokens[n] == prompt[n]:
+        n += 1
+    return n
 
 
 @ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
