@@ -198,11 +198,31 @@ def load_tensors_into(model: torch.nn.Module, path: str | Path, meta: dict[str, 
 
 
 def align_prompt_logits(model: PeftModel) -> PeftModel:
-    """Make logits line up with the input again when the adapter prepends virtual tokens (prompt / P-tuning)."""
+    """Make a prompt-learning adapter (prompt / P- / prefix tuning) work as the others do: logits line up with the
+    input again when it prepends virtual tokens, and `generate` decodes with its KV cache."""
     config = next(iter(model.peft_config.values()))
+    if config.is_prompt_learning:
+        _show_cache_to_peft(model)
     if config.is_prompt_learning and config.peft_type.value != "PREFIX_TUNING":
         model.register_forward_hook(_drop_virtual_positions, with_kwargs=True)
     return model
+
+
+def _show_cache_to_peft(model: PeftModel) -> None:
+    """transformers 5 hands the generation cache over as `cache`; PEFT's prompt-learning generation looks for
+    `past_key_values` and, not finding it, injects the virtual tokens again and feeds the whole sequence at every step
+    on top of the cache: wrong tokens after the first, and a quadratic slowdown. Rename it where PEFT looks."""
+    prepare = getattr(model, "base_model_prepare_inputs_for_generation", None)
+    if prepare is None:
+        return
+
+    def prepare_with_cache(*args, **kwargs):
+        inputs = prepare(*args, **kwargs)
+        if inputs.get("past_key_values") is None and inputs.get("cache") is not None:
+            inputs["past_key_values"] = inputs.pop("cache")
+        return inputs
+
+    model.base_model_prepare_inputs_for_generation = prepare_with_cache
 
 
 def _drop_virtual_positions(module, args, kwargs, output):

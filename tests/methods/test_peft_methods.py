@@ -126,3 +126,26 @@ def test_merge_folds_lora_into_a_plain_model(tiny_model_dirs, batch, tmp_path):
     merged = merge_trained(load(tiny_model_dirs["qwen3"]), out)
     assert not hasattr(merged, "peft_config")
     torch.testing.assert_close(eval_logits(merged, batch), eval_logits(model, batch), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["prompt_tuning", "p_tuning", "prefix_tuning"])
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+def test_prompt_methods_generate_with_the_cache_as_without(name, arch, tiny_model_dirs, batch, tmp_path):
+    """`generate` (KV cache) gives the greedy tokens of a full forward pass per step, trained and reloaded — under
+    transformers 5, PEFT's prompt-learning generation missed the cache and re-injected its virtual tokens each step."""
+    model, _, _ = train_steps(load(tiny_model_dirs[arch]), method(name), batch)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.normal_(0, 1)  # virtual tokens that change the continuation
+    reloaded = load_trained(load(tiny_model_dirs[arch]), save_trained(model, method(name), tmp_path))
+    ids = batch["input_ids"][:1, :6]
+    for m in (model.eval(), reloaded.eval()):
+        with torch.no_grad():
+            out = m.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=10, do_sample=False)
+            seq = ids
+            for _ in range(10):
+                step = m(input_ids=seq, attention_mask=torch.ones_like(seq)).logits[:, -1]
+                seq = torch.cat([seq, step.argmax(-1, keepdim=True)], dim=1)
+        new = out[0, 6:].tolist()  # shorter where an end token came first
+        assert len(new) >= 2 and new == seq[0, 6 : 6 + len(new)].tolist()
