@@ -58,7 +58,6 @@ def run_method(name: str, out: Path, extra: list[str]) -> dict:
     after = summary.get("after") or {}
     row.update(
         learning_rate=lr_line.split(":")[0].removeprefix("learning rate ").strip(),
-        trainable=summary.get("trainable_fraction"),
         accuracy=after.get("accuracy"),
         format=after.get("format_compliance"),
         heldout_loss=after.get("loss"),
